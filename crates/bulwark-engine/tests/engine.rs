@@ -1,0 +1,218 @@
+//! The engine on the real default model: greedy determinism, shared batches,
+//! cancellation, queue bounds and context limits.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bulwark_api::response::FinishReason;
+use bulwark_api::sampling::SamplingParams;
+use bulwark_engine::template::TemplateMessage;
+use bulwark_engine::{Engine, EngineConfig, EngineError, Event, Generation};
+use expect_test::expect;
+
+fn model_path() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "default model missing at {}: run scripts/fetch-model.sh",
+        p.display()
+    );
+    p
+}
+
+fn engine(parallel: u32, queue_depth: usize) -> Engine {
+    let cfg = EngineConfig {
+        name: "smollm2".into(),
+        path: model_path(),
+        ctx_size: 512,
+        threads: 2,
+        parallel,
+        batch_size: 256,
+        queue_depth,
+    };
+    match Engine::load(cfg) {
+        Ok(e) => e,
+        Err(e) => panic!("engine failed to load: {e}"),
+    }
+}
+
+fn greedy(max_tokens: u32) -> SamplingParams {
+    SamplingParams {
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    }
+}
+
+fn chat(engine: &Engine, user: &str) -> bulwark_engine::Prompt {
+    let text = engine
+        .apply_chat_template(&[TemplateMessage {
+            role: "user".into(),
+            content: user.into(),
+        }])
+        .unwrap_or_else(|e| panic!("template: {e}"));
+    engine
+        .tokenize(&text)
+        .unwrap_or_else(|e| panic!("tokenize: {e}"))
+}
+
+/// Collects a whole generation: (text, finish reason, completion tokens).
+fn collect(mut g: Generation) -> (String, FinishReason, u32) {
+    let mut text = String::new();
+    while let Some(ev) = g.events.blocking_recv() {
+        match ev {
+            Event::Delta(d) => text.push_str(&d),
+            Event::Done { finish, usage } => {
+                assert_eq!(usage.prompt_tokens, g.prompt_tokens);
+                return (text, finish, usage.completion_tokens);
+            }
+            Event::Failed(e) => panic!("generation failed: {e}"),
+        }
+    }
+    panic!("generation ended without Done")
+}
+
+#[test]
+fn greedy_generation_is_deterministic() {
+    let e = engine(2, 8);
+    let run = || {
+        collect(
+            e.generate(chat(&e, "What is the capital of France?"), greedy(24))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    };
+    let first = run();
+    let second = run();
+    assert_eq!(first, second);
+    expect![[r#"
+        (
+            "The capital of France is Paris.",
+            Stop,
+            8,
+        )
+    "#]]
+    .assert_debug_eq(&first);
+}
+
+#[test]
+fn concurrent_requests_share_batches() {
+    let e = engine(4, 8);
+    let before = e.stats();
+    let prompts = [
+        "Name a fruit.",
+        "Count to five.",
+        "Say hello.",
+        "What is 2+2?",
+    ];
+    let gens: Vec<Generation> = prompts
+        .iter()
+        .map(|p| {
+            e.generate(chat(&e, p), greedy(32))
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let results: Vec<_> = gens.into_iter().map(collect).collect();
+    for (text, _, n) in &results {
+        assert!(!text.is_empty() && *n > 0, "empty generation: {results:?}");
+    }
+    let after = e.stats();
+    assert_eq!(after.completed - before.completed, 4);
+    assert!(
+        after.shared_steps > before.shared_steps,
+        "no decode step carried two sequences: {after:?}"
+    );
+    assert_eq!(
+        after.max_batch_sequences, 4,
+        "the four requests never shared one batch: {after:?}"
+    );
+    // Sharing must not change what greedy decoding produces for a request.
+    let alone = collect(
+        e.generate(chat(&e, prompts[2]), greedy(32))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert_eq!(alone.0, results[2].0);
+}
+
+#[test]
+fn dropping_a_generation_frees_its_sequence() {
+    let e = engine(1, 4);
+    let mut g = e
+        .generate(chat(&e, "Write a long story about a dragon."), greedy(400))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Wait for the first token, then walk away.
+    assert!(matches!(g.events.blocking_recv(), Some(Event::Delta(_))));
+    drop(g);
+    let start = Instant::now();
+    let (text, _, _) = collect(
+        e.generate(chat(&e, "Say hello."), greedy(8))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert!(!text.is_empty());
+    let stats = e.stats();
+    assert_eq!(stats.cancelled, 1, "{stats:?}");
+    assert_eq!(stats.active, 0);
+    // 400 tokens of the abandoned story would take seconds; the slot came back at once.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the next request waited {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn full_queue_is_refused() {
+    let e = engine(1, 1);
+    let running = e
+        .generate(chat(&e, "Tell me a story."), greedy(200))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut running = running;
+    assert!(matches!(
+        running.events.blocking_recv(),
+        Some(Event::Delta(_))
+    ));
+    let _queued = e
+        .generate(chat(&e, "Hi"), greedy(4))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused = e.generate(chat(&e, "Hi"), greedy(4));
+    assert!(
+        matches!(refused, Err(EngineError::QueueFull { depth: 1 })),
+        "{refused:?}"
+    );
+    assert_eq!(e.stats().rejected, 1);
+}
+
+#[test]
+fn stop_sequences_and_max_tokens() {
+    let e = engine(1, 4);
+    let p = SamplingParams {
+        stop: vec![" Paris".into()],
+        ..greedy(24)
+    };
+    let (text, finish, _) = collect(
+        e.generate(chat(&e, "What is the capital of France?"), p)
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert_eq!(
+        (text.as_str(), finish),
+        ("The capital of France is", FinishReason::Stop)
+    );
+    let (_, finish, n) = collect(
+        e.generate(chat(&e, "Write a poem."), greedy(3))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    assert_eq!((finish, n), (FinishReason::Length, 3));
+}
+
+#[test]
+fn prompt_longer_than_context_is_refused_with_numbers() {
+    let e = engine(1, 4);
+    let long = "word ".repeat(2000);
+    match e.tokenize(&long) {
+        Err(EngineError::PromptTooLong {
+            prompt,
+            context: 512,
+        }) => assert!(prompt > 512),
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+}

@@ -1,0 +1,113 @@
+//! Reading a JSON request body defensively: content type (415), size (413), syntax (400).
+//!
+//! axum's own `Json` extractor answers these with plain-text bodies; clients of an
+//! OpenAI-compatible API expect OpenAI-shaped errors, so the checks live here.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use bulwark_api::{ApiError, ErrorKind};
+use http::header;
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::state::AppState;
+
+/// A request body that is a JSON object, with its `model` field.
+pub struct JsonObject {
+    pub value: Value,
+    pub model: String,
+}
+
+fn too_large(limit: usize) -> Error {
+    Error(
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("The request body is larger than the limit of {limit} bytes (server.max_body_bytes)."),
+        )
+        .with_code("request_too_large"),
+    )
+}
+
+impl FromRequest<AppState> for JsonObject {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            let shown = if content_type.is_empty() {
+                "none"
+            } else {
+                content_type
+            };
+            return Err(Error(
+                ApiError::new(
+                    ErrorKind::UnsupportedMediaType,
+                    format!("Expected `Content-Type: application/json`, got {shown}."),
+                )
+                .with_code("unsupported_media_type"),
+            ));
+        }
+        let limit = state.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large(limit));
+        }
+        let body: Body = req.into_body();
+        let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                too_large(limit)
+            } else {
+                Error(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("Failed to read the request body: {e}"),
+                ))
+            }
+        })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Error(
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("The request body is not valid JSON: {e}."),
+                )
+                .with_code("invalid_json"),
+            )
+        })?;
+        let Value::Object(ref obj) = value else {
+            return Err(Error(
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    "The request body must be a JSON object.",
+                )
+                .with_code("invalid_json"),
+            ));
+        };
+        let model = match obj.get("model") {
+            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            Some(_) => {
+                return Err(Error(ApiError::invalid(
+                    "model",
+                    "`model` must be a non-empty string.",
+                )))
+            }
+            None => {
+                return Err(Error(
+                    ApiError::new(ErrorKind::InvalidRequest, "Missing required field `model`.")
+                        .with_param("model")
+                        .with_code("missing_field"),
+                ))
+            }
+        };
+        Ok(JsonObject { value, model })
+    }
+}

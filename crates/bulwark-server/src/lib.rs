@@ -1,0 +1,163 @@
+//! Bulwark's HTTP edge: the OpenAI-compatible API in front of local engines and upstreams.
+//!
+//! A request enters through the Tower stack assembled in [`router`], is parsed by
+//! [`extract::JsonObject`] (415/413/400 decided there), validated into a typed request
+//! by `bulwark-api`, resolved to a target by [`state::Models::resolve`], and served by
+//! [`local`] (in-process engine) or [`proxy`] (upstream). Every error leaves through
+//! [`error::Error`], the only place that turns failures into HTTP responses.
+
+pub mod error;
+pub mod extract;
+mod local;
+mod ops;
+mod proxy;
+pub mod sse;
+pub mod state;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use bulwark_api::chat::ChatRequest;
+use bulwark_api::completions::CompletionRequest;
+use bulwark_api::{ApiError, ErrorKind};
+use bulwark_config::Config;
+use bulwark_upstream::Endpoint;
+use http::HeaderName;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use error::Error;
+use extract::JsonObject;
+use state::{AppState, Models, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Upstream(#[from] bulwark_upstream::UpstreamError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    ModelLoad(String),
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    body: JsonObject,
+) -> Result<Response, Error> {
+    match state.models.resolve(&body.model)? {
+        Target::Local(engine) => local::chat(engine, ChatRequest::from_json(body.value)?).await,
+        Target::Upstream(route) => {
+            ChatRequest::from_json(body.value.clone())?;
+            proxy::forward(route, Endpoint::ChatCompletions, body.value).await
+        }
+    }
+}
+
+async fn completions(State(state): State<AppState>, body: JsonObject) -> Result<Response, Error> {
+    match state.models.resolve(&body.model)? {
+        Target::Local(engine) => {
+            local::completion(engine, CompletionRequest::from_json(body.value)?).await
+        }
+        Target::Upstream(route) => {
+            CompletionRequest::from_json(body.value.clone())?;
+            proxy::forward(route, Endpoint::Completions, body.value).await
+        }
+    }
+}
+
+async fn not_found(uri: http::Uri) -> Error {
+    Error(
+        ApiError::new(
+            ErrorKind::NotFound,
+            format!("No route for `{}`.", uri.path()),
+        )
+        .with_code("unknown_route"),
+    )
+}
+
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Error {
+    Error(
+        ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("`{method}` is not allowed on `{}`.", uri.path()),
+        )
+        .with_code("method_not_allowed"),
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
+    tracing::error!("a request handler panicked");
+    axum::response::IntoResponse::into_response(Error(
+        ApiError::new(
+            ErrorKind::Internal,
+            "Internal error; the request was not completed.",
+        )
+        .with_code("internal_error"),
+    ))
+}
+
+/// The whole HTTP application.
+///
+/// Layers, outermost first: request id (set, then propagated to the response), trace,
+/// panic-to-500. Handlers then extract, validate, resolve and serve.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(ops::list_models))
+        .route("/v1/models/{id}", get(ops::get_model))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Serves until `shutdown` resolves. Local models load in the background after the
+/// listener is up (`/readyz` turns 200 when they are ready); a model that fails to
+/// verify or load stops the server with that error.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let models = Arc::new(Models::from_config(&config)?);
+    let state = AppState {
+        max_body_bytes: config.server.max_body_bytes,
+        models: Arc::clone(&models),
+    };
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "failed to set TCP_NODELAY on an accepted connection");
+        }
+    });
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .into_future();
+    let loading = models.load_local();
+    tokio::pin!(server, loading);
+    let mut loaded = false;
+    loop {
+        tokio::select! {
+            res = &mut server => return res.map_err(ServeError::Io),
+            res = &mut loading, if !loaded => {
+                res.map_err(ServeError::ModelLoad)?;
+                loaded = true;
+                tracing::info!("all local models ready");
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Completions served by an in-process engine, streamed or not.
+//!
+//! A response stream owns its [`Generation`]: when the client disconnects, hyper drops
+//! the body, the generation is dropped with it, and the engine frees the sequence at
+//! its next step.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulwark_api::chat::ChatRequest;
+use bulwark_api::completions::CompletionRequest;
+use bulwark_api::response::{
+    ChatChunk, ChatCompletion, ChunkChoice, Delta, FinishReason, TextChoice, TextCompletion, Usage,
+};
+use bulwark_api::{ApiError, ErrorKind};
+use bulwark_engine::template::TemplateMessage;
+use bulwark_engine::{Engine, Event, Generation};
+use bytes::Bytes;
+use futures_util::stream::{self, Stream, StreamExt};
+
+use crate::error::Error;
+use crate::sse;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn unsupported(param: &str, what: &str) -> Error {
+    Error(
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("{what} is not supported by the local engine yet."),
+        )
+        .with_param(param)
+        .with_code("unsupported_parameter"),
+    )
+}
+
+/// What a finished generation produced.
+struct Collected {
+    text: String,
+    finish: FinishReason,
+    usage: Usage,
+}
+
+async fn collect(mut generation: Generation) -> Result<Collected, Error> {
+    let mut text = String::new();
+    while let Some(ev) = generation.events.recv().await {
+        match ev {
+            Event::Delta(d) => text.push_str(&d),
+            Event::Done { finish, usage } => {
+                return Ok(Collected {
+                    text,
+                    finish,
+                    usage,
+                })
+            }
+            Event::Failed(msg) => {
+                return Err(Error(
+                    ApiError::new(ErrorKind::Internal, msg).with_code("engine_error"),
+                ))
+            }
+        }
+    }
+    Err(Error(
+        ApiError::new(
+            ErrorKind::Internal,
+            "The local engine stopped mid-generation.",
+        )
+        .with_code("engine_error"),
+    ))
+}
+
+pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Error> {
+    if req.uses_tools {
+        return Err(unsupported("tools", "Tool calling"));
+    }
+    if req.uses_response_format {
+        return Err(unsupported(
+            "response_format",
+            "Structured output (`response_format`)",
+        ));
+    }
+    if req.wants_logprobs {
+        return Err(unsupported("logprobs", "`logprobs`"));
+    }
+    let messages = req
+        .messages
+        .iter()
+        .map(|m| {
+            Ok(TemplateMessage {
+                role: m.role.template_name().to_owned(),
+                content: m.text()?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let prompt = engine.apply_chat_template(&messages)?;
+    let prompt = engine.tokenize(&prompt)?;
+    let generation = engine.generate(prompt, req.sampling)?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = now();
+    if req.stream {
+        return Ok(sse::response(chat_stream(
+            generation,
+            id,
+            created,
+            req.model,
+            req.include_usage,
+        )));
+    }
+    let done = collect(generation).await?;
+    Ok(Json(ChatCompletion::new(
+        id,
+        created,
+        req.model,
+        done.text,
+        done.finish,
+        done.usage,
+    ))
+    .into_response())
+}
+
+/// The SSE frames of a chat stream: a role chunk, content chunks, a finish chunk, the
+/// usage chunk when asked for, and `[DONE]`.
+fn chat_stream(
+    generation: Generation,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    let usage_field = include_usage.then_some(None);
+    let chunk = move |choice: Option<(Delta<'_>, Option<FinishReason>)>,
+                      usage: Option<Option<Usage>>| {
+        sse::event(&ChatChunk {
+            id: &id,
+            object: "chat.completion.chunk",
+            created,
+            model: &model,
+            choices: choice
+                .map(|(delta, finish)| ChunkChoice {
+                    index: 0,
+                    delta,
+                    finish_reason: finish,
+                    logprobs: None,
+                })
+                .into_iter()
+                .collect(),
+            usage,
+        })
+    };
+    let first = chunk(
+        Some((
+            Delta {
+                role: Some("assistant"),
+                content: Some(""),
+            },
+            None,
+        )),
+        usage_field,
+    );
+    frames(generation, first, move |ev| match ev {
+        Frame::Delta(text) => vec![chunk(
+            Some((
+                Delta {
+                    role: None,
+                    content: Some(&text),
+                },
+                None,
+            )),
+            usage_field,
+        )],
+        Frame::Done(finish, usage) => {
+            let mut out = vec![chunk(
+                Some((
+                    Delta {
+                        role: None,
+                        content: None,
+                    },
+                    Some(finish),
+                )),
+                usage_field,
+            )];
+            if include_usage {
+                // OpenAI's final usage chunk: no choices, only usage.
+                out.push(chunk(None, Some(Some(usage))));
+            }
+            out
+        }
+    })
+}
+
+enum Frame {
+    Delta(String),
+    Done(FinishReason, Usage),
+}
+
+/// Drives a generation into SSE frames: `first`, then `render` for each event, then
+/// `[DONE]`. An engine failure becomes an OpenAI-shaped `error` event.
+fn frames<F>(
+    generation: Generation,
+    first: Bytes,
+    render: F,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
+where
+    F: Fn(Frame) -> Vec<Bytes> + Send + 'static,
+{
+    let head = stream::once(async move { first });
+    let body = stream::unfold(Some((generation, render)), |state| async move {
+        let (mut generation, render) = state?;
+        match generation.events.recv().await {
+            Some(Event::Delta(text)) => {
+                Some((render(Frame::Delta(text)), Some((generation, render))))
+            }
+            Some(Event::Done { finish, usage }) => {
+                let mut out = render(Frame::Done(finish, usage));
+                out.push(Bytes::from_static(sse::DONE));
+                Some((out, None))
+            }
+            Some(Event::Failed(msg)) => {
+                let err = ApiError::new(ErrorKind::Internal, msg).with_code("engine_error");
+                let frame = Bytes::from(format!("data: {}\n\n", err.body_json()));
+                Some((vec![frame, Bytes::from_static(sse::DONE)], None))
+            }
+            None => None,
+        }
+    })
+    .flat_map(|frames| stream::iter(frames));
+    head.chain(body).map(Ok)
+}
+
+pub async fn completion(engine: Arc<Engine>, req: CompletionRequest) -> Result<Response, Error> {
+    let prompt = engine.tokenize(&req.prompt)?;
+    let generation = engine.generate(prompt, req.sampling)?;
+    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = now();
+    let echo = req.echo.then(|| req.prompt.clone());
+    if req.stream {
+        let model = req.model;
+        let include_usage = req.include_usage;
+        let piece = move |text: &str, finish: Option<FinishReason>, usage: Option<Usage>| {
+            sse::event(&TextCompletion {
+                id: &id,
+                object: "text_completion",
+                created,
+                model: &model,
+                choices: if usage.is_some() {
+                    Vec::new()
+                } else {
+                    vec![TextChoice {
+                        index: 0,
+                        text,
+                        finish_reason: finish,
+                        logprobs: None,
+                    }]
+                },
+                usage,
+            })
+        };
+        let first = piece(echo.as_deref().unwrap_or(""), None, None);
+        return Ok(sse::response(frames(
+            generation,
+            first,
+            move |ev| match ev {
+                Frame::Delta(text) => vec![piece(&text, None, None)],
+                Frame::Done(finish, usage) => {
+                    let mut out = vec![piece("", Some(finish), None)];
+                    if include_usage {
+                        out.push(piece("", None, Some(usage)));
+                    }
+                    out
+                }
+            },
+        )));
+    }
+    let done = collect(generation).await?;
+    let text = match echo {
+        Some(mut p) => {
+            p.push_str(&done.text);
+            p
+        }
+        None => done.text,
+    };
+    let body = TextCompletion {
+        id: &id,
+        object: "text_completion",
+        created,
+        model: &req.model,
+        choices: vec![TextChoice {
+            index: 0,
+            text: &text,
+            finish_reason: Some(done.finish),
+            logprobs: None,
+        }],
+        usage: Some(done.usage),
+    };
+    Ok(Json(body).into_response())
+}

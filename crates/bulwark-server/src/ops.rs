@@ -1,0 +1,190 @@
+//! Operational endpoints: health, readiness, the model list and Prometheus metrics.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulwark_api::response::{ModelList, ModelObject};
+use bulwark_api::ApiError;
+use http::{header, StatusCode};
+use serde_json::json;
+
+use crate::error::Error;
+use crate::state::{AppState, Models};
+
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let models: serde_json::Map<String, serde_json::Value> = state
+        .models
+        .local
+        .iter()
+        .map(|(name, m)| {
+            (
+                name.clone(),
+                json!(if m.engine.get().is_some() {
+                    "ready"
+                } else {
+                    "loading"
+                }),
+            )
+        })
+        .collect();
+    if state.models.ready() {
+        Json(json!({ "status": "ready", "models": models })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "loading", "models": models })),
+        )
+            .into_response()
+    }
+}
+
+fn model_objects(models: &Models) -> Vec<ModelObject> {
+    let mut out: Vec<ModelObject> = models
+        .local
+        .iter()
+        .map(|(name, m)| ModelObject {
+            id: name.clone(),
+            object: "model",
+            created: models.created,
+            owned_by: "bulwark".into(),
+            served_by: "local".into(),
+            verified: Some(m.config.sha256.is_some() && m.engine.get().is_some()),
+            status: Some(if m.engine.get().is_some() {
+                "ready"
+            } else {
+                "loading"
+            }),
+        })
+        .collect();
+    out.extend(models.upstream.iter().map(|(name, r)| ModelObject {
+        id: name.clone(),
+        object: "model",
+        created: models.created,
+        owned_by: r.upstream.name().to_owned(),
+        served_by: r.upstream.name().to_owned(),
+        verified: None,
+        status: None,
+    }));
+    out
+}
+
+pub async fn list_models(State(state): State<AppState>) -> Response {
+    Json(ModelList {
+        object: "list",
+        data: model_objects(&state.models),
+    })
+    .into_response()
+}
+
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    model_objects(&state.models)
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| Json(m).into_response())
+        .ok_or_else(|| Error(ApiError::model_not_found(&id)))
+}
+
+/// Prometheus text exposition of the engines' counters.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    let series: [(&str, &str, &str, fn(&bulwark_engine::StatsSnapshot) -> f64); 11] = [
+        (
+            "bulwark_engine_decode_steps_total",
+            "counter",
+            "llama.cpp decode calls",
+            |s| s.decode_steps as f64,
+        ),
+        (
+            "bulwark_engine_shared_steps_total",
+            "counter",
+            "decode calls that carried two or more sequences",
+            |s| s.shared_steps as f64,
+        ),
+        (
+            "bulwark_engine_max_batch_sequences",
+            "gauge",
+            "most sequences seen in one decode call",
+            |s| s.max_batch_sequences as f64,
+        ),
+        (
+            "bulwark_engine_prompt_tokens_total",
+            "counter",
+            "prompt tokens evaluated",
+            |s| s.prompt_tokens as f64,
+        ),
+        (
+            "bulwark_engine_generated_tokens_total",
+            "counter",
+            "tokens generated",
+            |s| s.generated_tokens as f64,
+        ),
+        (
+            "bulwark_engine_requests_completed_total",
+            "counter",
+            "generations finished",
+            |s| s.completed as f64,
+        ),
+        (
+            "bulwark_engine_requests_cancelled_total",
+            "counter",
+            "generations dropped because the client went away",
+            |s| s.cancelled as f64,
+        ),
+        (
+            "bulwark_engine_requests_failed_total",
+            "counter",
+            "generations the engine failed",
+            |s| s.failed as f64,
+        ),
+        (
+            "bulwark_engine_requests_rejected_total",
+            "counter",
+            "requests refused with 429 because the queue was full",
+            |s| s.rejected as f64,
+        ),
+        (
+            "bulwark_engine_queued_requests",
+            "gauge",
+            "requests waiting for a sequence",
+            |s| s.queued as f64,
+        ),
+        (
+            "bulwark_engine_active_sequences",
+            "gauge",
+            "sequences in use",
+            |s| s.active as f64,
+        ),
+    ];
+    let snapshots: Vec<(&String, bulwark_engine::StatsSnapshot)> = state
+        .models
+        .local
+        .iter()
+        .filter_map(|(name, m)| m.engine.get().map(|e| (name, e.stats())))
+        .collect();
+    for (metric, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for (name, snap) in &snapshots {
+            let _ = writeln!(
+                out,
+                "{metric}{{model=\"{}\"}} {}",
+                name.replace(['"', '\\', '\n'], "_"),
+                get(snap)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP bulwark_ready 1 when every local model is loaded\n# TYPE bulwark_ready gauge\nbulwark_ready {}",
+        u8::from(state.models.ready())
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,144 @@
+//! What the handlers share: the model table (local engines and upstream routes) and limits.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bulwark_api::{ApiError, ErrorKind};
+use bulwark_config::{Config, LocalModelConfig};
+use bulwark_engine::{Engine, EngineConfig};
+use bulwark_upstream::{Upstream, UpstreamError};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub max_body_bytes: usize,
+    pub models: Arc<Models>,
+}
+
+/// A model served in-process. The engine appears once loading has finished.
+pub struct LocalModel {
+    pub config: LocalModelConfig,
+    pub engine: OnceLock<Arc<Engine>>,
+}
+
+/// A client-facing model name served by an upstream.
+pub struct UpstreamRoute {
+    pub upstream: Arc<Upstream>,
+    pub upstream_model: String,
+}
+
+/// Every model this gateway serves, by the name clients use.
+pub struct Models {
+    pub local: BTreeMap<String, LocalModel>,
+    pub upstream: BTreeMap<String, UpstreamRoute>,
+    pub created: u64,
+}
+
+/// Where a request goes.
+pub enum Target<'a> {
+    Local(Arc<Engine>),
+    Upstream(&'a UpstreamRoute),
+}
+
+impl Models {
+    pub fn from_config(config: &Config) -> Result<Self, UpstreamError> {
+        let local = config
+            .local_models
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    LocalModel {
+                        config: m.clone(),
+                        engine: OnceLock::new(),
+                    },
+                )
+            })
+            .collect();
+        let mut upstream = BTreeMap::new();
+        for u in &config.upstreams {
+            let client = Arc::new(Upstream::new(u)?);
+            for (alias, target) in &u.models {
+                upstream.insert(
+                    alias.clone(),
+                    UpstreamRoute {
+                        upstream: Arc::clone(&client),
+                        upstream_model: target.clone(),
+                    },
+                );
+            }
+        }
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(Models {
+            local,
+            upstream,
+            created,
+        })
+    }
+
+    pub fn resolve(&self, model: &str) -> Result<Target<'_>, ApiError> {
+        if let Some(m) = self.local.get(model) {
+            return match m.engine.get() {
+                Some(engine) => Ok(Target::Local(Arc::clone(engine))),
+                None => Err(ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!("The model `{model}` is still loading; retry shortly (GET /readyz says when it is ready)."),
+                )
+                .with_code("model_loading")
+                .with_retry_after(1)),
+            };
+        }
+        match self.upstream.get(model) {
+            Some(route) => Ok(Target::Upstream(route)),
+            None => Err(ApiError::model_not_found(model)),
+        }
+    }
+
+    /// True once every local model is loaded.
+    pub fn ready(&self) -> bool {
+        self.local.values().all(|m| m.engine.get().is_some())
+    }
+
+    /// Verifies and loads every local model, in order. The first failure is returned
+    /// and is fatal: a gateway that silently serves a subset of its models is worse
+    /// than one that refuses to start.
+    pub async fn load_local(self: Arc<Self>) -> Result<(), String> {
+        for (name, m) in &self.local {
+            let cfg = m.config.clone();
+            let started = std::time::Instant::now();
+            let engine = tokio::task::spawn_blocking(move || load_one(cfg))
+                .await
+                .map_err(|e| format!("loading `{name}` panicked: {e}"))??;
+            tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
+            let _ = m.engine.set(Arc::new(engine));
+        }
+        Ok(())
+    }
+}
+
+fn load_one(cfg: LocalModelConfig) -> Result<Engine, String> {
+    if !cfg.path.exists() {
+        return Err(format!(
+            "model `{}`: file {} does not exist (for the default model, run scripts/fetch-model.sh)",
+            cfg.name,
+            cfg.path.display()
+        ));
+    }
+    if let Some(expected) = &cfg.sha256 {
+        bulwark_supply::verify_sha256(&cfg.path, expected)
+            .map_err(|e| format!("model `{}`: {e}", cfg.name))?;
+        tracing::info!(model = %cfg.name, "model digest verified");
+    }
+    Engine::load(EngineConfig {
+        name: cfg.name.clone(),
+        path: cfg.path.clone(),
+        ctx_size: cfg.ctx_size,
+        threads: cfg.threads,
+        parallel: cfg.parallel,
+        batch_size: cfg.batch_size,
+        queue_depth: cfg.queue_depth,
+    })
+    .map_err(|e| format!("model `{}`: {e}", cfg.name))
+}
