@@ -211,7 +211,7 @@ mod tests {
             json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
                    "stream_options":{"include_usage":true},"temperature":0,"stop":"\n","max_tokens":5,"seed":-1}),
             expect![[
-                r#"ok model=m msgs=1 stream=true usage=true sampling=SamplingParams { temperature: Some(0.0), top_p: None, top_k: None, min_p: None, seed: Some(4294967295), stop: ["\n"], max_tokens: Some(5), presence_penalty: None, frequency_penalty: None }"#
+                r#"ok model=m msgs=1 stream=true usage=true sampling=SamplingParams { temperature: Some(0.0), top_p: None, top_k: None, min_p: None, seed: Some(4294967295), stop: ["\n"], max_tokens: Some(5), presence_penalty: None, frequency_penalty: None, ignore_eos: false }"#
             ]],
         );
     }
@@ -272,5 +272,66 @@ mod tests {
             {"type":"text","text":"a"},{"type":"text","text":"b"}]}]}));
         let text = r.and_then(|r| r.messages[0].text());
         assert_eq!(text, Ok("ab".to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+            prop_oneof![
+                Just("user"),
+                Just("system"),
+                Just("messages"),
+                Just("max_tokens")
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("model".to_owned()),
+                        Just("messages".to_owned()),
+                        Just("role".to_owned()),
+                        Just("content".to_owned()),
+                        Just("max_tokens".to_owned()),
+                        Just("stop".to_owned()),
+                        Just("temperature".to_owned()),
+                        Just("stream_options".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any JSON is either a valid request or a 400 with a message; never a panic.
+        #[test]
+        fn arbitrary_json_never_panics(v in json_value()) {
+            match ChatRequest::from_json(v.clone()) {
+                Ok(r) => prop_assert!(!r.messages.is_empty()),
+                Err(e) => {
+                    prop_assert_eq!(e.status(), 400);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+            let _ = crate::completions::CompletionRequest::from_json(v);
+        }
     }
 }

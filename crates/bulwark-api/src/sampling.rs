@@ -19,6 +19,8 @@ pub struct SamplingParams {
     pub max_tokens: Option<u32>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// Keep generating past end-of-generation tokens (llama.cpp server's extension; for benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl SamplingParams {
@@ -49,6 +51,7 @@ pub struct RawSampling {
     pub max_completion_tokens: Option<i64>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
+    pub ignore_eos: Option<bool>,
 }
 
 fn in_range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f32>, ApiError> {
@@ -120,6 +123,7 @@ impl RawSampling {
             max_tokens,
             presence_penalty: in_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?,
             frequency_penalty: in_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         })
     }
 }

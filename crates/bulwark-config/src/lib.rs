@@ -485,3 +485,26 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The documented example must stay a valid config.
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bulwark.example.toml");
+        let env = |k: &str| (k == "VLLM_API_KEY").then(|| "x".to_owned());
+        let cfg = Config::load(&path, &env, Path::new("models"));
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => panic!("bulwark.example.toml: {e}"),
+        };
+        assert_eq!(cfg.local_models.len(), 1);
+        assert_eq!(cfg.upstreams.len(), 1);
+        assert_eq!(
+            cfg.local_models[0].sha256.as_deref(),
+            Some(default_model::GGUF_SHA256)
+        );
+    }
+}

@@ -187,3 +187,67 @@ mod tests {
         assert_eq!(run(&[], &["a", "b"]), ("ab".to_owned(), false));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Splits `s` at the given byte positions (clamped, sorted, deduplicated).
+    fn split_bytes(s: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (s.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for c in cuts.into_iter().chain([s.len()]) {
+            out.push(s[prev..c].to_vec());
+            prev = c;
+        }
+        out
+    }
+
+    proptest! {
+        /// However a valid string is cut into tokens, the decoder gives it back intact.
+        #[test]
+        fn utf8_decoder_is_chunking_invariant(s in "\\PC{0,40}", cuts in proptest::collection::vec(0usize..200, 0..8)) {
+            let mut d = Utf8Decoder::default();
+            let mut out = String::new();
+            for piece in split_bytes(s.as_bytes(), &cuts) {
+                out.push_str(&d.push(&piece));
+            }
+            out.push_str(&d.finish());
+            prop_assert_eq!(out, s);
+        }
+
+        /// Arbitrary bytes never panic and never lose the valid text around invalid bytes.
+        #[test]
+        fn utf8_decoder_matches_lossy_conversion(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut d = Utf8Decoder::default();
+            let mut out = d.push(&bytes);
+            out.push_str(&d.finish());
+            prop_assert_eq!(out, String::from_utf8_lossy(&bytes).into_owned());
+        }
+
+        /// Streaming stop matching gives exactly what matching the whole text would give.
+        #[test]
+        fn stop_matcher_equals_whole_text_search(
+            text in "[ab c]{0,30}",
+            stop in "[ab c]{1,4}",
+            cuts in proptest::collection::vec(0usize..40, 0..8),
+        ) {
+            let mut m = StopMatcher::new(vec![stop.clone()]);
+            let mut out = String::new();
+            let mut stopped = false;
+            for piece in split_bytes(text.as_bytes(), &cuts) {
+                let r = m.push(std::str::from_utf8(&piece).unwrap_or(""));
+                out.push_str(&r.emit);
+                if r.stopped { stopped = true; break; }
+            }
+            if !stopped { out.push_str(&m.finish()); }
+            let expected = match text.find(&stop) { Some(i) => &text[..i], None => &text[..] };
+            prop_assert_eq!(stopped, text.contains(&stop));
+            prop_assert_eq!(out, expected);
+        }
+    }
+}

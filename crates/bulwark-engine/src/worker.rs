@@ -218,9 +218,11 @@ impl Worker {
                     Outcome::Finished(finish) => {
                         let s = slots.swap_remove(i);
                         let usage = Usage::new(s.job.tokens.len() as u32, s.generated);
-                        s.send(Event::Done { finish, usage });
+                        // Free the sequence before telling the client, so that whoever
+                        // sees `Done` also sees the slot available again.
                         self.release(ctx, &mut free, s.seq);
                         self.stats.completed();
+                        s.send(Event::Done { finish, usage });
                     }
                     Outcome::ClientGone => {
                         let s = slots.swap_remove(i);
@@ -241,7 +243,7 @@ impl Worker {
         idx: i32,
     ) -> Outcome {
         let token = s.sampler.sample(ctx, idx);
-        if vocab.is_eog(token) {
+        if vocab.is_eog(token) && !s.job.params.ignore_eos {
             return self.flush(s, FinishReason::Stop);
         }
         s.generated += 1;

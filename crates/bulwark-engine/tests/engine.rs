@@ -78,7 +78,7 @@ fn greedy_generation_is_deterministic() {
     let e = engine(2, 8);
     let run = || {
         collect(
-            e.generate(chat(&e, "What is the capital of France?"), greedy(24))
+            e.generate(chat(&e, "Say hello."), greedy(24))
                 .unwrap_or_else(|e| panic!("{e}")),
         )
     };
@@ -87,9 +87,9 @@ fn greedy_generation_is_deterministic() {
     assert_eq!(first, second);
     expect![[r#"
         (
-            "The capital of France is Paris.",
-            Stop,
-            8,
+            "Hello! I'sure I'm not what I'm supposed to be. I'm a helpful AI, designed to assist",
+            Length,
+            24,
         )
     "#]]
     .assert_debug_eq(&first);
@@ -185,18 +185,17 @@ fn full_queue_is_refused() {
 #[test]
 fn stop_sequences_and_max_tokens() {
     let e = engine(1, 4);
+    // Greedy output for this prompt starts "Hello! I'sure I'm"; "sure" spans a token
+    // boundary after "'", so this also checks that held-back text is cut, not sent.
     let p = SamplingParams {
-        stop: vec![" Paris".into()],
+        stop: vec!["sure".into()],
         ..greedy(24)
     };
     let (text, finish, _) = collect(
-        e.generate(chat(&e, "What is the capital of France?"), p)
+        e.generate(chat(&e, "Say hello."), p)
             .unwrap_or_else(|e| panic!("{e}")),
     );
-    assert_eq!(
-        (text.as_str(), finish),
-        ("The capital of France is", FinishReason::Stop)
-    );
+    assert_eq!((text.as_str(), finish), ("Hello! I'", FinishReason::Stop));
     let (_, finish, n) = collect(
         e.generate(chat(&e, "Write a poem."), greedy(3))
             .unwrap_or_else(|e| panic!("{e}")),

@@ -1,0 +1,79 @@
+"""Gateway overhead: the mock upstream hit directly, through Bulwark, and through LiteLLM's
+proxy, with wrk at several concurrencies, all in the same run. Prints JSON lines."""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import BULWARK, MOCK, ROOT, start_printing, stop, wait_http
+
+DURATION = os.environ.get("BENCH_DURATION", "10s")
+CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64").split(",")]
+LITELLM = os.environ.get("LITELLM_BIN")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrk(url, conns):
+    threads = 1 if conns == 1 else 2
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{DURATION}", "--latency", "-s", str(ROOT / "bench/post.lua"), url],
+        capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("JSON "))
+    r = json.loads(line[5:])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def main():
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    mock, mock_url = start_printing([MOCK, "127.0.0.1:0"])
+    cfg = tmp / "bulwark.toml"
+    cfg.write_text(f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\nmodels = {{ "bench" = "mock" }}\n')
+    gw, gw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)],
+                                env={**os.environ, "BULWARK_LOG": "warn"})
+    targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions"}
+    procs = [mock, gw]
+    if LITELLM:
+        port = free_port()
+        lcfg = tmp / "litellm.yaml"
+        lcfg.write_text(
+            "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/mock\n"
+            f"      api_base: {mock_url}/v1\n      api_key: sk-bench\n"
+            "litellm_settings:\n  telemetry: false\n")
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        lp = subprocess.Popen([LITELLM, "--config", str(lcfg), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        procs.append(lp)
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
+        targets["litellm"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        for name, url in targets.items():  # warm-up: connections, JIT-free but caches
+            subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(ROOT / "bench/post.lua"), url],
+                           capture_output=True, check=True)
+        for c in CONCURRENCY:
+            row = {"concurrency": c}
+            for name, url in targets.items():
+                row[name] = wrk(url, c)
+            for name in targets:
+                if name == "direct":
+                    continue
+                row[f"{name}_added_p50_ms"] = (row[name]["p50_us"] - row["direct"]["p50_us"]) / 1000
+                row[f"{name}_added_p99_ms"] = (row[name]["p99_us"] - row["direct"]["p99_us"]) / 1000
+                row[f"{name}_throughput_ratio"] = row[name]["rps"] / row["direct"]["rps"]
+            print(json.dumps(row), flush=True)
+    finally:
+        for p in procs:
+            stop(p)
+
+
+if __name__ == "__main__":
+    main()

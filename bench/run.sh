@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every benchmark in one go and writes bench/results/<timestamp>.jsonl.
+#   bench/run.sh            # gateway overhead (with LiteLLM) and local engine
+#   bench/run.sh gateway    # only one of them
+#   bench/run.sh engine
+# Set-up (first run only): wrk from Debian, a venv in bench/.venv with the pinned
+# llama-cpp-python (built from source with the same CPU flags as Bulwark) and LiteLLM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+VENV=${BENCH_VENV:-bench/.venv}
+if [ ! -x "$VENV/bin/litellm" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+  python3 -m venv "$VENV"
+  CMAKE_ARGS="-DLLAMA_CURL=OFF -DGGML_NATIVE=ON" "$VENV/bin/pip" install --quiet --no-cache-dir \
+    llama-cpp-python==0.3.36 'litellm[proxy]==1.100.5'
+fi
+cargo build --release --locked -p bulwark -p bulwark-testkit
+mkdir -p bench/results
+out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+what=${1:-all}
+cd bench
+if [ "$what" = all ] || [ "$what" = gateway ]; then
+  LITELLM_BIN="../$VENV/bin/litellm" "../$VENV/bin/python" gateway.py | tee -a "../$out"
+fi
+if [ "$what" = all ] || [ "$what" = engine ]; then
+  "../$VENV/bin/python" engine.py | tee -a "../$out"
+fi
+echo "results: $out"

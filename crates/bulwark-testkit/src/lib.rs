@@ -1,0 +1,307 @@
+//! Test and benchmark support. Never linked into the `bulwark` binary.
+//!
+//! [`MockUpstream`] is a fast, real OpenAI-compatible HTTP server on loopback. Its
+//! behaviour is chosen by the `model` it is asked for, so one mock serves every case:
+//!
+//! | model            | behaviour                                                        |
+//! |------------------|------------------------------------------------------------------|
+//! | `error-NNN`      | answers status NNN with an OpenAI-shaped error                   |
+//! | `slow-MS`        | waits MS milliseconds before answering                           |
+//! | `drip-MS`        | streams, waiting MS milliseconds between chunks                  |
+//! | `stall`          | sends headers and one chunk, then nothing                        |
+//! | anything else    | answers at once: `mock reply to: <last message>`                 |
+//!
+//! Every request body it receives is recorded ([`MockUpstream::received`]), so tests can
+//! assert on exactly what left the gateway. [`Bulwark`] starts the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+#[derive(Clone, Default)]
+struct Recorder {
+    bodies: Arc<Mutex<Vec<(String, Option<String>, Value)>>>,
+}
+
+/// The mock's router, for embedding or serving.
+pub fn mock_router(record: bool) -> (Router, MockLog) {
+    let rec = Recorder::default();
+    let log = MockLog { rec: rec.clone() };
+    let state = MockState { rec, record };
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(|| async { Json(json!({"object":"list","data":[{"id":"mock","object":"model","owned_by":"mock"}]})) }))
+        .with_state(state);
+    (app, log)
+}
+
+#[derive(Clone)]
+struct MockState {
+    rec: Recorder,
+    record: bool,
+}
+
+/// Read access to what the mock received.
+#[derive(Clone)]
+pub struct MockLog {
+    rec: Recorder,
+}
+
+impl MockLog {
+    /// `(path, authorization header, body)` of every request, in arrival order.
+    pub fn received(&self) -> Vec<(String, Option<String>, Value)> {
+        self.rec
+            .bodies
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn last_text(body: &Value) -> String {
+    if let Some(p) = body.get("prompt").and_then(Value::as_str) {
+        return p.to_owned();
+    }
+    body.get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn chat(State(s): State<MockState>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    respond(s, headers, body, "/v1/chat/completions", true).await
+}
+
+async fn completions(
+    State(s): State<MockState>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    respond(s, headers, body, "/v1/completions", false).await
+}
+
+fn sse(json: &Value) -> Bytes {
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+async fn respond(
+    s: MockState,
+    headers: HeaderMap,
+    body: Value,
+    path: &str,
+    chat: bool,
+) -> Response {
+    if s.record {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Ok(mut v) = s.rec.bodies.lock() {
+            v.push((path.to_owned(), auth, body.clone()));
+        }
+    }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_owned();
+    if let Some(code) = model
+        .strip_prefix("error-")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let err = json!({"error":{"message":format!("mock error {code}"),"type":"mock_error","param":null,"code":null}});
+        return (status, Json(err)).into_response();
+    }
+    if let Some(ms) = model
+        .strip_prefix("slow-")
+        .and_then(|c| c.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let reply = format!("mock reply to: {}", last_text(&body));
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let (object, chunk_object) = if chat {
+        ("chat.completion", "chat.completion.chunk")
+    } else {
+        ("text_completion", "text_completion")
+    };
+    if !stream {
+        let choice = if chat {
+            json!({"index":0,"message":{"role":"assistant","content":reply},"finish_reason":"stop","logprobs":null})
+        } else {
+            json!({"index":0,"text":reply,"finish_reason":"stop","logprobs":null})
+        };
+        return Json(
+            json!({"id":"mock-1","object":object,"created":0,"model":model,"choices":[choice],
+            "usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}),
+        )
+        .into_response();
+    }
+    let drip = model
+        .strip_prefix("drip-")
+        .and_then(|c| c.parse::<u64>().ok())
+        .unwrap_or(0);
+    let stall = model == "stall";
+    let words: Vec<String> = reply.split_inclusive(' ').map(str::to_owned).collect();
+    let model2 = model.clone();
+    let make = move |piece: Option<&str>, finish: Option<&str>| {
+        let choice = if chat {
+            json!({"index":0,"delta": piece.map_or(json!({}), |p| json!({"content":p})),"finish_reason":finish,"logprobs":null})
+        } else {
+            json!({"index":0,"text":piece.unwrap_or(""),"finish_reason":finish,"logprobs":null})
+        };
+        sse(
+            &json!({"id":"mock-1","object":chunk_object,"created":0,"model":model2,"choices":[choice]}),
+        )
+    };
+    let mut frames: Vec<Bytes> = words.iter().map(|w| make(Some(w), None)).collect();
+    frames.push(make(None, Some("stop")));
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let body = stream::iter(frames.into_iter().enumerate()).then(move |(i, f)| async move {
+        if stall && i == 1 {
+            futures_util::future::pending::<()>().await;
+        }
+        if drip > 0 && i > 0 {
+            tokio::time::sleep(Duration::from_millis(drip)).await;
+        }
+        Ok::<Bytes, std::convert::Infallible>(f)
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A mock upstream running on a loopback port in the background.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    log: MockLog,
+}
+
+impl MockUpstream {
+    /// Starts the mock on `127.0.0.1:0` on the current Tokio runtime.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (app, log) = mock_router(true);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockUpstream { addr, log })
+    }
+
+    /// The base URL to put in an upstream's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<(String, Option<String>, Value)> {
+        self.log.received()
+    }
+}
+
+/// The real `bulwark` binary, started on a loopback port and killed on drop.
+pub struct Bulwark {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Bulwark {
+    /// Runs `bin serve --listen 127.0.0.1:0 [--config config]` with extra env vars and
+    /// waits until it prints its address. Output on stderr is kept for [`Bulwark::logs`].
+    pub fn start(bin: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> std::io::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn()?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let sink = Arc::clone(&stderr);
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let mut line = String::new();
+        let mut reader = BufReader::new(out);
+        reader.read_line(&mut line)?;
+        // Keep draining stdout so the process never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let addr = line
+            .trim()
+            .strip_prefix("bulwark listening on http://")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                let _ = child.kill();
+                std::io::Error::other(format!("bulwark did not start: {line:?}"))
+            })?;
+        Ok(Bulwark {
+            child,
+            addr,
+            stderr,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit on its own (e.g. after a fatal error).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Bulwark {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,353 @@
+//! The real binary serving the default model: the API, errors, batching, cancellation.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{local_model, metric, start, TempDir};
+use expect_test::expect;
+use serde_json::{json, Value};
+
+fn chat_body(content: &str, max_tokens: u32) -> Value {
+    json!({"model":"smollm2","messages":[{"role":"user","content":content}],"temperature":0,"max_tokens":max_tokens})
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("post: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn bad_input_gets_openai_shaped_errors() {
+    let dir = TempDir::new("errors");
+    let b = start(
+        &dir,
+        &format!(
+            "[server]\nmax_body_bytes = 4096\n{}",
+            local_model("ctx_size = 128")
+        ),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let url = b.url("/v1/chat/completions");
+    let long = "hello ".repeat(200);
+    let cases: Vec<(&str, &str, &str, String)> = vec![
+        ("malformed json", "POST", "application/json", "{\"model\": ".into()),
+        ("not an object", "POST", "application/json", "[1,2]".into()),
+        ("missing model", "POST", "application/json", json!({"messages":[]}).to_string()),
+        ("empty messages", "POST", "application/json", json!({"model":"smollm2","messages":[]}).to_string()),
+        ("negative max_tokens", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}],"max_tokens":-1}).to_string()),
+        ("wrong field type", "POST", "application/json", json!({"model":"smollm2","messages":"hi"}).to_string()),
+        ("unknown model", "POST", "application/json", json!({"model":"gpt-9","messages":[{"role":"user","content":"hi"}]}).to_string()),
+        ("body over limit", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"x".repeat(5000)}]}).to_string()),
+        ("wrong content type", "POST", "text/plain", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}]}).to_string()),
+        ("prompt longer than context", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":long}]}).to_string()),
+        ("tools on the local engine", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}).to_string()),
+        ("wrong method", "GET", "application/json", String::new()),
+    ];
+    let mut out = String::new();
+    for (name, method, ct, body) in cases {
+        let req = if method == "GET" {
+            client.get(&url)
+        } else {
+            client.post(&url)
+        };
+        let r = req
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let status = r.status().as_u16();
+        let v: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: body is not JSON: {e}"));
+        let err = &v["error"];
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}: no message in {v}"
+        );
+        assert!(err["type"].is_string(), "{name}: no type in {v}");
+        out += &format!(
+            "{name}: {status} {} {} | {}\n",
+            err["param"],
+            err["code"],
+            err["message"].as_str().unwrap_or("")
+        );
+    }
+    let r = client
+        .get(b.url("/v2/nothing"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    out += &format!("unknown route: {}\n", r.status().as_u16());
+    expect![[r#"
+        malformed json: 400 null "invalid_json" | The request body is not valid JSON: EOF while parsing a value at line 1 column 10.
+        not an object: 400 null "invalid_json" | The request body must be a JSON object.
+        missing model: 400 "model" "missing_field" | Missing required field `model`.
+        empty messages: 400 "messages" "invalid_value" | `messages` must contain at least one message.
+        negative max_tokens: 400 "max_tokens" "invalid_value" | `max_tokens` must be at least 1, got -1.
+        wrong field type: 400 "messages" "invalid_value" | Invalid value for `messages`: invalid type: string "hi", expected a sequence.
+        unknown model: 404 "model" "model_not_found" | The model `gpt-9` does not exist or you do not have access to it. GET /v1/models lists the models this gateway serves.
+        body over limit: 413 null "request_too_large" | The request body is larger than the limit of 4096 bytes (server.max_body_bytes).
+        wrong content type: 415 null "unsupported_media_type" | Expected `Content-Type: application/json`, got text/plain.
+        prompt longer than context: 400 "messages" "context_length_exceeded" | This model's maximum context length is 128 tokens, but the prompt has 231 tokens. Shorten the prompt (it must leave room for at least one generated token).
+        tools on the local engine: 400 "tools" "unsupported_parameter" | Tool calling is not supported by the local engine yet.
+        wrong method: 405 null "method_not_allowed" | `GET` is not allowed on `/v1/chat/completions`.
+        unknown route: 404
+    "#]]
+    .assert_eq(&out);
+    // The server is still healthy after all of that.
+    let (status, _) = post(&client, &url, &chat_body("Hi", 2)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn greedy_generation_is_deterministic() {
+    let dir = TempDir::new("greedy");
+    let b = start(&dir, &local_model("")).await;
+    let client = reqwest::Client::new();
+    let url = b.url("/v1/chat/completions");
+    let (s1, a) = post(&client, &url, &chat_body("Say hello.", 16)).await;
+    let (s2, c) = post(&client, &url, &chat_body("Say hello.", 16)).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(a["choices"][0]["message"], c["choices"][0]["message"]);
+    let summary = format!(
+        "{} | {} | {}",
+        a["choices"][0]["message"]["content"], a["choices"][0]["finish_reason"], a["usage"]
+    );
+    expect![[r#""Hello! I'sure I'm not what I'm supposed to be. I" | "length" | {"completion_tokens":16,"prompt_tokens":33,"total_tokens":49}"#]]
+        .assert_eq(&summary);
+}
+
+#[tokio::test]
+async fn completions_endpoint_streams_and_echoes() {
+    let dir = TempDir::new("completions");
+    let b = start(&dir, &local_model("")).await;
+    let client = reqwest::Client::new();
+    let url = b.url("/v1/completions");
+    let (status, v) = post(&client, &url, &json!({"model":"smollm2","prompt":"The sky is","max_tokens":4,"temperature":0,"echo":true})).await;
+    assert_eq!(status, 200);
+    let text = v["choices"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        text.starts_with("The sky is") && text.len() > "The sky is".len(),
+        "{v}"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    let body = json!({"model":"smollm2","prompt":"The sky is","max_tokens":4,"temperature":0,"stream":true,"stream_options":{"include_usage":true}});
+    let sse = client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status());
+    let sse = match sse {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => panic!("{e}"),
+    };
+    let events: Vec<&str> = sse.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"));
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(format!("The sky is{streamed}"), text);
+    assert!(sse.contains("\"usage\":{\"prompt_tokens\":"), "{sse}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_batches() {
+    let dir = TempDir::new("concurrent");
+    let b = start(&dir, &local_model("parallel = 4")).await;
+    let client = reqwest::Client::new();
+    let url = b.url("/v1/chat/completions");
+    let prompts = [
+        "Write a poem about the sea.",
+        "Describe a forest.",
+        "Tell a story about a cat.",
+        "Explain rain.",
+    ];
+    let bodies: Vec<Value> = prompts.iter().map(|p| chat_body(p, 48)).collect();
+    let results =
+        futures_util::future::join_all(bodies.iter().map(|body| post(&client, &url, body))).await;
+    for (status, v) in &results {
+        assert_eq!(*status, 200, "{v}");
+        assert!(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty()),
+            "{v}"
+        );
+        assert!(
+            v["usage"]["completion_tokens"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+            "{v}"
+        );
+    }
+    assert!(metric(&b, "bulwark_engine_shared_steps_total").await > 0.0);
+    assert_eq!(metric(&b, "bulwark_engine_max_batch_sequences").await, 4.0);
+    assert_eq!(
+        metric(&b, "bulwark_engine_requests_completed_total").await,
+        4.0
+    );
+    // Batching must not change greedy output: the same prompt alone gives the same text.
+    let (_, alone) = post(&client, &url, &chat_body(prompts[1], 48)).await;
+    assert_eq!(
+        alone["choices"][0]["message"],
+        results[1].1["choices"][0]["message"]
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_frees_the_slot() {
+    let dir = TempDir::new("disconnect");
+    let b = start(&dir, &local_model("parallel = 1")).await;
+    let client = reqwest::Client::new();
+    let url = b.url("/v1/chat/completions");
+    let mut long = chat_body("Write a very long story about a dragon.", 1500);
+    long["stream"] = json!(true);
+    let mut r = client
+        .post(&url)
+        .json(&long)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 200);
+    // Wait until tokens flow, then hang up.
+    let first = r.chunk().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(first.is_some());
+    drop(r);
+    // With one sequence, this request can only run once the abandoned one is freed;
+    // 1500 tokens would take many seconds, so a prompt answer proves the slot came back.
+    let started = Instant::now();
+    let (status, v) = tokio::time::timeout(
+        Duration::from_secs(60),
+        post(&client, &url, &chat_body("Hi", 4)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the next request hung"));
+    assert_eq!(status, 200, "{v}");
+    let waited = started.elapsed();
+    assert_eq!(
+        metric(&b, "bulwark_engine_requests_cancelled_total").await,
+        1.0
+    );
+    let generated = metric(&b, "bulwark_engine_generated_tokens_total").await;
+    assert!(
+        generated < 1500.0,
+        "the abandoned generation ran to the end ({generated} tokens, waited {waited:?})"
+    );
+    assert_eq!(metric(&b, "bulwark_engine_active_sequences").await, 0.0);
+}
+
+#[tokio::test]
+async fn full_queue_answers_429_with_retry_after() {
+    let dir = TempDir::new("queue");
+    let b = start(&dir, &local_model("parallel = 1\nqueue_depth = 1")).await;
+    let client = reqwest::Client::new();
+    let url = b.url("/v1/chat/completions");
+    let mut long = chat_body("Write a long story.", 1000);
+    long["stream"] = json!(true);
+    let mut running = client
+        .post(&url)
+        .json(&long)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(running.chunk().await.ok().flatten().is_some());
+    let queued = client
+        .post(&url)
+        .json(&long)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(queued.status(), 200);
+    let refused = client
+        .post(&url)
+        .json(&chat_body("Hi", 2))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let v: Value = refused.json().await.unwrap_or(Value::Null);
+    assert_eq!(v["error"]["code"], "queue_full");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+}
+
+#[tokio::test]
+async fn models_health_and_readiness() {
+    let dir = TempDir::new("models");
+    let b = start(&dir, &local_model("")).await;
+    let v: Value = reqwest::get(b.url("/v1/models"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or(Value::Null);
+    expect![[r#"[{"id":"smollm2","object":"model","owned_by":"bulwark","served_by":"local","status":"ready","verified":true}]"#]]
+        .assert_eq(&strip_created(&v["data"]).to_string());
+    let health = reqwest::get(b.url("/healthz"))
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(health.ok(), Some(200));
+    let ready = reqwest::get(b.url("/readyz"))
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(ready.ok(), Some(200));
+}
+
+fn strip_created(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(items) = v.as_array_mut() {
+        for m in items {
+            if let Some(o) = m.as_object_mut() {
+                o.remove("created");
+            }
+        }
+    }
+    v
+}
+
+#[tokio::test]
+async fn digest_mismatch_refuses_to_serve() {
+    let dir = TempDir::new("digest");
+    let cfg = format!(
+        "[[local_models]]\nname = \"smollm2\"\npath = \"{}\"\nsha256 = \"{}\"\n",
+        common::model_path().display(),
+        "0".repeat(64)
+    );
+    let cfg = dir.write("bulwark.toml", &cfg);
+    let mut b = bulwark_testkit::Bulwark::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_bulwark")),
+        Some(&cfg),
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let status = b
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("bulwark kept running"));
+    assert!(!status.success());
+    let logs = b.logs();
+    assert!(logs.contains("refusing to load"), "{logs}");
+    assert!(logs.contains(&"0".repeat(64)), "{logs}");
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up and runs the whole test suite: Rust unit and integration tests (which start
+# the real binary and mock upstreams on loopback), then the OpenAI Python SDK tests.
+# Everything builds once, in the release profile (llama.cpp compiles once per profile).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+if [ ! -x .venv/bin/pytest ] || ! cmp -s tests/sdk/requirements.txt .venv/.requirements; then
+  echo "test: preparing the Python test environment (.venv)"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+  cp tests/sdk/requirements.txt .venv/.requirements
+fi
+
+cargo fmt --all --check
+cargo build --release --locked --workspace --all-targets
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --release --locked --workspace --no-fail-fast
+else
+  cargo test --release --locked --workspace --no-fail-fast
+fi
+.venv/bin/pytest tests/sdk -q -p no:cacheprovider
