@@ -17,29 +17,31 @@ from common import BULWARK, MODEL, start_printing, stop, wait_http
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 GEN = int(os.environ.get("BENCH_GEN_TOKENS", "128"))
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 PROMPT = ("The history of the city begins with a small settlement on the river, where traders "
           "met to exchange grain, salt and cloth. Over the centuries it grew into a market town, "
           "then a fortified city with walls, gates and a cathedral. ") * 3
 
 
-def reference():
-    """llama-cpp-python: prompt eval time and per-token decode time, greedy."""
+def reference_runner():
+    """llama-cpp-python: prompt eval time and per-token decode time, greedy. Returns a
+    function doing one run."""
     from llama_cpp import Llama
     llm = Llama(model_path=str(MODEL), n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512,
                 verbose=False)
     tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
-    runs = []
-    for _ in range(REPEATS + 1):
+
+    def run():
+        llm.reset()  # otherwise generate() reuses the cached prompt prefix and skips prefill
         t0 = time.perf_counter()
         times = []
         for i, _tok in enumerate(llm.generate(tokens, top_k=1, temp=0.0, reset=True)):
             times.append(time.perf_counter())
             if i + 1 >= GEN:
                 break
-        runs.append({"prompt_tokens": len(tokens), "ttft_s": times[0] - t0,
-                     "decode_tps": (len(times) - 1) / (times[-1] - times[0])})
-    return runs[1:]  # the first run warms caches
+        return {"prompt_tokens": len(tokens), "ttft_s": times[0] - t0,
+                "decode_tps": (len(times) - 1) / (times[-1] - times[0])}
+    return run
 
 
 def stream_completion(base, body):
@@ -70,12 +72,23 @@ def stream_completion(base, body):
 def bulwark_single(base):
     body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": GEN, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
-    runs = []
-    for _ in range(REPEATS + 1):
-        t0, arr, usage = stream_completion(base, body)
-        runs.append({"prompt_tokens": usage["prompt_tokens"], "ttft_s": arr[0] - t0,
-                     "decode_tps": (usage["completion_tokens"] - 1) / (arr[-1] - arr[0])})
-    return runs[1:]
+    t0, arr, usage = stream_completion(base, body)
+    return {"prompt_tokens": usage["prompt_tokens"], "ttft_s": arr[0] - t0,
+            "decode_tps": (usage["completion_tokens"] - 1) / (arr[-1] - arr[0])}
+
+
+def in_process_single(prompt_file):
+    exe = str(pathlib.Path(BULWARK).parent / "examples/batch_throughput")
+    out = subprocess.run([exe, str(MODEL), str(THREADS), str(GEN), prompt_file], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def in_process_batching():
+    """The engine alone (no HTTP, no client on the CPU): the Rust example."""
+    exe = str(pathlib.Path(BULWARK).parent / "examples/batch_throughput")
+    out = subprocess.run([exe, str(MODEL), str(THREADS), str(GEN)], capture_output=True, text=True, check=True)
+    return [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
 
 
 def bulwark_concurrent(base, n):
@@ -138,7 +151,7 @@ def cold_start():
 
 
 def main():
-    ref = reference()
+    ref_run = reference_runner()
     tmp = pathlib.Path(tempfile.mkdtemp())
     cfg = tmp / "bulwark.toml"
     cfg.write_text(f'[[local_models]]\nname = "smollm2"\npath = "{MODEL}"\nthreads = {THREADS}\nparallel = 8\n'
@@ -147,7 +160,19 @@ def main():
                              env={**os.environ, "BULWARK_LOG": "warn"})
     try:
         wait_http(f"{url}/readyz")
-        ours = bulwark_single(url)
+        prompt_file = tmp / "prompt.txt"
+        prompt_file.write_text(PROMPT)
+        ref_run(), bulwark_single(url)  # warm-up
+        # Interleaved, so that machine noise hits all three alike.
+        ref, ours, engine = [], [], []
+        # A pause before each run lets the previous run's OpenMP threads stop spinning.
+        for _ in range(REPEATS):
+            time.sleep(0.5)
+            ref.append(ref_run())
+            time.sleep(0.5)
+            ours.append(bulwark_single(url))
+            time.sleep(0.5)
+            engine.append(in_process_single(str(prompt_file)))
         conc = [bulwark_concurrent(url, n) for n in (1, 4, 8)]
     finally:
         stop(gw)
@@ -158,14 +183,18 @@ def main():
         "bulwark_prompt_tps": ours[0]["prompt_tokens"] / med(ours, "ttft_s"),
         "reference_decode_tps": med(ref, "decode_tps"),
         "bulwark_decode_tps": med(ours, "decode_tps"),
+        "engine_prompt_tps": engine[0]["prompt_tokens"] / med(engine, "ttft_s"),
+        "engine_decode_tps": med(engine, "decode_tps"),
     }
+    single["engine_decode_ratio"] = single["engine_decode_tps"] / single["reference_decode_tps"]
     single["decode_ratio"] = single["bulwark_decode_tps"] / single["reference_decode_tps"]
     single["prompt_ratio"] = single["bulwark_prompt_tps"] / single["reference_prompt_tps"]
     print(json.dumps({"single_stream": single}), flush=True)
     base = conc[0]["aggregate_tps"]
     for c in conc:
         c["vs_single"] = c["aggregate_tps"] / base
-    print(json.dumps({"concurrency": conc}), flush=True)
+    print(json.dumps({"concurrency_http": conc}), flush=True)
+    print(json.dumps({"concurrency_in_process": in_process_batching()}), flush=True)
     cs = cold_start()
     print(json.dumps({"cold_start_s": {"runs": cs, "median": statistics.median(cs)}}), flush=True)
 

@@ -22,6 +22,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process (all threads), from /proc."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url, conns):
     threads = 1 if conns == 1 else 2
     out = subprocess.run(
@@ -41,6 +47,8 @@ def main():
     gw, gw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)],
                                 env={**os.environ, "BULWARK_LOG": "warn"})
     targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions"}
+    # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
+    pids = {"direct": mock.pid, "bulwark": gw.pid}
     procs = [mock, gw]
     if LITELLM:
         port = free_port()
@@ -55,6 +63,7 @@ def main():
         procs.append(lp)
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
         targets["litellm"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+        pids["litellm"] = lp.pid
     try:
         for name, url in targets.items():  # warm-up: connections, JIT-free but caches
             subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(ROOT / "bench/post.lua"), url],
@@ -62,7 +71,9 @@ def main():
         for c in CONCURRENCY:
             row = {"concurrency": c}
             for name, url in targets.items():
+                before = cpu_seconds(pids[name])
                 row[name] = wrk(url, c)
+                row[name]["cpu_us_per_request"] = (cpu_seconds(pids[name]) - before) * 1e6 / row[name]["requests"]
             for name in targets:
                 if name == "direct":
                     continue

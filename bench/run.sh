@@ -16,6 +16,7 @@ if [ ! -x "$VENV/bin/litellm" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>
     llama-cpp-python==0.3.36 'litellm[proxy]==1.100.5'
 fi
 cargo build --release --locked -p bulwark -p bulwark-testkit
+cargo build --release --locked -p bulwark-engine --example batch_throughput
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 what=${1:-all}

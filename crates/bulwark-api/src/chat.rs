@@ -127,7 +127,7 @@ pub struct ChatRequest {
 }
 
 /// Deserialize with the failing field's path in the message.
-pub(crate) fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+pub(crate) fn from_value<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -150,8 +150,8 @@ pub(crate) fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result
 }
 
 impl ChatRequest {
-    /// Parse and validate a JSON body that is already known to be an object.
-    pub fn from_json(value: Value) -> Result<Self, ApiError> {
+    /// Parse and validate a JSON body. Borrows it, so the same value can be forwarded.
+    pub fn from_json(value: &Value) -> Result<Self, ApiError> {
         let raw: RawChatRequest = from_value(value)?;
         if raw.messages.is_empty() {
             return Err(ApiError::invalid(
@@ -191,7 +191,7 @@ mod tests {
     use serde_json::json;
 
     fn check(body: Value, expect: Expect) {
-        let got = match ChatRequest::from_json(body) {
+        let got = match ChatRequest::from_json(&body) {
             Ok(r) => format!(
                 "ok model={} msgs={} stream={} usage={} sampling={:?}",
                 r.model,
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn content_parts_are_joined() {
-        let r = ChatRequest::from_json(json!({"model":"m","messages":[{"role":"user","content":[
+        let r = ChatRequest::from_json(&json!({"model":"m","messages":[{"role":"user","content":[
             {"type":"text","text":"a"},{"type":"text","text":"b"}]}]}));
         let text = r.and_then(|r| r.messages[0].text());
         assert_eq!(text, Ok("ab".to_owned()));
@@ -324,14 +324,14 @@ mod properties {
         /// Any JSON is either a valid request or a 400 with a message; never a panic.
         #[test]
         fn arbitrary_json_never_panics(v in json_value()) {
-            match ChatRequest::from_json(v.clone()) {
+            match ChatRequest::from_json(&v) {
                 Ok(r) => prop_assert!(!r.messages.is_empty()),
                 Err(e) => {
                     prop_assert_eq!(e.status(), 400);
                     prop_assert!(!e.message.is_empty());
                 }
             }
-            let _ = crate::completions::CompletionRequest::from_json(v);
+            let _ = crate::completions::CompletionRequest::from_json(&v);
         }
     }
 }

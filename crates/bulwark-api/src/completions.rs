@@ -44,7 +44,8 @@ pub struct CompletionRequest {
 }
 
 impl CompletionRequest {
-    pub fn from_json(value: Value) -> Result<Self, ApiError> {
+    /// Parse and validate a JSON body. Borrows it, so the same value can be forwarded.
+    pub fn from_json(value: &Value) -> Result<Self, ApiError> {
         let raw: RawCompletionRequest = from_value(value)?;
         let prompt = match raw.prompt {
             Prompt::One(s) => s,
@@ -88,11 +89,11 @@ mod tests {
 
     #[test]
     fn prompt_forms() {
-        let one = CompletionRequest::from_json(json!({"model":"m","prompt":"hi"}));
+        let one = CompletionRequest::from_json(&json!({"model":"m","prompt":"hi"}));
         assert_eq!(one.map(|r| r.prompt), Ok("hi".to_owned()));
-        let list = CompletionRequest::from_json(json!({"model":"m","prompt":["hi"]}));
+        let list = CompletionRequest::from_json(&json!({"model":"m","prompt":["hi"]}));
         assert_eq!(list.map(|r| r.prompt), Ok("hi".to_owned()));
-        let two = CompletionRequest::from_json(json!({"model":"m","prompt":["a","b"]}));
+        let two = CompletionRequest::from_json(&json!({"model":"m","prompt":["a","b"]}));
         assert_eq!(
             two.map(|r| r.prompt).map_err(|e| e.param),
             Err(Some("prompt".to_owned()))

@@ -52,9 +52,9 @@ async fn chat_completions(
     body: JsonObject,
 ) -> Result<Response, Error> {
     match state.models.resolve(&body.model)? {
-        Target::Local(engine) => local::chat(engine, ChatRequest::from_json(body.value)?).await,
+        Target::Local(engine) => local::chat(engine, ChatRequest::from_json(&body.value)?).await,
         Target::Upstream(route) => {
-            ChatRequest::from_json(body.value.clone())?;
+            ChatRequest::from_json(&body.value)?;
             proxy::forward(route, Endpoint::ChatCompletions, body.value).await
         }
     }
@@ -63,10 +63,10 @@ async fn chat_completions(
 async fn completions(State(state): State<AppState>, body: JsonObject) -> Result<Response, Error> {
     match state.models.resolve(&body.model)? {
         Target::Local(engine) => {
-            local::completion(engine, CompletionRequest::from_json(body.value)?).await
+            local::completion(engine, CompletionRequest::from_json(&body.value)?).await
         }
         Target::Upstream(route) => {
-            CompletionRequest::from_json(body.value.clone())?;
+            CompletionRequest::from_json(&body.value)?;
             proxy::forward(route, Endpoint::Completions, body.value).await
         }
     }
