@@ -1,7 +1,6 @@
 //! The engine on the real default model: greedy determinism, shared batches,
 //! cancellation, queue bounds and context limits.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bulwark_api::response::FinishReason;
@@ -10,21 +9,10 @@ use bulwark_engine::template::TemplateMessage;
 use bulwark_engine::{Engine, EngineConfig, EngineError, Event, Generation};
 use expect_test::expect;
 
-fn model_path() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "default model missing at {}: run scripts/fetch-model.sh",
-        p.display()
-    );
-    p
-}
-
 fn engine(parallel: u32, queue_depth: usize) -> Engine {
     let cfg = EngineConfig {
         name: "smollm2".into(),
-        path: model_path(),
+        path: bulwark_testkit::default_model_path(),
         ctx_size: 512,
         threads: 2,
         parallel,

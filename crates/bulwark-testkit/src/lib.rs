@@ -305,3 +305,16 @@ impl Drop for Bulwark {
         let _ = self.child.wait();
     }
 }
+
+/// The default model as `scripts/fetch-model.sh` puts it in the workspace; panics with
+/// the command to run when it is missing (a test must fail, never skip, without it).
+pub fn default_model_path() -> std::path::PathBuf {
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "default model missing at {}: run scripts/fetch-model.sh",
+        p.display()
+    );
+    p
+}

@@ -6,14 +6,7 @@ use std::path::{Path, PathBuf};
 use bulwark_testkit::Bulwark;
 
 pub fn model_path() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "default model missing at {}: run scripts/fetch-model.sh",
-        p.display()
-    );
-    p
+    bulwark_testkit::default_model_path()
 }
 
 /// A fresh temporary directory, removed on drop.

@@ -351,3 +351,52 @@ async fn digest_mismatch_refuses_to_serve() {
     assert!(logs.contains("refusing to load"), "{logs}");
     assert!(logs.contains(&"0".repeat(64)), "{logs}");
 }
+
+#[test]
+fn cli_version_and_models_list() {
+    let bin = env!("CARGO_BIN_EXE_bulwark");
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("bulwark {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let dir = TempDir::new("cli");
+    let tampered = dir.write("tampered.gguf", "not the model");
+    let cfg = format!(
+        "{}[[local_models]]\nname = \"tampered\"\npath = \"{}\"\nsha256 = \"{}\"\n\
+         [[upstreams]]\nname = \"eu\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = {{ \"big\" = \"org/big\" }}\n",
+        local_model(""),
+        tampered.display(),
+        bulwark_config::default_model::GGUF_SHA256
+    );
+    let cfg = dir.write("bulwark.toml", &cfg);
+    let out = std::process::Command::new(bin)
+        .args(["models", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["NAME", "KIND", "STATUS"],
+            vec!["smollm2", "local", "verified"],
+            vec!["tampered", "local", "MISMATCH"],
+            vec!["big", "upstream", "-"],
+        ]
+    );
+}
