@@ -71,6 +71,11 @@ pub async fn forward(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             out.headers_mut()
                 .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        } else if let Some(len) = resp.content_length {
+            // Still streamed as it arrives, but length-framed rather than chunked; if the
+            // upstream then sends fewer bytes, hyper closes the connection.
+            out.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         return Ok(out);
     }

@@ -55,6 +55,8 @@ pub struct UpstreamResponse {
     pub status: u16,
     pub content_type: Option<String>,
     pub retry_after: Option<String>,
+    /// The body's length when the upstream declared it (not for streams).
+    pub content_length: Option<u64>,
     pub body: BoxStream<'static, Result<Bytes, UpstreamError>>,
 }
 
@@ -166,6 +168,7 @@ impl Upstream {
         let content_type = header(reqwest::header::CONTENT_TYPE);
         let retry_after = header(reqwest::header::RETRY_AFTER);
         let status = resp.status().as_u16();
+        let content_length = resp.content_length();
         let name = self.name.clone();
         let read_timeout = self.read_timeout;
         let body = resp
@@ -188,6 +191,7 @@ impl Upstream {
             status,
             content_type,
             retry_after,
+            content_length,
             body,
         })
     }
