@@ -46,6 +46,12 @@ async fn non_streaming_pass_through_rewrites_model_and_key() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status(), 200);
+    // A non-streamed answer keeps the upstream's length framing.
+    assert!(
+        r.headers().get("content-length").is_some(),
+        "{:?}",
+        r.headers()
+    );
     let v: Value = r.json().await.unwrap_or(Value::Null);
     assert_eq!(
         v["choices"][0]["message"]["content"],
