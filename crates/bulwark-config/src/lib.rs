@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use bulwark_policy::{DataClass, Policy, Residency, Rule, Trust};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -64,6 +65,41 @@ pub struct RawConfig {
     /// OpenAI-compatible servers that Bulwark fronts.
     #[serde(default)]
     pub upstreams: Vec<RawUpstream>,
+    /// Where each data class may go. Absent: the default policy (see `bulwark-policy`).
+    #[serde(default)]
+    pub policy: RawPolicy,
+    /// Model names that stand for an ordered list of candidate models; a request goes to
+    /// the first candidate the policy allows and that answers.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Class of a request that says nothing else about itself. Default `public`.
+    pub default_class: Option<DataClass>,
+    /// Per-class rules replacing the defaults: `[policy.rules.confidential]`.
+    #[serde(default)]
+    pub rules: std::collections::BTreeMap<DataClass, RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Trust levels this class may reach: `host`, `private`, `foreign`.
+    pub trust: Vec<Trust>,
+    /// Jurisdictions this class may reach (countries or `EU`/`EEA`); absent means anywhere.
+    pub jurisdictions: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// The name clients use.
+    pub model: String,
+    /// Model names (local models or upstream model names), in order of preference.
+    pub candidates: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +109,9 @@ pub struct RawServer {
     pub listen: Option<String>,
     /// Largest request body accepted, in bytes; larger bodies get 413. Default 4 MiB.
     pub max_body_bytes: Option<usize>,
+    /// Jurisdiction of this machine (ISO country or region), used by policy rules that
+    /// restrict where local models may run. Absent: local models fail such rules.
+    pub jurisdiction: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +133,10 @@ pub struct RawLocalModel {
     pub batch_size: Option<u32>,
     /// Requests that may wait for a free sequence; beyond it, 429. Default 64.
     pub queue_depth: Option<usize>,
+    /// One KV cache buffer shared by all sequences. Default true: better throughput when
+    /// requests run concurrently. false: one buffer per sequence, so that a greedy
+    /// request's output never depends on what else is being decoded with it.
+    pub unified_kv: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +157,13 @@ pub struct RawUpstream {
     /// Longest silence allowed while waiting for response bytes (headers or the next
     /// stream chunk), in milliseconds. Default 300000.
     pub read_timeout_ms: Option<u64>,
+    /// Where the upstream runs: ISO 3166 country (`FR`) or region (`EU`). Without it (and
+    /// `trust`), the upstream receives public data only.
+    pub jurisdiction: Option<String>,
+    /// Who runs it, for the record (e.g. `acme-cloud`).
+    pub operator: Option<String>,
+    /// `private` (the organisation's own servers) or `foreign` (anything else).
+    pub trust: Option<Trust>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -125,12 +175,18 @@ pub struct Config {
     pub server: ServerConfig,
     pub local_models: Vec<LocalModelConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    pub policy: Policy,
+    pub default_class: DataClass,
+    /// `(client-facing name, candidate model names in order)`.
+    pub routes: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// This machine's jurisdiction, upper case.
+    pub jurisdiction: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +200,7 @@ pub struct LocalModelConfig {
     pub parallel: u32,
     pub batch_size: u32,
     pub queue_depth: usize,
+    pub unified_kv: bool,
 }
 
 #[derive(Debug)]
@@ -156,6 +213,17 @@ pub struct UpstreamConfig {
     pub models: Vec<(String, String)>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    pub residency: Residency,
+}
+
+/// A jurisdiction as written in the config: two or three ASCII letters, upper-cased.
+fn jurisdiction(what: &str, j: &str) -> Result<String, ConfigError> {
+    let up = j.trim().to_ascii_uppercase();
+    if (2..=3).contains(&up.len()) && up.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(up)
+    } else {
+        Err(invalid(format!("{what}: jurisdiction `{j}` must be an ISO 3166 country code (FR) or a region (EU, EEA)")))
+    }
 }
 
 fn default_threads() -> u32 {
@@ -174,6 +242,7 @@ impl LocalModelConfig {
             parallel: 4,
             batch_size: 512,
             queue_depth: 64,
+            unified_kv: true,
         }
     }
 }
@@ -187,9 +256,13 @@ impl Config {
                     .parse()
                     .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                jurisdiction: None,
             },
             local_models: vec![LocalModelConfig::default_model(model_dir)],
             upstreams: Vec::new(),
+            policy: Policy::default(),
+            default_class: DataClass::Public,
+            routes: Vec::new(),
         }
     }
 
@@ -302,6 +375,7 @@ impl RawConfig {
                 parallel,
                 batch_size,
                 queue_depth: m.queue_depth.unwrap_or(64),
+                unified_kv: m.unified_kv.unwrap_or(true),
             });
         }
 
@@ -344,16 +418,85 @@ impl RawConfig {
                 models: u.models.into_iter().collect(),
                 connect_timeout: Duration::from_millis(u.connect_timeout_ms.unwrap_or(5_000)),
                 read_timeout: Duration::from_millis(u.read_timeout_ms.unwrap_or(300_000)),
+                residency: Residency {
+                    jurisdiction: u
+                        .jurisdiction
+                        .as_deref()
+                        .map(|j| jurisdiction(&what, j))
+                        .transpose()?,
+                    operator: u.operator,
+                    trust: u.trust,
+                },
             });
+            if u.trust == Some(Trust::Host) {
+                return Err(invalid(format!(
+                    "{what}: trust `host` is reserved for the in-process engine"
+                )));
+            }
+        }
+
+        let host_jurisdiction = self
+            .server
+            .jurisdiction
+            .as_deref()
+            .map(|j| jurisdiction("server", j))
+            .transpose()?;
+
+        let mut rules = Vec::new();
+        for (class, r) in self.policy.rules {
+            let what = format!("policy.rules.{class}");
+            let places = match r.jurisdictions {
+                None => None,
+                Some(list) => Some(
+                    list.iter()
+                        .map(|j| jurisdiction(&what, j))
+                        .collect::<Result<_, _>>()?,
+                ),
+            };
+            rules.push((
+                class,
+                Rule {
+                    trust: r.trust.into_iter().collect(),
+                    jurisdictions: places,
+                },
+            ));
+        }
+
+        let mut routes = Vec::new();
+        for r in self.routes {
+            let what = format!("routes `{}`", r.model);
+            if r.candidates.is_empty() {
+                return Err(invalid(format!(
+                    "{what}: `candidates` must name at least one model"
+                )));
+            }
+            for c in &r.candidates {
+                if !names.contains(c) {
+                    return Err(invalid(format!(
+                        "{what}: candidate `{c}` is not a configured model"
+                    )));
+                }
+            }
+            if !names.insert(r.model.clone()) {
+                return Err(invalid(format!(
+                    "{what}: `{}` is already a model or route name",
+                    r.model
+                )));
+            }
+            routes.push((r.model, r.candidates));
         }
 
         Ok(Config {
             server: ServerConfig {
                 listen,
                 max_body_bytes,
+                jurisdiction: host_jurisdiction,
             },
             local_models,
             upstreams,
+            policy: Policy::with_rules(rules),
+            default_class: self.policy.default_class.unwrap_or(DataClass::Public),
+            routes,
         })
     }
 }
@@ -449,7 +592,7 @@ mod tests {
                   |
                 2 | listen_addr = "x"
                   | ^^^^^^^^^^^
-                unknown field `listen_addr`, expected `listen` or `max_body_bytes`
+                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`
 
             "#]],
         );
@@ -505,6 +648,78 @@ mod example {
         assert_eq!(
             cfg.local_models[0].sha256.as_deref(),
             Some(default_model::GGUF_SHA256)
+        );
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use expect_test::{expect, Expect};
+
+    fn check(toml: &str, expect: Expect) {
+        let env = |_: &str| None;
+        let got = match Config::parse(toml, Path::new("/etc"), &env, Path::new("/models")) {
+            Ok(c) => format!(
+                "ok host={:?} default={} routes={:?} confidential={:?} up={:?}",
+                c.server.jurisdiction,
+                c.default_class,
+                c.routes,
+                c.policy.rule(DataClass::Confidential),
+                c.upstreams.iter().map(|u| &u.residency).collect::<Vec<_>>()
+            ),
+            Err(e) => format!("error: {e}"),
+        };
+        expect.assert_eq(&got);
+    }
+
+    const UP: &str = "[[upstreams]]\nname='eu'\nbase_url='http://x/v1'\njurisdiction='fr'\ntrust='private'\nmodels={a='b'}\n";
+
+    #[test]
+    fn policy_and_routes() {
+        check(
+            &format!("[server]\njurisdiction='de'\n[policy]\ndefault_class='internal'\n[policy.rules.confidential]\ntrust=['host','private']\njurisdictions=['eu']\n[[routes]]\nmodel='chat'\ncandidates=['a']\n{UP}"),
+            expect![[r#"ok host=Some("DE") default=internal routes=[("chat", ["a"])] confidential=Some(Rule { trust: {Host, Private}, jurisdictions: Some({"EU"}) }) up=[Residency { jurisdiction: Some("FR"), operator: None, trust: Some(Private) }]"#]],
+        );
+    }
+
+    #[test]
+    fn route_to_an_unknown_model() {
+        check(
+            &format!("[[routes]]\nmodel='chat'\ncandidates=['nope']\n{UP}"),
+            expect![
+                "error: invalid config: routes `chat`: candidate `nope` is not a configured model"
+            ],
+        );
+    }
+
+    #[test]
+    fn bad_jurisdiction() {
+        check(
+            "[[upstreams]]\nname='x'\nbase_url='http://x/v1'\njurisdiction='France'\nmodels={a='b'}\n",
+            expect!["error: invalid config: upstreams `x`: jurisdiction `France` must be an ISO 3166 country code (FR) or a region (EU, EEA)"],
+        );
+    }
+
+    #[test]
+    fn upstream_cannot_claim_host_trust() {
+        check(
+            "[[upstreams]]\nname='x'\nbase_url='http://x/v1'\ntrust='host'\nmodels={a='b'}\n",
+            expect!["error: invalid config: upstreams `x`: trust `host` is reserved for the in-process engine"],
+        );
+    }
+
+    #[test]
+    fn unknown_class_is_rejected() {
+        check(
+            "[policy]\ndefault_class='top-secret'\n",
+            expect![[r#"
+                error: invalid config: TOML parse error at line 2, column 15
+                  |
+                2 | default_class='top-secret'
+                  |               ^^^^^^^^^^^^
+                unknown variant `top-secret`, expected one of `public`, `internal`, `confidential`, `secret`
+            "#]],
         );
     }
 }

@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         parallel: 8,
         batch_size: 512,
         queue_depth: 16,
+        unified_kv: true,
     })?;
     let params = SamplingParams {
         temperature: Some(0.0),

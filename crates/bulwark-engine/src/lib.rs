@@ -51,6 +51,9 @@ pub struct EngineConfig {
     pub batch_size: u32,
     /// Requests that may wait for a free sequence before new ones get 429.
     pub queue_depth: usize,
+    /// One KV buffer shared by all sequences (faster batching) rather than one per
+    /// sequence (a request's greedy output is then identical whatever else is batched).
+    pub unified_kv: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,11 +180,11 @@ impl Engine {
             .with_n_batch(config.batch_size)
             .with_n_ubatch(config.batch_size)
             .with_n_seq_max(parallel)
-            // One KV buffer shared by all sequences: a batch of N sequences then runs as
-            // one attention pass instead of N per-stream passes. Measured 1.8x the
-            // single-stream aggregate at 8 streams, against 1.3x with split buffers
-            // (BENCHMARKS.md). Each sequence is still held to `ctx_size` by the worker.
-            .with_kv_unified(true)
+            // Shared KV buffer: a batch of N sequences runs as one attention pass instead of
+            // N per-stream passes (1.6-1.8x the single-stream aggregate at 8 streams against
+            // 1.3x split, BENCHMARKS.md), at the price of floating-point order depending on
+            // what else is in the batch. Each sequence is still held to `ctx_size`.
+            .with_kv_unified(config.unified_kv)
             .with_n_threads(config.threads as i32)
             .with_n_threads_batch(config.threads as i32);
 

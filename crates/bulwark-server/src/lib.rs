@@ -2,8 +2,9 @@
 //!
 //! A request enters through the Tower stack assembled in [`router`], is parsed by
 //! [`extract::JsonObject`] (415/413/400 decided there), validated into a typed request
-//! by `bulwark-api`, resolved to a target by [`state::Models::resolve`], and served by
-//! [`local`] (in-process engine) or [`proxy`] (upstream). Every error leaves through
+//! by `bulwark-api`, routed by [`route`] (the sovereignty policy decides which candidate
+//! models may receive it), and served by [`local`] (in-process engine) or [`proxy`]
+//! (upstream). Every error leaves through
 //! [`error::Error`], the only place that turns failures into HTTP responses.
 
 pub mod error;
@@ -11,6 +12,7 @@ pub mod extract;
 mod local;
 mod ops;
 mod proxy;
+pub mod route;
 pub mod sse;
 pub mod state;
 
@@ -18,6 +20,7 @@ use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -26,8 +29,7 @@ use bulwark_api::chat::ChatRequest;
 use bulwark_api::completions::CompletionRequest;
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_config::Config;
-use bulwark_upstream::Endpoint;
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -35,7 +37,8 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use error::Error;
 use extract::JsonObject;
-use state::{AppState, Models, Target};
+use route::Parsed;
+use state::{AppState, Models};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -49,26 +52,23 @@ pub enum ServeError {
 
 async fn chat_completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: JsonObject,
-) -> Result<Response, Error> {
-    match state.models.resolve(&body.model)? {
-        Target::Local(engine) => local::chat(engine, ChatRequest::from_json(&body.value)?).await,
-        Target::Upstream(route) => {
-            ChatRequest::from_json(&body.value)?;
-            proxy::forward(route, Endpoint::ChatCompletions, body.value).await
-        }
+) -> Response {
+    match ChatRequest::from_json(&body.value) {
+        Ok(req) => route::serve(&state, &headers, body, Parsed::Chat(req)).await,
+        Err(e) => Error(e).into_response(),
     }
 }
 
-async fn completions(State(state): State<AppState>, body: JsonObject) -> Result<Response, Error> {
-    match state.models.resolve(&body.model)? {
-        Target::Local(engine) => {
-            local::completion(engine, CompletionRequest::from_json(&body.value)?).await
-        }
-        Target::Upstream(route) => {
-            CompletionRequest::from_json(&body.value)?;
-            proxy::forward(route, Endpoint::Completions, body.value).await
-        }
+async fn completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Response {
+    match CompletionRequest::from_json(&body.value) {
+        Ok(req) => route::serve(&state, &headers, body, Parsed::Completion(req)).await,
+        Err(e) => Error(e).into_response(),
     }
 }
 

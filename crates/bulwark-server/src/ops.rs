@@ -71,6 +71,15 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
         verified: None,
         status: None,
     }));
+    out.extend(models.routes.keys().map(|name| ModelObject {
+        id: name.clone(),
+        object: "model",
+        created: models.created,
+        owned_by: "bulwark".into(),
+        served_by: "route".into(),
+        verified: None,
+        status: None,
+    }));
     out
 }
 

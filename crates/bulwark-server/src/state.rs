@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_config::{Config, LocalModelConfig};
 use bulwark_engine::{Engine, EngineConfig};
+use bulwark_policy::{DataClass, Policy, Residency};
 use bulwark_upstream::{Upstream, UpstreamError};
 
 #[derive(Clone)]
@@ -19,18 +20,24 @@ pub struct AppState {
 pub struct LocalModel {
     pub config: LocalModelConfig,
     pub engine: OnceLock<Arc<Engine>>,
+    pub residency: Residency,
 }
 
 /// A client-facing model name served by an upstream.
 pub struct UpstreamRoute {
     pub upstream: Arc<Upstream>,
     pub upstream_model: String,
+    pub residency: Residency,
 }
 
 /// Every model this gateway serves, by the name clients use.
 pub struct Models {
     pub local: BTreeMap<String, LocalModel>,
     pub upstream: BTreeMap<String, UpstreamRoute>,
+    /// Client-facing names that stand for an ordered list of candidate models.
+    pub routes: BTreeMap<String, Vec<String>>,
+    pub policy: Policy,
+    pub default_class: DataClass,
     pub created: u64,
 }
 
@@ -42,30 +49,29 @@ pub enum Target<'a> {
 
 impl Models {
     pub fn from_config(config: &Config) -> Result<Self, UpstreamError> {
+        let host = Residency::host(config.server.jurisdiction.clone());
         let local = config
             .local_models
             .iter()
             .map(|m| {
-                (
-                    m.name.clone(),
-                    LocalModel {
-                        config: m.clone(),
-                        engine: OnceLock::new(),
-                    },
-                )
+                let model = LocalModel {
+                    config: m.clone(),
+                    engine: OnceLock::new(),
+                    residency: host.clone(),
+                };
+                (m.name.clone(), model)
             })
             .collect();
         let mut upstream = BTreeMap::new();
         for u in &config.upstreams {
             let client = Arc::new(Upstream::new(u)?);
             for (alias, target) in &u.models {
-                upstream.insert(
-                    alias.clone(),
-                    UpstreamRoute {
-                        upstream: Arc::clone(&client),
-                        upstream_model: target.clone(),
-                    },
-                );
+                let route = UpstreamRoute {
+                    upstream: Arc::clone(&client),
+                    upstream_model: target.clone(),
+                    residency: u.residency.clone(),
+                };
+                upstream.insert(alias.clone(), route);
             }
         }
         let created = SystemTime::now()
@@ -74,8 +80,31 @@ impl Models {
         Ok(Models {
             local,
             upstream,
+            routes: config.routes.iter().cloned().collect(),
+            policy: config.policy.clone(),
+            default_class: config.default_class,
             created,
         })
+    }
+
+    /// The models a request for `model` may be served by, in order: a route's
+    /// candidates, or the model itself.
+    pub fn candidates<'a>(&'a self, model: &'a str) -> Result<Vec<&'a str>, ApiError> {
+        if let Some(list) = self.routes.get(model) {
+            return Ok(list.iter().map(String::as_str).collect());
+        }
+        if self.local.contains_key(model) || self.upstream.contains_key(model) {
+            return Ok(vec![model]);
+        }
+        Err(ApiError::model_not_found(model))
+    }
+
+    /// Where a configured model runs.
+    pub fn residency(&self, model: &str) -> Option<&Residency> {
+        self.local
+            .get(model)
+            .map(|m| &m.residency)
+            .or_else(|| self.upstream.get(model).map(|r| &r.residency))
     }
 
     pub fn resolve(&self, model: &str) -> Result<Target<'_>, ApiError> {
@@ -139,6 +168,7 @@ fn load_one(cfg: LocalModelConfig) -> Result<Engine, String> {
         parallel: cfg.parallel,
         batch_size: cfg.batch_size,
         queue_depth: cfg.queue_depth,
+        unified_kv: cfg.unified_kv,
     })
     .map_err(|e| format!("model `{}`: {e}", cfg.name))
 }

@@ -1,0 +1,224 @@
+//! Routing: which model serves a request, as the sovereignty policy allows.
+//!
+//! A request's data class is the highest of the configured default and the
+//! `x-bulwark-data-class` header. Its model names a route (an ordered list of candidate
+//! models) or one model. [`bulwark_policy::decide`] says which candidates the class may
+//! reach; only those are tried, in order, falling back to the next when one is loading,
+//! busy, unreachable, times out or fails with a 5xx (always before any byte has been sent
+//! to the client). Nothing here sends a request anywhere the decision does not allow.
+//!
+//! Every answer, success or error, carries `x-bulwark-route`, which names the target and
+//! the verdict on every candidate.
+
+use axum::response::{IntoResponse, Response};
+use bulwark_api::chat::ChatRequest;
+use bulwark_api::completions::CompletionRequest;
+use bulwark_api::{ApiError, ErrorKind};
+use bulwark_policy::{decide, Candidate, DataClass};
+use bulwark_upstream::Endpoint;
+use http::{HeaderMap, HeaderValue};
+
+use crate::error::Error;
+use crate::extract::JsonObject;
+use crate::state::{AppState, Target};
+use crate::{local, proxy};
+
+pub const ROUTE_HEADER: &str = "x-bulwark-route";
+pub const CLASS_HEADER: &str = "x-bulwark-data-class";
+
+/// A validated request of one of the completion endpoints.
+pub enum Parsed {
+    Chat(ChatRequest),
+    Completion(CompletionRequest),
+}
+
+impl Parsed {
+    fn endpoint(&self) -> Endpoint {
+        match self {
+            Parsed::Chat(_) => Endpoint::ChatCompletions,
+            Parsed::Completion(_) => Endpoint::Completions,
+        }
+    }
+}
+
+/// The request's data class: the default, raised (never lowered) by the header.
+pub fn request_class(headers: &HeaderMap, default: DataClass) -> Result<DataClass, ApiError> {
+    let Some(value) = headers.get(CLASS_HEADER) else {
+        return Ok(default);
+    };
+    let class: DataClass =
+        value
+            .to_str()
+            .unwrap_or("")
+            .parse()
+            .map_err(|e: bulwark_policy::UnknownClass| {
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("Header `{CLASS_HEADER}`: {e}."),
+                )
+                .with_code("invalid_data_class")
+            })?;
+    Ok(class.max(default))
+}
+
+/// Worth trying the next candidate: the target could not serve, through no fault of the request.
+fn retryable(e: &Error) -> bool {
+    matches!(
+        e.0.kind,
+        ErrorKind::BadGateway | ErrorKind::GatewayTimeout | ErrorKind::Unavailable
+    ) || e.0.code == Some("queue_full")
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("unavailable"))
+}
+
+/// Serves a validated request through the first allowed candidate that can take it.
+pub async fn serve(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: JsonObject,
+    parsed: Parsed,
+) -> Response {
+    let (result, route) = dispatch(state, headers, body, parsed).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    if let Some(route) = route {
+        resp.headers_mut()
+            .insert(ROUTE_HEADER, header_value(&route));
+    }
+    resp
+}
+
+async fn dispatch(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: JsonObject,
+    parsed: Parsed,
+) -> (Result<Response, Error>, Option<String>) {
+    let models = &state.models;
+    let class = match request_class(headers, models.default_class) {
+        Ok(c) => c,
+        Err(e) => return (Err(Error(e)), None),
+    };
+    let names = match models.candidates(&body.model) {
+        Ok(n) => n,
+        Err(e) => return (Err(Error(e)), None),
+    };
+    let candidates: Vec<Candidate<'_>> = names
+        .iter()
+        .filter_map(|n| {
+            models.residency(n).map(|r| Candidate {
+                name: n,
+                residency: r,
+            })
+        })
+        .collect();
+    let decision = decide(class, &candidates, &models.policy);
+    let explain = decision.explain();
+    if decision.is_denied() {
+        tracing::warn!(model = %body.model, decision = %explain, "request refused by policy");
+        let err = ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "No target may receive this {class} request for `{}`: {explain}.",
+                body.model
+            ),
+        )
+        .with_code("policy_denied");
+        return (Err(Error(err)), Some(format!("target=none; {explain}")));
+    }
+
+    let endpoint = parsed.endpoint();
+    let mut failed: Vec<String> = Vec::new();
+    let mut last_error = None;
+    for name in decision.allowed() {
+        let attempt = match models.resolve(name) {
+            Err(e) => Err(Error(e)),
+            Ok(Target::Local(engine)) => match &parsed {
+                Parsed::Chat(req) => {
+                    let mut req = req.clone();
+                    req.model = name.to_owned();
+                    local::chat(engine, req).await
+                }
+                Parsed::Completion(req) => {
+                    let mut req = req.clone();
+                    req.model = name.to_owned();
+                    local::completion(engine, req).await
+                }
+            },
+            Ok(Target::Upstream(route)) => {
+                proxy::forward(route, endpoint, body.value.clone()).await
+            }
+        };
+        let fallbacks = if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; fallback_from={}", failed.join(","))
+        };
+        match attempt {
+            Ok(resp) => {
+                tracing::debug!(model = %body.model, target = name, decision = %explain, "routed");
+                return (
+                    Ok(resp),
+                    Some(format!("target={name}; {explain}{fallbacks}")),
+                );
+            }
+            Err(e) if retryable(&e) => {
+                tracing::warn!(model = %body.model, target = name, error = %e.0, "target failed; trying the next allowed one");
+                failed.push(format!("{name}({})", e.0.status()));
+                last_error = Some(e);
+            }
+            Err(e) => return (Err(e), Some(format!("target={name}; {explain}{fallbacks}"))),
+        }
+    }
+    let route = format!("target=none; {explain}; failed={}", failed.join(","));
+    let err = last_error.unwrap_or_else(|| {
+        Error(
+            ApiError::new(ErrorKind::Internal, "No candidate was tried.")
+                .with_code("internal_error"),
+        )
+    });
+    (Err(err), Some(route))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_raises_but_never_lowers_the_class() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            request_class(&h, DataClass::Internal),
+            Ok(DataClass::Internal)
+        );
+        h.insert(CLASS_HEADER, HeaderValue::from_static("secret"));
+        assert_eq!(
+            request_class(&h, DataClass::Internal),
+            Ok(DataClass::Secret)
+        );
+        h.insert(CLASS_HEADER, HeaderValue::from_static("public"));
+        assert_eq!(
+            request_class(&h, DataClass::Internal),
+            Ok(DataClass::Internal)
+        );
+        h.insert(CLASS_HEADER, HeaderValue::from_static("top-secret"));
+        assert_eq!(
+            request_class(&h, DataClass::Public).map_err(|e| e.code),
+            Err(Some("invalid_data_class"))
+        );
+    }
+}
