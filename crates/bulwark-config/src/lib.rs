@@ -100,6 +100,10 @@ pub struct RawRoute {
     pub model: String,
     /// Model names (local models or upstream model names), in order of preference.
     pub candidates: Vec<String>,
+    /// Hedged ("redundant") requests: when the first allowed candidate has not answered
+    /// within this many ms, the same request also goes to the next allowed candidate and
+    /// the first answer wins; the other is cancelled. Absent: no hedging.
+    pub hedge_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +168,13 @@ pub struct RawUpstream {
     pub operator: Option<String>,
     /// `private` (the organisation's own servers) or `foreign` (anything else).
     pub trust: Option<Trust>,
+    /// Extra attempts on the same upstream after a connection failure, a timeout before
+    /// the response, or a 502/503/504, with jittered exponential backoff. Default 1.
+    pub retries: Option<u32>,
+    /// Consecutive failures after which the upstream is skipped (circuit open). Default 5.
+    pub breaker_failures: Option<u32>,
+    /// How long an open circuit skips the upstream before one probe, in ms. Default 30000.
+    pub breaker_cooldown_ms: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -177,8 +188,16 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub policy: Policy,
     pub default_class: DataClass,
-    /// `(client-facing name, candidate model names in order)`.
-    pub routes: Vec<(String, Vec<String>)>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// The client-facing name.
+    pub model: String,
+    /// Candidate model names, in order of preference.
+    pub candidates: Vec<String>,
+    pub hedge_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +233,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub residency: Residency,
+    pub retries: u32,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 /// A jurisdiction as written in the config: two or three ASCII letters, upper-cased.
@@ -418,6 +440,9 @@ impl RawConfig {
                 models: u.models.into_iter().collect(),
                 connect_timeout: Duration::from_millis(u.connect_timeout_ms.unwrap_or(5_000)),
                 read_timeout: Duration::from_millis(u.read_timeout_ms.unwrap_or(300_000)),
+                retries: u.retries.unwrap_or(1).min(10),
+                breaker_failures: u.breaker_failures.unwrap_or(5).max(1),
+                breaker_cooldown: Duration::from_millis(u.breaker_cooldown_ms.unwrap_or(30_000)),
                 residency: Residency {
                     jurisdiction: u
                         .jurisdiction
@@ -483,7 +508,11 @@ impl RawConfig {
                     r.model
                 )));
             }
-            routes.push((r.model, r.candidates));
+            routes.push(RouteConfig {
+                model: r.model,
+                candidates: r.candidates,
+                hedge_after: r.hedge_after_ms.map(Duration::from_millis),
+            });
         }
 
         Ok(Config {
@@ -679,7 +708,7 @@ mod policy_tests {
     fn policy_and_routes() {
         check(
             &format!("[server]\njurisdiction='de'\n[policy]\ndefault_class='internal'\n[policy.rules.confidential]\ntrust=['host','private']\njurisdictions=['eu']\n[[routes]]\nmodel='chat'\ncandidates=['a']\n{UP}"),
-            expect![[r#"ok host=Some("DE") default=internal routes=[("chat", ["a"])] confidential=Some(Rule { trust: {Host, Private}, jurisdictions: Some({"EU"}) }) up=[Residency { jurisdiction: Some("FR"), operator: None, trust: Some(Private) }]"#]],
+            expect![[r#"ok host=Some("DE") default=internal routes=[RouteConfig { model: "chat", candidates: ["a"], hedge_after: None }] confidential=Some(Rule { trust: {Host, Private}, jurisdictions: Some({"EU"}) }) up=[Residency { jurisdiction: Some("FR"), operator: None, trust: Some(Private) }]"#]],
         );
     }
 

@@ -56,7 +56,9 @@ impl From<EngineError> for Error {
 impl From<UpstreamError> for Error {
     fn from(e: UpstreamError) -> Self {
         tracing::warn!(error = %e, "upstream error");
-        let api = if e.is_timeout() {
+        let api = if matches!(e, UpstreamError::CircuitOpen { .. }) {
+            ApiError::new(ErrorKind::Unavailable, e.to_string()).with_code("upstream_circuit_open")
+        } else if e.is_timeout() {
             ApiError::new(ErrorKind::GatewayTimeout, e.to_string()).with_code("upstream_timeout")
         } else {
             ApiError::new(ErrorKind::BadGateway, e.to_string()).with_code("upstream_unavailable")

@@ -16,6 +16,7 @@ use bulwark_api::completions::CompletionRequest;
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_policy::{decide, Candidate, DataClass};
 use bulwark_upstream::Endpoint;
+use futures_util::future::{select, Either};
 use http::{HeaderMap, HeaderValue};
 
 use crate::error::Error;
@@ -142,56 +143,131 @@ async fn dispatch(
     }
 
     let endpoint = parsed.endpoint();
-    let mut failed: Vec<String> = Vec::new();
-    let mut last_error = None;
-    for name in decision.allowed() {
-        let attempt = match models.resolve(name) {
-            Err(e) => Err(Error(e)),
-            Ok(Target::Local(engine)) => match &parsed {
-                Parsed::Chat(req) => {
-                    let mut req = req.clone();
-                    req.model = name.to_owned();
-                    local::chat(engine, req).await
+    let allowed: Vec<&str> = decision.allowed().collect();
+    let hedge_after = models.routes.get(&body.model).and_then(|r| r.hedge_after);
+    let mut outcome = Outcome {
+        failed: Vec::new(),
+        last_error: None,
+        hedged: false,
+    };
+
+    let mut rest: &[&str] = &allowed;
+    if let (Some(delay), [first, second, ..]) = (hedge_after, allowed.as_slice()) {
+        // Hedged: the first candidate alone for `delay`, then the second one too; the
+        // first success wins and the other future is dropped, which cancels its request.
+        rest = &allowed[2..];
+        let a = Box::pin(attempt(state, first, &parsed, endpoint, &body.value));
+        match select(a, Box::pin(tokio::time::sleep(delay))).await {
+            Either::Left((res, _)) => {
+                if let Some(done) = outcome.settle(first, res) {
+                    return outcome.finish(done, first, &explain);
                 }
-                Parsed::Completion(req) => {
-                    let mut req = req.clone();
-                    req.model = name.to_owned();
-                    local::completion(engine, req).await
+                rest = &allowed[1..];
+            }
+            Either::Right(((), a)) => {
+                outcome.hedged = true;
+                let b = Box::pin(attempt(state, second, &parsed, endpoint, &body.value));
+                let (won, res, other_name, other) = match select(a, b).await {
+                    Either::Left((res, b)) => (*first, res, *second, b),
+                    Either::Right((res, a)) => (*second, res, *first, a),
+                };
+                if let Some(done) = outcome.settle(won, res) {
+                    return outcome.finish(done, won, &explain);
                 }
-            },
-            Ok(Target::Upstream(route)) => {
-                proxy::forward(route, endpoint, body.value.clone()).await
+                if let Some(done) = outcome.settle(other_name, other.await) {
+                    return outcome.finish(done, other_name, &explain);
+                }
             }
-        };
-        let fallbacks = if failed.is_empty() {
-            String::new()
-        } else {
-            format!("; fallback_from={}", failed.join(","))
-        };
-        match attempt {
-            Ok(resp) => {
-                tracing::debug!(model = %body.model, target = name, decision = %explain, "routed");
-                return (
-                    Ok(resp),
-                    Some(format!("target={name}; {explain}{fallbacks}")),
-                );
-            }
-            Err(e) if retryable(&e) => {
-                tracing::warn!(model = %body.model, target = name, error = %e.0, "target failed; trying the next allowed one");
-                failed.push(format!("{name}({})", e.0.status()));
-                last_error = Some(e);
-            }
-            Err(e) => return (Err(e), Some(format!("target={name}; {explain}{fallbacks}"))),
         }
     }
-    let route = format!("target=none; {explain}; failed={}", failed.join(","));
-    let err = last_error.unwrap_or_else(|| {
+    for name in rest {
+        if let Some(done) = outcome.settle(
+            name,
+            attempt(state, name, &parsed, endpoint, &body.value).await,
+        ) {
+            return outcome.finish(done, name, &explain);
+        }
+    }
+    let route = format!(
+        "target=none; {explain}; failed={}",
+        outcome.failed.join(",")
+    );
+    let err = outcome.last_error.unwrap_or_else(|| {
         Error(
             ApiError::new(ErrorKind::Internal, "No candidate was tried.")
                 .with_code("internal_error"),
         )
     });
     (Err(err), Some(route))
+}
+
+/// One try of one candidate.
+async fn attempt(
+    state: &AppState,
+    name: &str,
+    parsed: &Parsed,
+    endpoint: Endpoint,
+    body: &serde_json::Value,
+) -> Result<Response, Error> {
+    match state.models.resolve(name) {
+        Err(e) => Err(Error(e)),
+        Ok(Target::Local(engine)) => match parsed {
+            Parsed::Chat(req) => {
+                let mut req = req.clone();
+                req.model = name.to_owned();
+                local::chat(engine, req).await
+            }
+            Parsed::Completion(req) => {
+                let mut req = req.clone();
+                req.model = name.to_owned();
+                local::completion(engine, req).await
+            }
+        },
+        Ok(Target::Upstream(route)) => proxy::forward(route, endpoint, body.clone()).await,
+    }
+}
+
+/// What happened to the candidates tried so far.
+struct Outcome {
+    failed: Vec<String>,
+    last_error: Option<Error>,
+    hedged: bool,
+}
+
+impl Outcome {
+    /// Keeps a retryable failure and says to go on; anything else is the answer.
+    fn settle(
+        &mut self,
+        name: &str,
+        res: Result<Response, Error>,
+    ) -> Option<Result<Response, Error>> {
+        match res {
+            Err(e) if retryable(&e) => {
+                tracing::warn!(target = name, error = %e.0, "target failed; trying the next allowed one");
+                self.failed.push(format!("{name}({})", e.0.status()));
+                self.last_error = Some(e);
+                None
+            }
+            done => Some(done),
+        }
+    }
+
+    fn finish(
+        self,
+        done: Result<Response, Error>,
+        name: &str,
+        explain: &str,
+    ) -> (Result<Response, Error>, Option<String>) {
+        let mut route = format!("target={name}; {explain}");
+        if self.hedged {
+            route.push_str("; hedged");
+        }
+        if !self.failed.is_empty() {
+            route.push_str(&format!("; fallback_from={}", self.failed.join(",")));
+        }
+        tracing::debug!(route = %route, "routed");
+        (done, Some(route))
+    }
 }
 
 #[cfg(test)]

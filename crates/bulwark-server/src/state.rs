@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_api::{ApiError, ErrorKind};
-use bulwark_config::{Config, LocalModelConfig};
+use bulwark_config::{Config, LocalModelConfig, RouteConfig};
 use bulwark_engine::{Engine, EngineConfig};
 use bulwark_policy::{DataClass, Policy, Residency};
 use bulwark_upstream::{Upstream, UpstreamError};
@@ -35,7 +35,7 @@ pub struct Models {
     pub local: BTreeMap<String, LocalModel>,
     pub upstream: BTreeMap<String, UpstreamRoute>,
     /// Client-facing names that stand for an ordered list of candidate models.
-    pub routes: BTreeMap<String, Vec<String>>,
+    pub routes: BTreeMap<String, RouteConfig>,
     pub policy: Policy,
     pub default_class: DataClass,
     pub created: u64,
@@ -80,7 +80,11 @@ impl Models {
         Ok(Models {
             local,
             upstream,
-            routes: config.routes.iter().cloned().collect(),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| (r.model.clone(), r.clone()))
+                .collect(),
             policy: config.policy.clone(),
             default_class: config.default_class,
             created,
@@ -90,8 +94,8 @@ impl Models {
     /// The models a request for `model` may be served by, in order: a route's
     /// candidates, or the model itself.
     pub fn candidates<'a>(&'a self, model: &'a str) -> Result<Vec<&'a str>, ApiError> {
-        if let Some(list) = self.routes.get(model) {
-            return Ok(list.iter().map(String::as_str).collect());
+        if let Some(route) = self.routes.get(model) {
+            return Ok(route.candidates.iter().map(String::as_str).collect());
         }
         if self.local.contains_key(model) || self.upstream.contains_key(model) {
             return Ok(vec![model]);

@@ -6,7 +6,8 @@
 //! | model            | behaviour                                                        |
 //! |------------------|------------------------------------------------------------------|
 //! | `error-NNN`      | answers status NNN with an OpenAI-shaped error                   |
-//! | `slow-MS`        | waits MS milliseconds before answering                           |
+//! | `slow-MS`        | waits MS milliseconds before answering (see [`MockLog::completed`]) |
+//! | `flaky-N`        | answers 503 to its first N requests, then normally                |
 //! | `drip-MS`        | streams, waiting MS milliseconds between chunks                  |
 //! | `stall`          | sends headers and one chunk, then nothing                        |
 //! | anything else    | answers at once: `mock reply to: <last message>`                 |
@@ -34,6 +35,10 @@ use serde_json::{json, Value};
 #[derive(Clone, Default)]
 struct Recorder {
     bodies: Arc<Mutex<Vec<(String, Option<String>, Value)>>>,
+    /// Models of the `slow-` requests whose wait ran to the end (not cancelled).
+    completed: Arc<Mutex<Vec<String>>>,
+    /// Requests seen per `flaky-` model.
+    flaky: Arc<Mutex<std::collections::HashMap<String, u32>>>,
 }
 
 /// The mock's router, for embedding or serving.
@@ -66,6 +71,16 @@ impl MockLog {
     pub fn received(&self) -> Vec<(String, Option<String>, Value)> {
         self.rec
             .bodies
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// The `slow-` requests that waited to the end; a request whose client went away
+    /// meanwhile is dropped by the server and never appears here.
+    pub fn completed(&self) -> Vec<String> {
+        self.rec
+            .completed
             .lock()
             .map(|v| v.clone())
             .unwrap_or_default()
@@ -135,6 +150,28 @@ async fn respond(
         .and_then(|c| c.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        if let Ok(mut v) = s.rec.completed.lock() {
+            v.push(model.clone());
+        }
+    }
+    if let Some(n) = model
+        .strip_prefix("flaky-")
+        .and_then(|c| c.parse::<u32>().ok())
+    {
+        let seen = s
+            .rec
+            .flaky
+            .lock()
+            .map(|mut m| {
+                let c = m.entry(model.clone()).or_insert(0);
+                *c += 1;
+                *c
+            })
+            .unwrap_or(0);
+        if seen <= n {
+            let err = json!({"error":{"message":format!("mock flaky failure {seen} of {n}"),"type":"mock_error","param":null,"code":null}});
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(err)).into_response();
+        }
     }
     let reply = format!("mock reply to: {}", last_text(&body));
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -215,6 +252,10 @@ impl MockUpstream {
 
     pub fn received(&self) -> Vec<(String, Option<String>, Value)> {
         self.log.received()
+    }
+
+    pub fn completed(&self) -> Vec<String> {
+        self.log.completed()
     }
 }
 

@@ -6,7 +6,11 @@
 //! a stream. Failures are classified ([`UpstreamError`]) so the server can answer 502 or
 //! 504 without guessing.
 
+mod breaker;
+
 use std::time::Duration;
+
+pub use breaker::Breaker;
 
 use bulwark_config::UpstreamConfig;
 use bytes::Bytes;
@@ -41,6 +45,8 @@ pub enum UpstreamError {
     Protocol { upstream: String, reason: String },
     #[error("cannot build the client for upstream `{upstream}`: {reason}")]
     Build { upstream: String, reason: String },
+    #[error("upstream `{upstream}` is skipped: its circuit is open after repeated failures")]
+    CircuitOpen { upstream: String },
 }
 
 impl UpstreamError {
@@ -79,6 +85,8 @@ pub struct Upstream {
     read_timeout: Duration,
     /// `(client-facing name, upstream name)`.
     models: Vec<(String, String)>,
+    retries: u32,
+    breaker: Breaker,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -113,6 +121,8 @@ impl Upstream {
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             models: cfg.models.clone(),
+            retries: cfg.retries,
+            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
         })
     }
 
@@ -147,8 +157,54 @@ impl Upstream {
         }
     }
 
+    /// The circuit breaker's state: `closed`, `open` or `half_open`.
+    pub fn circuit(&self) -> &'static str {
+        self.breaker.state()
+    }
+
     /// Sends a JSON body to an endpoint and returns as soon as the response headers arrive.
+    ///
+    /// A connection failure, a timeout before the response, or a 502/503/504 is retried on
+    /// this upstream up to `retries` times with jittered exponential backoff; nothing is
+    /// retried once a response has been handed back, so a stream is never replayed. Every
+    /// outcome feeds the circuit breaker; while it is open, this fails at once with
+    /// [`UpstreamError::CircuitOpen`].
     pub async fn send(
+        &self,
+        endpoint: Endpoint,
+        body: &serde_json::Value,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut attempt = 0;
+        loop {
+            if !self.breaker.allow() {
+                return Err(UpstreamError::CircuitOpen {
+                    upstream: self.name.clone(),
+                });
+            }
+            let result = self.send_once(endpoint, body).await;
+            let retryable = match &result {
+                Ok(r) => matches!(r.status, 502..=504),
+                Err(UpstreamError::Connect { .. } | UpstreamError::Timeout { .. }) => true,
+                Err(_) => false,
+            };
+            let failed = match &result {
+                Ok(r) => r.status >= 500,
+                Err(_) => true,
+            };
+            self.breaker.record(!failed);
+            if !retryable || attempt >= self.retries {
+                return result;
+            }
+            attempt += 1;
+            // Full jitter on 50 ms, 100 ms, 200 ms...: spreads retries of many clients.
+            let cap = 50u64 << attempt.min(6);
+            let wait = Duration::from_millis(fastrand::u64(cap / 2..=cap));
+            tracing::debug!(upstream = %self.name, attempt, wait_ms = wait.as_millis() as u64, "retrying upstream");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn send_once(
         &self,
         endpoint: Endpoint,
         body: &serde_json::Value,

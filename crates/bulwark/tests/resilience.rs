@@ -1,0 +1,152 @@
+//! Retries, fallback, the circuit breaker and hedged requests, through the real binary
+//! against mock upstreams on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bulwark_testkit::{Bulwark, MockUpstream};
+use common::{start_with, TempDir};
+use serde_json::{json, Value};
+
+async fn gateway(dir: &TempDir, config: &str) -> Bulwark {
+    let path = dir.write("bulwark.toml", config);
+    start_with(Some(&path), &[]).await
+}
+
+async fn send(b: &Bulwark, model: &str) -> (u16, String, Value) {
+    let r = reqwest::Client::new()
+        .post(b.url("/v1/chat/completions"))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = r.status().as_u16();
+    let route = r
+        .headers()
+        .get("x-bulwark-route")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, route, r.json().await.unwrap_or(Value::Null))
+}
+
+fn upstream(name: &str, url: &str, extra: &str, models: &str) -> String {
+    format!(
+        "[[upstreams]]\nname = \"{name}\"\nbase_url = \"{url}\"\njurisdiction = \"FR\"\ntrust = \"private\"\n{extra}\nmodels = {{ {models} }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_are_retried_on_the_same_upstream() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("retry");
+    let cfg = upstream(
+        "a",
+        &mock.base_url(),
+        "retries = 2",
+        "\"flaky\" = \"flaky-2\", \"once\" = \"flaky-1\"",
+    );
+    let b = gateway(&dir, &cfg).await;
+    let (status, route, body) = send(&b, "flaky").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(route.split("; ").next(), Some("target=flaky"));
+    // Two 503s, then the answer: three requests reached the upstream.
+    assert_eq!(mock.received().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn falls_back_when_the_first_candidate_fails_or_is_slow() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("fallback-kinds");
+    let cfg = format!(
+        "{}{}[[routes]]\nmodel = \"after-500\"\ncandidates = [\"broken\", \"good\"]\n[[routes]]\nmodel = \"after-timeout\"\ncandidates = [\"slow\", \"good\"]\n",
+        upstream("flaky-side", &mock.base_url(), "retries = 0\nread_timeout_ms = 300", "\"broken\" = \"error-500\", \"slow\" = \"slow-3000\""),
+        upstream("good-side", &mock.base_url(), "", "\"good\" = \"mock-good\""),
+    );
+    let b = gateway(&dir, &cfg).await;
+    let (status, route, _) = send(&b, "after-500").await;
+    assert_eq!(status, 200);
+    assert!(
+        route.starts_with("target=good;") && route.ends_with("fallback_from=broken(502)"),
+        "{route}"
+    );
+    let (status, route, _) = send(&b, "after-timeout").await;
+    assert_eq!(status, 200);
+    assert!(
+        route.starts_with("target=good;") && route.ends_with("fallback_from=slow(504)"),
+        "{route}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_breaker_opens_skips_the_upstream_and_closes_again() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("breaker");
+    let cfg = upstream(
+        "a",
+        &mock.base_url(),
+        "retries = 0\nbreaker_failures = 2\nbreaker_cooldown_ms = 500",
+        "\"flaky\" = \"flaky-2\"",
+    );
+    let b = gateway(&dir, &cfg).await;
+    // Two failures open the circuit.
+    assert_eq!(send(&b, "flaky").await.0, 502);
+    assert_eq!(send(&b, "flaky").await.0, 502);
+    // Open: refused at once, and the upstream is not contacted.
+    let (status, _, body) = send(&b, "flaky").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("upstream_circuit_open")),
+        "{body}"
+    );
+    assert_eq!(mock.received().len(), 2);
+    // After the cooldown, one probe goes through; it succeeds and closes the circuit.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(send(&b, "flaky").await.0, 200);
+    assert_eq!(send(&b, "flaky").await.0, 200);
+    assert_eq!(mock.received().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hedging_takes_the_faster_answer_and_cancels_the_other() {
+    let slow = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fast = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("hedge");
+    let cfg = format!(
+        "{}{}[[routes]]\nmodel = \"hedged\"\ncandidates = [\"tortoise\", \"hare\"]\nhedge_after_ms = 100\n",
+        upstream("slow-side", &slow.base_url(), "", "\"tortoise\" = \"slow-1500\""),
+        upstream("fast-side", &fast.base_url(), "", "\"hare\" = \"mock-fast\""),
+    );
+    let b = gateway(&dir, &cfg).await;
+    let started = Instant::now();
+    let (status, route, body) = send(&b, "hedged").await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        route.starts_with("target=hare;") && route.contains("; hedged"),
+        "{route}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "the hedge did not win: {took:?}"
+    );
+    // Both legs were sent, and the slow one was cancelled before it could finish.
+    assert_eq!((slow.received().len(), fast.received().len()), (1, 1));
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(
+        slow.completed(),
+        Vec::<String>::new(),
+        "the losing request was not cancelled"
+    );
+}
