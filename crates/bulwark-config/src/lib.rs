@@ -168,8 +168,13 @@ pub struct RawUpstream {
     pub operator: Option<String>,
     /// `private` (the organisation's own servers) or `foreign` (anything else).
     pub trust: Option<Trust>,
-    /// Extra attempts on the same upstream after a connection failure, a timeout before
-    /// the response, or a 502/503/504, with jittered exponential backoff. Default 1.
+    /// Base URLs of more replicas of the same upstream. Requests are balanced across
+    /// `base_url` and these by the power of two choices on requests in flight.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// Extra attempts after a connection failure, a timeout before the response, or a
+    /// 502/503/504 (on another replica when there is one), with jittered exponential
+    /// backoff. Default 1.
     pub retries: Option<u32>,
     /// Consecutive failures after which the upstream is skipped (circuit open). Default 5.
     pub breaker_failures: Option<u32>,
@@ -227,6 +232,8 @@ pub struct UpstreamConfig {
     pub name: String,
     /// Without a trailing slash.
     pub base_url: String,
+    /// More base URLs of replicas of the same upstream, without trailing slashes.
+    pub replicas: Vec<String>,
     pub api_key: Option<SecretString>,
     /// `(client-facing name, upstream name)`.
     pub models: Vec<(String, String)>,
@@ -408,12 +415,22 @@ impl RawConfig {
             if !upstream_names.insert(u.name.clone()) {
                 return Err(invalid(format!("{what}: upstream name defined twice")));
             }
-            let base_url = u.base_url.trim_end_matches('/').to_owned();
-            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                return Err(invalid(format!(
-                    "{what}: base_url must start with http:// or https://"
-                )));
-            }
+            let url = |raw: &str| {
+                let u = raw.trim_end_matches('/').to_owned();
+                if u.starts_with("http://") || u.starts_with("https://") {
+                    Ok(u)
+                } else {
+                    Err(invalid(format!(
+                        "{what}: `{raw}` must start with http:// or https://"
+                    )))
+                }
+            };
+            let base_url = url(&u.base_url)?;
+            let replicas = u
+                .replicas
+                .iter()
+                .map(|r| url(r))
+                .collect::<Result<Vec<_>, _>>()?;
             if u.models.is_empty() {
                 return Err(invalid(format!(
                     "{what}: `models` must map at least one model name"
@@ -436,6 +453,7 @@ impl RawConfig {
             upstreams.push(UpstreamConfig {
                 name: u.name,
                 base_url,
+                replicas,
                 api_key,
                 models: u.models.into_iter().collect(),
                 connect_timeout: Duration::from_millis(u.connect_timeout_ms.unwrap_or(5_000)),

@@ -42,6 +42,15 @@ impl Breaker {
         f(&mut guard)
     }
 
+    /// Would a request be let through now (without claiming the half-open probe)?
+    pub fn available_at(&self, now: Instant) -> bool {
+        self.with(|s| match *s {
+            State::Closed { .. } => true,
+            State::Open { until } => now >= until,
+            State::HalfOpen => false,
+        })
+    }
+
     /// May a request go to the upstream now? When the cooldown has passed, the first
     /// caller gets the single probe.
     pub fn allow_at(&self, now: Instant) -> bool {

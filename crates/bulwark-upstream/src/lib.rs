@@ -8,7 +8,9 @@
 
 mod breaker;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use breaker::Breaker;
 
@@ -75,10 +77,34 @@ impl std::fmt::Debug for UpstreamResponse {
     }
 }
 
-/// One configured upstream.
+/// One base URL of an upstream, with its own health and load.
+struct Replica {
+    base_url: String,
+    /// Requests sent and not yet finished (the response body still streaming counts).
+    in_flight: Arc<AtomicUsize>,
+    breaker: Breaker,
+}
+
+/// Decrements a replica's in-flight count when the request (or its body) is done.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One configured upstream: one or more replicas behind one name.
 pub struct Upstream {
     name: String,
-    base_url: String,
+    replicas: Vec<Replica>,
     api_key: Option<SecretString>,
     client: reqwest::Client,
     connect_timeout: Duration,
@@ -86,14 +112,20 @@ pub struct Upstream {
     /// `(client-facing name, upstream name)`.
     models: Vec<(String, String)>,
     retries: u32,
-    breaker: Breaker,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.name)
-            .field("base_url", &self.base_url)
+            .field(
+                "replicas",
+                &self
+                    .replicas
+                    .iter()
+                    .map(|r| r.base_url.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .finish_non_exhaustive()
     }
@@ -115,14 +147,20 @@ impl Upstream {
             })?;
         Ok(Upstream {
             name: cfg.name.clone(),
-            base_url: cfg.base_url.clone(),
+            replicas: std::iter::once(&cfg.base_url)
+                .chain(&cfg.replicas)
+                .map(|url| Replica {
+                    base_url: url.clone(),
+                    in_flight: Arc::new(AtomicUsize::new(0)),
+                    breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
+                })
+                .collect(),
             api_key: cfg.api_key.clone(),
             client,
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             models: cfg.models.clone(),
             retries: cfg.retries,
-            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
         })
     }
 
@@ -157,31 +195,65 @@ impl Upstream {
         }
     }
 
-    /// The circuit breaker's state: `closed`, `open` or `half_open`.
-    pub fn circuit(&self) -> &'static str {
-        self.breaker.state()
+    /// Picks a replica by the power of two choices: two at random among those whose
+    /// circuit lets a request through (and that have not failed this request already),
+    /// the one with fewer requests in flight. `None` when every circuit is open.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let now = Instant::now();
+        let mut open: Vec<usize> = (0..self.replicas.len())
+            .filter(|i| !tried.contains(i) && self.replicas[*i].breaker.available_at(now))
+            .collect();
+        while !open.is_empty() {
+            // Two distinct replicas (or the only one).
+            let ia = fastrand::usize(..open.len());
+            let ib = if open.len() > 1 {
+                (ia + 1 + fastrand::usize(..open.len() - 1)) % open.len()
+            } else {
+                ia
+            };
+            let (a, b) = (open[ia], open[ib]);
+            let load = |i: usize| self.replicas[i].in_flight.load(Ordering::Relaxed);
+            let chosen = if load(b) < load(a) { b } else { a };
+            // Claims the half-open probe, if that is the state; another request may have
+            // claimed it first, in which case look again without this replica.
+            if self.replicas[chosen].breaker.allow_at(now) {
+                return Some(chosen);
+            }
+            open.retain(|&i| i != chosen);
+        }
+        None
     }
 
     /// Sends a JSON body to an endpoint and returns as soon as the response headers arrive.
     ///
-    /// A connection failure, a timeout before the response, or a 502/503/504 is retried on
-    /// this upstream up to `retries` times with jittered exponential backoff; nothing is
+    /// Each attempt goes to a replica picked by [`Upstream::pick`]. A connection failure, a
+    /// timeout before the response, or a 502/503/504 is retried up to `retries` times, on
+    /// another replica when there is one, with jittered exponential backoff; nothing is
     /// retried once a response has been handed back, so a stream is never replayed. Every
-    /// outcome feeds the circuit breaker; while it is open, this fails at once with
-    /// [`UpstreamError::CircuitOpen`].
+    /// outcome feeds the replica's circuit breaker; when every circuit is open, this fails
+    /// at once with [`UpstreamError::CircuitOpen`].
     pub async fn send(
         &self,
         endpoint: Endpoint,
         body: &serde_json::Value,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut attempt = 0;
+        let mut tried: Vec<usize> = Vec::new();
         loop {
-            if !self.breaker.allow() {
+            let pick = self.pick(&tried).or_else(|| {
+                // Every replica failed this request once: allow another round.
+                if tried.is_empty() {
+                    None
+                } else {
+                    self.pick(&[])
+                }
+            });
+            let Some(i) = pick else {
                 return Err(UpstreamError::CircuitOpen {
                     upstream: self.name.clone(),
                 });
-            }
-            let result = self.send_once(endpoint, body).await;
+            };
+            let replica = &self.replicas[i];
+            let result = self.send_once(replica, endpoint, body).await;
             let retryable = match &result {
                 Ok(r) => matches!(r.status, 502..=504),
                 Err(UpstreamError::Connect { .. } | UpstreamError::Timeout { .. }) => true,
@@ -191,25 +263,27 @@ impl Upstream {
                 Ok(r) => r.status >= 500,
                 Err(_) => true,
             };
-            self.breaker.record(!failed);
-            if !retryable || attempt >= self.retries {
+            replica.breaker.record(!failed);
+            if !retryable || tried.len() as u32 >= self.retries {
                 return result;
             }
-            attempt += 1;
+            tried.push(i);
             // Full jitter on 50 ms, 100 ms, 200 ms...: spreads retries of many clients.
-            let cap = 50u64 << attempt.min(6);
+            let cap = 50u64 << tried.len().min(6);
             let wait = Duration::from_millis(fastrand::u64(cap / 2..=cap));
-            tracing::debug!(upstream = %self.name, attempt, wait_ms = wait.as_millis() as u64, "retrying upstream");
+            tracing::debug!(upstream = %self.name, replica = %replica.base_url, attempt = tried.len(), wait_ms = wait.as_millis() as u64, "retrying upstream");
             tokio::time::sleep(wait).await;
         }
     }
 
     async fn send_once(
         &self,
+        replica: &Replica,
         endpoint: Endpoint,
         body: &serde_json::Value,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let url = format!("{}{}", self.base_url, endpoint.path());
+        let in_flight = InFlight::enter(&replica.in_flight);
+        let url = format!("{}{}", replica.base_url, endpoint.path());
         let mut req = self.client.post(url).json(body);
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key.expose_secret());
@@ -230,6 +304,9 @@ impl Upstream {
         let body = resp
             .bytes_stream()
             .map_err(move |e| {
+                // The body owns the in-flight guard: the replica counts as busy until the
+                // last byte has been read or the client has gone.
+                let _held = &in_flight;
                 if e.is_timeout() {
                     UpstreamError::Timeout {
                         upstream: name.clone(),
@@ -277,4 +354,52 @@ pub async fn read_to_limit(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(replicas: usize) -> Upstream {
+        let cfg = UpstreamConfig {
+            name: "u".into(),
+            base_url: "http://127.0.0.1:9/v1".into(),
+            replicas: (1..replicas)
+                .map(|i| format!("http://127.0.0.1:{}/v1", 9 + i))
+                .collect(),
+            api_key: None,
+            models: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            residency: Default::default(),
+            retries: 1,
+            breaker_failures: 1,
+            breaker_cooldown: Duration::from_secs(60),
+        };
+        match Upstream::new(&cfg) {
+            Ok(u) => u,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn two_choices_prefer_the_less_loaded_replica() {
+        let u = upstream(2);
+        u.replicas[0].in_flight.store(10, Ordering::Relaxed);
+        for _ in 0..100 {
+            assert_eq!(u.pick(&[]), Some(1));
+        }
+    }
+
+    #[test]
+    fn open_circuits_and_tried_replicas_are_skipped() {
+        let u = upstream(3);
+        u.replicas[0].breaker.record(false); // threshold 1: open for a minute
+        for _ in 0..100 {
+            let p = u.pick(&[1]);
+            assert_eq!(p, Some(2));
+        }
+        u.replicas[2].breaker.record(false);
+        assert_eq!(u.pick(&[1]), None);
+    }
 }

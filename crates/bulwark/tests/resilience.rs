@@ -150,3 +150,58 @@ async fn hedging_takes_the_faster_answer_and_cancels_the_other() {
         "the losing request was not cancelled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_balanced_across_replicas_and_avoid_a_dead_one() {
+    let a = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9);
+    let dir = TempDir::new("replicas");
+    let cfg = format!(
+        "{}{}",
+        upstream(
+            "pair",
+            &a.base_url(),
+            &format!("replicas = [\"{}\"]", b.base_url()),
+            "\"pair\" = \"mock-pair\""
+        ),
+        upstream(
+            "half-dead",
+            &format!("http://127.0.0.1:{dead}/v1"),
+            &format!(
+                "replicas = [\"{}\"]\nretries = 1\nconnect_timeout_ms = 500",
+                a.base_url()
+            ),
+            "\"half-dead\" = \"mock-half\""
+        ),
+    );
+    let gw = gateway(&dir, &cfg).await;
+    for _ in 0..20 {
+        assert_eq!(send(&gw, "pair").await.0, 200);
+    }
+    let (na, nb) = (a.received().len(), b.received().len());
+    assert_eq!(na + nb, 20);
+    assert!(
+        na > 0 && nb > 0,
+        "all requests went to one replica: {na} / {nb}"
+    );
+    // One replica refuses connections: every request still succeeds, on the other one
+    // (a retry never goes back to the replica that just failed it).
+    for _ in 0..20 {
+        let (status, _, body) = send(&gw, "half-dead").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let half: usize = a
+        .received()
+        .iter()
+        .filter(|(_, _, body)| body["model"] == "mock-half")
+        .count();
+    assert_eq!(half, 20);
+}
