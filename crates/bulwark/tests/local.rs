@@ -12,6 +12,21 @@ fn chat_body(content: &str, max_tokens: u32) -> Value {
     json!({"model":"smollm2","messages":[{"role":"user","content":content}],"temperature":0,"max_tokens":max_tokens})
 }
 
+/// Reads a streamed chat response until a generated token arrives. (The first frame, the
+/// role chunk, is written before the engine has even admitted the job.)
+async fn wait_for_token(r: &mut reqwest::Response) {
+    let mut seen = String::new();
+    while !seen.contains("\"delta\":{\"content\":") {
+        let chunk = r
+            .chunk()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("stream ended: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let r = client
         .post(url)
@@ -229,8 +244,7 @@ async fn client_disconnect_frees_the_slot() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status(), 200);
     // Wait until tokens flow, then hang up.
-    let first = r.chunk().await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(first.is_some());
+    wait_for_token(&mut r).await;
     drop(r);
     // With one sequence, this request can only run once the abandoned one is freed;
     // 1500 tokens would take many seconds, so a prompt answer proves the slot came back.
@@ -269,7 +283,8 @@ async fn full_queue_answers_429_with_retry_after() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(running.chunk().await.ok().flatten().is_some());
+    // Hold the only sequence, so that the next request can only queue.
+    wait_for_token(&mut running).await;
     let queued = client
         .post(&url)
         .json(&long)
