@@ -15,6 +15,8 @@ fi
 
 cargo fmt --all --check
 cargo build --release --locked --workspace --all-targets
+# Reuses the release build's llama.cpp, so this costs seconds, not a second compile.
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --locked --workspace --no-fail-fast
 else

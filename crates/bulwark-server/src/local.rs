@@ -229,7 +229,7 @@ where
             None => None,
         }
     })
-    .flat_map(|frames| stream::iter(frames));
+    .flat_map(stream::iter);
     head.chain(body).map(Ok)
 }
 

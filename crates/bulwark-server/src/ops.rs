@@ -105,7 +105,14 @@ pub async fn get_model(
 /// Prometheus text exposition of the engines' counters.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::new();
-    let series: [(&str, &str, &str, fn(&bulwark_engine::StatsSnapshot) -> f64); 11] = [
+    /// (metric, type, help, value).
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&bulwark_engine::StatsSnapshot) -> f64,
+    );
+    let series: [Series; 11] = [
         (
             "bulwark_engine_decode_steps_total",
             "counter",

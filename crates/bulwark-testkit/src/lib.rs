@@ -32,9 +32,12 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
+/// `(path, authorization header, body)` of one request the mock received.
+pub type Received = (String, Option<String>, Value);
+
 #[derive(Clone, Default)]
 struct Recorder {
-    bodies: Arc<Mutex<Vec<(String, Option<String>, Value)>>>,
+    bodies: Arc<Mutex<Vec<Received>>>,
     /// Models of the `slow-` requests whose wait ran to the end (not cancelled).
     completed: Arc<Mutex<Vec<String>>>,
     /// Requests seen per `flaky-` model.
@@ -68,7 +71,7 @@ pub struct MockLog {
 
 impl MockLog {
     /// `(path, authorization header, body)` of every request, in arrival order.
-    pub fn received(&self) -> Vec<(String, Option<String>, Value)> {
+    pub fn received(&self) -> Vec<Received> {
         self.rec
             .bodies
             .lock()
@@ -250,7 +253,7 @@ impl MockUpstream {
         format!("http://{}/v1", self.addr)
     }
 
-    pub fn received(&self) -> Vec<(String, Option<String>, Value)> {
+    pub fn received(&self) -> Vec<Received> {
         self.log.received()
     }
 
