@@ -72,6 +72,26 @@ pub struct RawConfig {
     /// the first candidate the policy allows and that answers.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// The exact response cache. Off unless `enabled = true`.
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Answer repeated requests from memory. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Most answers kept; the least recently used go first. Default 10000.
+    pub max_entries: Option<usize>,
+    /// Seconds an answer stays valid. Default 3600.
+    pub ttl_secs: Option<u64>,
+    /// Answers larger than this many bytes are not kept. Default 1 MiB.
+    pub max_answer_bytes: Option<usize>,
+    /// Cache only requests whose answer is reproducible (temperature 0 or a fixed seed).
+    /// Default true; false caches every successful answer.
+    pub deterministic_only: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +214,16 @@ pub struct Config {
     pub policy: Policy,
     pub default_class: DataClass,
     pub routes: Vec<RouteConfig>,
+    /// `None` when the cache is off.
+    pub cache: Option<CacheConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub max_entries: std::num::NonZeroUsize,
+    pub ttl: Duration,
+    pub max_answer_bytes: usize,
+    pub deterministic_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +322,7 @@ impl Config {
             policy: Policy::default(),
             default_class: DataClass::Public,
             routes: Vec::new(),
+            cache: None,
         }
     }
 
@@ -544,6 +575,19 @@ impl RawConfig {
             policy: Policy::with_rules(rules),
             default_class: self.policy.default_class.unwrap_or(DataClass::Public),
             routes,
+            cache: if self.cache.enabled {
+                Some(CacheConfig {
+                    max_entries: std::num::NonZeroUsize::new(
+                        self.cache.max_entries.unwrap_or(10_000),
+                    )
+                    .ok_or_else(|| invalid("cache.max_entries must be at least 1"))?,
+                    ttl: Duration::from_secs(self.cache.ttl_secs.unwrap_or(3600)),
+                    max_answer_bytes: self.cache.max_answer_bytes.unwrap_or(1 << 20),
+                    deterministic_only: self.cache.deterministic_only.unwrap_or(true),
+                })
+            } else {
+                None
+            },
         })
     }
 }

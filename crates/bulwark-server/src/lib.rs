@@ -7,6 +7,7 @@
 //! (upstream). Every error leaves through
 //! [`error::Error`], the only place that turns failures into HTTP responses.
 
+pub mod cache;
 pub mod error;
 pub mod extract;
 mod local;
@@ -143,6 +144,10 @@ pub async fn serve(
     let state = AppState {
         max_body_bytes: config.server.max_body_bytes,
         models: Arc::clone(&models),
+        cache: config
+            .cache
+            .clone()
+            .map(|c| Arc::new(cache::ResponseCache::new(c))),
     };
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

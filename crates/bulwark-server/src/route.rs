@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::error::Error;
 use crate::extract::JsonObject;
 use crate::state::{AppState, Target};
-use crate::{local, proxy};
+use crate::{cache, local, proxy};
 
 pub const ROUTE_HEADER: &str = "x-bulwark-route";
 pub const CLASS_HEADER: &str = "x-bulwark-data-class";
@@ -34,6 +34,24 @@ pub enum Parsed {
 }
 
 impl Parsed {
+    /// (cache kind, deterministic, streamed, usage chunk wanted).
+    fn cache_facts(&self) -> (bulwark_cache::Kind, bool, bool, bool) {
+        match self {
+            Parsed::Chat(r) => (
+                bulwark_cache::Kind::Chat,
+                r.sampling.is_deterministic(),
+                r.stream,
+                r.include_usage,
+            ),
+            Parsed::Completion(r) => (
+                bulwark_cache::Kind::Completion,
+                r.sampling.is_deterministic(),
+                r.stream,
+                r.include_usage,
+            ),
+        }
+    }
+
     fn endpoint(&self) -> Endpoint {
         match self {
             Parsed::Chat(_) => Endpoint::ChatCompletions,
@@ -91,11 +109,50 @@ pub async fn serve(
     body: JsonObject,
     parsed: Parsed,
 ) -> Response {
-    let (result, route) = dispatch(state, headers, body, parsed).await;
-    let mut resp = match result {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
+    let class = match request_class(headers, state.models.default_class) {
+        Ok(c) => c,
+        Err(e) => return Error(e).into_response(),
     };
+    // The cache is consulted after the class is known (it is part of the key) and
+    // before anything is sent anywhere.
+    let (kind, deterministic, stream, include_usage) = parsed.cache_facts();
+    let cached = state
+        .cache
+        .as_ref()
+        .filter(|c| c.cacheable(deterministic))
+        .map(|c| {
+            (
+                c,
+                bulwark_cache::key(cache::DEFAULT_TENANT, class.as_str(), kind, &body.value),
+            )
+        });
+    if let Some((cache, key)) = &cached {
+        if let Some(answer) = cache.get(key) {
+            let mut resp = cache::replay(&answer, stream, include_usage);
+            let h = resp.headers_mut();
+            h.insert(cache::CACHE_HEADER, cache::header_value("hit"));
+            h.insert(
+                ROUTE_HEADER,
+                header_value(&format!("target=cache; class={class}")),
+            );
+            return resp;
+        }
+    }
+    let (result, route) = dispatch(state, class, body, parsed).await;
+    let mut resp = match (result, &cached) {
+        (Ok(resp), Some((cache, key))) => {
+            let mut resp = cache.store_when_complete(resp, *key, kind);
+            resp.headers_mut()
+                .insert(cache::CACHE_HEADER, cache::header_value("miss"));
+            resp
+        }
+        (Ok(resp), None) => resp,
+        (Err(e), _) => e.into_response(),
+    };
+    if cached.is_none() && state.cache.is_some() {
+        resp.headers_mut()
+            .insert(cache::CACHE_HEADER, cache::header_value("bypass"));
+    }
     if let Some(route) = route {
         resp.headers_mut()
             .insert(ROUTE_HEADER, header_value(&route));
@@ -105,15 +162,11 @@ pub async fn serve(
 
 async fn dispatch(
     state: &AppState,
-    headers: &HeaderMap,
+    class: DataClass,
     body: JsonObject,
     parsed: Parsed,
 ) -> (Result<Response, Error>, Option<String>) {
     let models = &state.models;
-    let class = match request_class(headers, models.default_class) {
-        Ok(c) => c,
-        Err(e) => return (Err(Error(e)), None),
-    };
     let names = match models.candidates(&body.model) {
         Ok(n) => n,
         Err(e) => return (Err(Error(e)), None),

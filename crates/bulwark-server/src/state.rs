@@ -14,6 +14,8 @@ use bulwark_upstream::{Upstream, UpstreamError};
 pub struct AppState {
     pub max_body_bytes: usize,
     pub models: Arc<Models>,
+    /// `None` when the response cache is off.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 /// A model served in-process. The engine appears once loading has finished.

@@ -1,0 +1,208 @@
+//! The response cache at the edge: lookup before routing, replay in the shape the client
+//! asked for (JSON or SSE), and storing an answer once its body has been sent completely.
+//!
+//! Only complete, successful answers are stored: the body is copied as it streams to the
+//! client and parsed when it ends; a stream cut short, an error event, a non-200 answer
+//! or one larger than `max_answer_bytes` is never cached. A client that hangs up before
+//! the end stores nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bulwark_cache::{parse_answer, Answer, Cache, Key, Kind};
+use bulwark_config::CacheConfig;
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+
+use crate::sse;
+
+pub const CACHE_HEADER: &str = "x-bulwark-cache";
+
+/// The tenant of every request until API keys exist; keys will give each its own.
+pub const DEFAULT_TENANT: &str = "default";
+
+pub struct ResponseCache {
+    cache: Cache,
+    config: CacheConfig,
+}
+
+impl ResponseCache {
+    pub fn new(config: CacheConfig) -> Self {
+        ResponseCache {
+            cache: Cache::new(config.max_entries, config.ttl),
+            config,
+        }
+    }
+
+    /// Whether a request may be answered from, and stored in, the cache.
+    pub fn cacheable(&self, deterministic: bool) -> bool {
+        deterministic || !self.config.deterministic_only
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Arc<Answer>> {
+        self.cache.get(key)
+    }
+
+    /// Passes `resp` through unchanged, keeping a copy of its body; stores the answer if
+    /// the body completes and parses as a whole answer.
+    pub fn store_when_complete(self: &Arc<Self>, resp: Response, key: Key, kind: Kind) -> Response {
+        if resp.status() != StatusCode::OK {
+            return resp;
+        }
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("text/event-stream"));
+        // With a declared length, hyper may stop polling the body once it has written
+        // that many bytes, so the answer is also complete when the copy reaches it.
+        let declared = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let (parts, body) = resp.into_parts();
+        let copy = Arc::new(Copy {
+            buf: Mutex::new(Some(Vec::new())),
+            limit: self.config.max_answer_bytes,
+            declared,
+            cache: Arc::clone(self),
+            key,
+            kind,
+            sse,
+        });
+        let tap = Arc::clone(&copy);
+        let data = body.into_data_stream().map(move |chunk| {
+            tap.take(&chunk);
+            chunk
+        });
+        let at_end = stream::once(async move { copy.finish() })
+            .filter_map(|()| async { None::<Result<Bytes, axum::Error>> });
+        Response::from_parts(parts, Body::from_stream(data.chain(at_end)))
+    }
+}
+
+/// The copy of a response body on its way to the cache.
+struct Copy {
+    /// `None` once abandoned (too large, failed) or stored.
+    buf: Mutex<Option<Vec<u8>>>,
+    limit: usize,
+    declared: Option<usize>,
+    cache: Arc<ResponseCache>,
+    key: Key,
+    kind: Kind,
+    sse: bool,
+}
+
+impl Copy {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.buf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, chunk: &Result<Bytes, axum::Error>) {
+        let complete = {
+            let mut guard = self.lock();
+            match (chunk, guard.as_mut()) {
+                (Ok(bytes), Some(buf)) if buf.len() + bytes.len() <= self.limit => {
+                    buf.extend_from_slice(bytes);
+                    Some(buf.len()) == self.declared
+                }
+                _ => {
+                    *guard = None;
+                    false
+                }
+            }
+        };
+        if complete {
+            self.finish();
+        }
+    }
+
+    /// Stores the answer if the copy is whole; runs at most once.
+    fn finish(&self) {
+        let full = self.lock().take();
+        if let Some(answer) = full.and_then(|b| parse_answer(self.kind, self.sse, &b)) {
+            self.cache.cache.put(self.key, answer);
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An answer from the cache, in the shape of a fresh one: JSON, or SSE for a stream.
+pub fn replay(answer: &Answer, stream: bool, include_usage: bool) -> Response {
+    let created = now();
+    let usage = answer.usage.clone().unwrap_or(Value::Null);
+    let (id, object) = match answer.kind {
+        Kind::Chat => (
+            format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            "chat.completion",
+        ),
+        Kind::Completion => (
+            format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+            "text_completion",
+        ),
+    };
+    if !stream {
+        let choice = match answer.kind {
+            Kind::Chat => {
+                json!({"index": 0, "message": {"role": "assistant", "content": answer.text},
+                                 "finish_reason": answer.finish_reason, "logprobs": null})
+            }
+            Kind::Completion => {
+                json!({"index": 0, "text": answer.text, "finish_reason": answer.finish_reason, "logprobs": null})
+            }
+        };
+        let body = json!({"id": id, "object": object, "created": created, "model": answer.model,
+                          "choices": [choice], "usage": usage});
+        return axum::Json(body).into_response();
+    }
+    let chunk_object = if answer.kind == Kind::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let frame = |choices: Value, usage: Option<&Value>| {
+        let mut v = json!({"id": id, "object": chunk_object, "created": created, "model": answer.model, "choices": choices});
+        if let Some(u) = usage {
+            v["usage"] = u.clone();
+        }
+        sse::event(&v)
+    };
+    let (head, body, tail) = match answer.kind {
+        Kind::Chat => (
+            Some(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+            ),
+            json!([{"index": 0, "delta": {"content": answer.text}, "finish_reason": null}]),
+            json!([{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}]),
+        ),
+        Kind::Completion => (
+            None,
+            json!([{"index": 0, "text": answer.text, "finish_reason": null}]),
+            json!([{"index": 0, "text": "", "finish_reason": answer.finish_reason}]),
+        ),
+    };
+    let mut frames: Vec<Bytes> = head.into_iter().map(|h| frame(h, None)).collect();
+    if !answer.text.is_empty() {
+        frames.push(frame(body, None));
+    }
+    frames.push(frame(tail, None));
+    if include_usage {
+        frames.push(frame(json!([]), Some(&usage)));
+    }
+    frames.push(Bytes::from_static(sse::DONE));
+    sse::response(stream::iter(frames.into_iter().map(Ok)))
+}
+
+pub fn header_value(state: &'static str) -> HeaderValue {
+    HeaderValue::from_static(state)
+}
