@@ -28,10 +28,10 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url, conns):
+def wrk(url, conns, script="post.lua"):
     threads = 1 if conns == 1 else 2
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{DURATION}", "--latency", "-s", str(ROOT / "bench/post.lua"), url],
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{DURATION}", "--latency", "-s", str(ROOT / "bench" / script), url],
         capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
     r = json.loads(line[5:])
@@ -46,10 +46,18 @@ def main():
     cfg.write_text(f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\nmodels = {{ "bench" = "mock" }}\n')
     gw, gw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)],
                                 env={**os.environ, "BULWARK_LOG": "warn"})
-    targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions"}
+    # The same gateway with the response cache on, hit by a deterministic request that is
+    # answered from memory after the first time.
+    ccfg = tmp / "bulwark-cache.toml"
+    ccfg.write_text(cfg.read_text() + "[cache]\nenabled = true\n")
+    cgw, cgw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(ccfg)],
+                                  env={**os.environ, "BULWARK_LOG": "warn"})
+    targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions",
+               "bulwark_cache_hit": f"{cgw_url}/v1/chat/completions"}
+    scripts = {"bulwark_cache_hit": "post-greedy.lua"}
     # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
-    pids = {"direct": mock.pid, "bulwark": gw.pid}
-    procs = [mock, gw]
+    pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_cache_hit": cgw.pid}
+    procs = [mock, gw, cgw]
     if LITELLM:
         port = free_port()
         lcfg = tmp / "litellm.yaml"
@@ -66,13 +74,13 @@ def main():
         pids["litellm"] = lp.pid
     try:
         for name, url in targets.items():  # warm-up: connections, JIT-free but caches
-            subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(ROOT / "bench/post.lua"), url],
+            subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(ROOT / "bench" / scripts.get(name, "post.lua")), url],
                            capture_output=True, check=True)
         for c in CONCURRENCY:
             row = {"concurrency": c}
             for name, url in targets.items():
                 before = cpu_seconds(pids[name])
-                row[name] = wrk(url, c)
+                row[name] = wrk(url, c, scripts.get(name, "post.lua"))
                 row[name]["cpu_us_per_request"] = (cpu_seconds(pids[name]) - before) * 1e6 / row[name]["requests"]
             for name in targets:
                 if name == "direct":
