@@ -28,11 +28,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url, conns, script="post.lua"):
+GREEDY_BODY = '{"model":"bench","messages":[{"role":"user","content":"ping"}],"max_tokens":8,"temperature":0}'
+
+
+def wrk(url, conns, body=None, duration=None):
     threads = 1 if conns == 1 else 2
+    env = {**os.environ, "WRK_BODY": body} if body else None
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{DURATION}", "--latency", "-s", str(ROOT / "bench" / script), url],
-        capture_output=True, text=True, check=True).stdout
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration or DURATION}", "--latency", "-s",
+         str(ROOT / "bench/post.lua"), url],
+        capture_output=True, text=True, check=True, env=env).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
     r = json.loads(line[5:])
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
@@ -54,7 +59,7 @@ def main():
                                   env={**os.environ, "BULWARK_LOG": "warn"})
     targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions",
                "bulwark_cache_hit": f"{cgw_url}/v1/chat/completions"}
-    scripts = {"bulwark_cache_hit": "post-greedy.lua"}
+    bodies = {"bulwark_cache_hit": GREEDY_BODY}
     # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
     pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_cache_hit": cgw.pid}
     procs = [mock, gw, cgw]
@@ -73,14 +78,13 @@ def main():
         targets["litellm"] = f"http://127.0.0.1:{port}/v1/chat/completions"
         pids["litellm"] = lp.pid
     try:
-        for name, url in targets.items():  # warm-up: connections, JIT-free but caches
-            subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(ROOT / "bench" / scripts.get(name, "post.lua")), url],
-                           capture_output=True, check=True)
+        for name, url in targets.items():  # warm-up: connections, pools, the cache entry
+            wrk(url, 4, bodies.get(name), duration="2s")
         for c in CONCURRENCY:
             row = {"concurrency": c}
             for name, url in targets.items():
                 before = cpu_seconds(pids[name])
-                row[name] = wrk(url, c, scripts.get(name, "post.lua"))
+                row[name] = wrk(url, c, bodies.get(name))
                 row[name]["cpu_us_per_request"] = (cpu_seconds(pids[name]) - before) * 1e6 / row[name]["requests"]
             for name in targets:
                 if name == "direct":

@@ -1,8 +1,9 @@
 -- wrk script: POST one small chat completion to whatever URL wrk was given.
+-- WRK_BODY, when set, replaces the request body.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench"
-wrk.body = '{"model":"bench","messages":[{"role":"user","content":"ping"}],"max_tokens":8}'
+wrk.body = os.getenv("WRK_BODY") or '{"model":"bench","messages":[{"role":"user","content":"ping"}],"max_tokens":8}'
 
 done = function(summary, latency, requests)
   io.write(string.format("JSON {\"requests\":%d,\"duration_us\":%d,\"errors\":%d,\"non2xx\":%d,\"p50_us\":%d,\"p90_us\":%d,\"p99_us\":%d,\"mean_us\":%.1f}\n",

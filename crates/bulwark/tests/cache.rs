@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bulwark_testkit::{Bulwark, MockUpstream};
-use common::{local_model, start, start_with, TempDir};
+use common::{local_model, start, start_with, streamed_content, TempDir};
 use serde_json::{json, Value};
 
 struct Reply {
@@ -58,18 +58,6 @@ fn content(body: &str) -> String {
         .as_str()
         .unwrap_or("")
         .to_owned()
-}
-
-fn streamed_content(sse: &str) -> String {
-    sse.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

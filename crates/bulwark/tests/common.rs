@@ -80,3 +80,47 @@ pub async fn metric(b: &Bulwark, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
 }
+
+/// POSTs a chat request (one user message), with a data-class header when given;
+/// returns (status, `x-bulwark-route`, JSON body).
+pub async fn send_chat(
+    b: &Bulwark,
+    model: &str,
+    class: Option<&str>,
+    content: &str,
+) -> (u16, String, serde_json::Value) {
+    let body =
+        serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]});
+    let mut req = reqwest::Client::new()
+        .post(b.url("/v1/chat/completions"))
+        .json(&body);
+    if let Some(c) = class {
+        req = req.header("x-bulwark-data-class", c);
+    }
+    let r = req.send().await.unwrap_or_else(|e| panic!("{e}"));
+    let status = r.status().as_u16();
+    let route = r
+        .headers()
+        .get("x-bulwark-route")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (
+        status,
+        route,
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The text of a streamed chat answer: its deltas' content, concatenated.
+pub fn streamed_content(sse: &str) -> String {
+    sse.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}

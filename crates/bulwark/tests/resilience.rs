@@ -6,29 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bulwark_testkit::{Bulwark, MockUpstream};
-use common::{start_with, TempDir};
-use serde_json::{json, Value};
+use common::{send_chat, start_with, TempDir};
 
 async fn gateway(dir: &TempDir, config: &str) -> Bulwark {
     let path = dir.write("bulwark.toml", config);
     start_with(Some(&path), &[]).await
-}
-
-async fn send(b: &Bulwark, model: &str) -> (u16, String, Value) {
-    let r = reqwest::Client::new()
-        .post(b.url("/v1/chat/completions"))
-        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let status = r.status().as_u16();
-    let route = r
-        .headers()
-        .get("x-bulwark-route")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    (status, route, r.json().await.unwrap_or(Value::Null))
 }
 
 fn upstream(name: &str, url: &str, extra: &str, models: &str) -> String {
@@ -50,7 +32,7 @@ async fn transient_failures_are_retried_on_the_same_upstream() {
         "\"flaky\" = \"flaky-2\", \"once\" = \"flaky-1\"",
     );
     let b = gateway(&dir, &cfg).await;
-    let (status, route, body) = send(&b, "flaky").await;
+    let (status, route, body) = send_chat(&b, "flaky", None, "hi").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(route.split("; ").next(), Some("target=flaky"));
     // Two 503s, then the answer: three requests reached the upstream.
@@ -69,13 +51,13 @@ async fn falls_back_when_the_first_candidate_fails_or_is_slow() {
         upstream("good-side", &mock.base_url(), "", "\"good\" = \"mock-good\""),
     );
     let b = gateway(&dir, &cfg).await;
-    let (status, route, _) = send(&b, "after-500").await;
+    let (status, route, _) = send_chat(&b, "after-500", None, "hi").await;
     assert_eq!(status, 200);
     assert!(
         route.starts_with("target=good;") && route.ends_with("fallback_from=broken(502)"),
         "{route}"
     );
-    let (status, route, _) = send(&b, "after-timeout").await;
+    let (status, route, _) = send_chat(&b, "after-timeout", None, "hi").await;
     assert_eq!(status, 200);
     assert!(
         route.starts_with("target=good;") && route.ends_with("fallback_from=slow(504)"),
@@ -97,10 +79,10 @@ async fn the_breaker_opens_skips_the_upstream_and_closes_again() {
     );
     let b = gateway(&dir, &cfg).await;
     // Two failures open the circuit.
-    assert_eq!(send(&b, "flaky").await.0, 502);
-    assert_eq!(send(&b, "flaky").await.0, 502);
+    assert_eq!(send_chat(&b, "flaky", None, "hi").await.0, 502);
+    assert_eq!(send_chat(&b, "flaky", None, "hi").await.0, 502);
     // Open: refused at once, and the upstream is not contacted.
-    let (status, _, body) = send(&b, "flaky").await;
+    let (status, _, body) = send_chat(&b, "flaky", None, "hi").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (503, Some("upstream_circuit_open")),
@@ -109,8 +91,8 @@ async fn the_breaker_opens_skips_the_upstream_and_closes_again() {
     assert_eq!(mock.received().len(), 2);
     // After the cooldown, one probe goes through; it succeeds and closes the circuit.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(send(&b, "flaky").await.0, 200);
-    assert_eq!(send(&b, "flaky").await.0, 200);
+    assert_eq!(send_chat(&b, "flaky", None, "hi").await.0, 200);
+    assert_eq!(send_chat(&b, "flaky", None, "hi").await.0, 200);
     assert_eq!(mock.received().len(), 4);
 }
 
@@ -130,7 +112,7 @@ async fn hedging_takes_the_faster_answer_and_cancels_the_other() {
     );
     let b = gateway(&dir, &cfg).await;
     let started = Instant::now();
-    let (status, route, body) = send(&b, "hedged").await;
+    let (status, route, body) = send_chat(&b, "hedged", None, "hi").await;
     let took = started.elapsed();
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -184,7 +166,7 @@ async fn requests_are_balanced_across_replicas_and_avoid_a_dead_one() {
     );
     let gw = gateway(&dir, &cfg).await;
     for _ in 0..20 {
-        assert_eq!(send(&gw, "pair").await.0, 200);
+        assert_eq!(send_chat(&gw, "pair", None, "hi").await.0, 200);
     }
     let (na, nb) = (a.received().len(), b.received().len());
     assert_eq!(na + nb, 20);
@@ -195,7 +177,7 @@ async fn requests_are_balanced_across_replicas_and_avoid_a_dead_one() {
     // One replica refuses connections: every request still succeeds, on the other one
     // (a retry never goes back to the replica that just failed it).
     for _ in 0..20 {
-        let (status, _, body) = send(&gw, "half-dead").await;
+        let (status, _, body) = send_chat(&gw, "half-dead", None, "hi").await;
         assert_eq!(status, 200, "{body}");
     }
     let half: usize = a

@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 
 use bulwark_policy::{within, DataClass, Trust};
 use bulwark_testkit::{Bulwark, MockUpstream};
-use common::{start_with, TempDir};
+use common::{send_chat, start_with, TempDir};
 use expect_test::expect;
 use proptest::prelude::*;
-use serde_json::{json, Value};
 
 struct Fleet {
     eu: MockUpstream,
@@ -108,25 +107,6 @@ async fn gateway(dir: &TempDir, config: &str) -> Bulwark {
     start_with(Some(&path), &[]).await
 }
 
-/// Sends a chat request with a class header; returns (status, x-bulwark-route, body).
-async fn send(b: &Bulwark, model: &str, class: Option<&str>, marker: &str) -> (u16, String, Value) {
-    let mut req = reqwest::Client::new()
-        .post(b.url("/v1/chat/completions"))
-        .json(&json!({"model": model, "messages": [{"role": "user", "content": marker}]}));
-    if let Some(c) = class {
-        req = req.header("x-bulwark-data-class", c);
-    }
-    let r = req.send().await.unwrap_or_else(|e| panic!("{e}"));
-    let status = r.status().as_u16();
-    let route = r
-        .headers()
-        .get("x-bulwark-route")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    (status, route, r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_go_where_their_class_may_go() {
     let fleet = Fleet::start().await;
@@ -141,7 +121,7 @@ async fn requests_go_where_their_class_may_go() {
         Some("top-secret"),
     ] {
         let marker = format!("marker-{}", class.unwrap_or("none"));
-        let (status, route, body) = send(&b, "chat", class, &marker).await;
+        let (status, route, body) = send_chat(&b, "chat", class, &marker).await;
         let target = route.split("; ").next().unwrap_or("");
         out += &format!(
             "{:<12} {status} {target} {}\n",
@@ -163,7 +143,7 @@ async fn requests_go_where_their_class_may_go() {
     .assert_eq(&format!("{:?}", fleet.received()));
 
     // The refusal explains itself: the rule and every candidate considered.
-    let (_, route, body) = send(&b, "chat", Some("secret"), "again").await;
+    let (_, route, body) = send_chat(&b, "chat", Some("secret"), "again").await;
     expect![[r#"target=none; class=secret; us-model=denied (secret data may not reach foreign targets); eu-model=denied (secret data may not reach private targets); anon-model=denied (no declared trust/jurisdiction, so public data only, not secret)"#]]
         .assert_eq(&route);
     let msg = body["error"]["message"].as_str().unwrap_or("");
@@ -179,13 +159,13 @@ async fn falls_back_to_the_next_allowed_candidate() {
     let fleet = Fleet::start().await;
     let dir = TempDir::new("fallback");
     let b = gateway(&dir, &fleet.config("")).await;
-    let (status, route, body) = send(&b, "resilient", Some("confidential"), "fallback").await;
+    let (status, route, body) = send_chat(&b, "resilient", Some("confidential"), "fallback").await;
     assert_eq!(status, 200, "{body}");
     assert!(route.starts_with("target=eu-model;"), "{route}");
     assert!(route.ends_with("fallback_from=down-model(502)"), "{route}");
     assert_eq!(fleet.received(), vec![("eu", "fallback".to_owned())]);
     // A direct request to the dead upstream alone still says what happened.
-    let (status, route, body) = send(&b, "down-model", Some("confidential"), "nowhere").await;
+    let (status, route, body) = send_chat(&b, "down-model", Some("confidential"), "nowhere").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (502, Some("upstream_unavailable"))
@@ -279,7 +259,7 @@ proptest! {
             for class in DataClass::ALL {
                 for model in ["chat", "eu-model", "us-model", "anon-model"] {
                     let marker = format!("{class}|{model}");
-                    let (status, _, body) = send(&b, model, Some(class.as_str()), &marker).await;
+                    let (status, _, body) = send_chat(&b, model, Some(class.as_str()), &marker).await;
                     assert!(status == 200 || status == 403, "{marker}: {status} {body}");
                     if status == 200 {
                         answered.push(marker);

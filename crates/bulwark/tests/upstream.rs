@@ -118,16 +118,7 @@ async fn streams_are_passed_through_without_buffering() {
         "frames arrived together: {arrivals:?}"
     );
     assert!(body.ends_with("data: [DONE]\n\n"));
-    let text: String = body
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    let text = common::streamed_content(&body);
     assert_eq!(text, "mock reply to: hello upstream");
 }
 
