@@ -136,6 +136,9 @@ pub struct RawServer {
     /// Jurisdiction of this machine (ISO country or region), used by policy rules that
     /// restrict where local models may run. Absent: local models fail such rules.
     pub jurisdiction: Option<String>,
+    /// Serve without authentication on an address other than loopback. Default false:
+    /// Bulwark then refuses to start, so that nobody exposes an open gateway by accident.
+    pub allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +244,23 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// This machine's jurisdiction, upper case.
     pub jurisdiction: Option<String>,
+    pub allow_unauthenticated: bool,
+}
+
+impl ServerConfig {
+    /// Refuses an unauthenticated listener on anything but loopback, unless explicitly
+    /// allowed. (API keys, when they exist, will satisfy this too.)
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.listen.ip().is_loopback() || self.allow_unauthenticated {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "refusing to listen on {} without authentication: anyone who can reach that address \
+             could use every model. Listen on 127.0.0.1, or set `allow_unauthenticated = true` \
+             in [server] if something in front of Bulwark authenticates clients.",
+            self.listen
+        )))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +336,7 @@ impl Config {
                     .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 jurisdiction: None,
+                allow_unauthenticated: false,
             },
             local_models: vec![LocalModelConfig::default_model(model_dir)],
             upstreams: Vec::new(),
@@ -569,6 +590,7 @@ impl RawConfig {
                 listen,
                 max_body_bytes,
                 jurisdiction: host_jurisdiction,
+                allow_unauthenticated: self.server.allow_unauthenticated.unwrap_or(false),
             },
             local_models,
             upstreams,
@@ -683,7 +705,7 @@ mod tests {
                   |
                 2 | listen_addr = "x"
                   | ^^^^^^^^^^^
-                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`
+                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`
 
             "#]],
         );

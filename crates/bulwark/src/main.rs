@@ -99,8 +99,9 @@ async fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<()
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
+    config.server.check_exposure()?;
     if !config.server.listen.ip().is_loopback() {
-        tracing::warn!(listen = %config.server.listen, "listening on a non-loopback address without API keys");
+        tracing::warn!(listen = %config.server.listen, "listening beyond loopback without authentication, as configured");
     }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

@@ -417,3 +417,45 @@ fn cli_version_and_models_list() {
         ]
     );
 }
+
+#[test]
+fn refuses_to_listen_beyond_loopback_without_authentication() {
+    let bin = env!("CARGO_BIN_EXE_bulwark");
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        "{err}"
+    );
+
+    // Told explicitly, it starts (an upstream-only config, so nothing loads).
+    let dir = TempDir::new("exposed");
+    let cfg = dir.write(
+        "bulwark.toml",
+        "[server]\nallow_unauthenticated = true\n[[upstreams]]\nname = \"u\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = { \"m\" = \"m\" }\n",
+    );
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--listen", "0.0.0.0:0", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("bulwark listening on http://0.0.0.0:"),
+        "{line:?}"
+    );
+}
