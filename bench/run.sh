@@ -3,6 +3,7 @@
 #   bench/run.sh            # gateway overhead (with LiteLLM) and local engine
 #   bench/run.sh gateway    # only one of them
 #   bench/run.sh engine
+#   bench/run.sh logic      # the gateway's per-request logic, no network
 # Set-up (first run only): wrk from Debian, a venv in bench/.venv with the pinned
 # llama-cpp-python (built from source with the same CPU flags as Bulwark) and LiteLLM.
 set -euo pipefail
@@ -17,6 +18,7 @@ if [ ! -x "$VENV/bin/litellm" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>
 fi
 cargo build --release --locked -p bulwark -p bulwark-testkit
 cargo build --release --locked -p bulwark-engine --example batch_throughput
+cargo build --release --locked -p bulwark-server --example hot_path_cost
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 what=${1:-all}
@@ -26,5 +28,8 @@ if [ "$what" = all ] || [ "$what" = gateway ]; then
 fi
 if [ "$what" = all ] || [ "$what" = engine ]; then
   "../$VENV/bin/python" engine.py | tee -a "../$out"
+fi
+if [ "$what" = all ] || [ "$what" = logic ]; then
+  ../target/release/examples/hot_path_cost | tee -a "../$out"
 fi
 echo "results: $out"
