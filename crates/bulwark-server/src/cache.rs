@@ -15,7 +15,7 @@ use bulwark_cache::{parse_answer, Answer, Cache, Key, Kind};
 use bulwark_config::CacheConfig;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
-use http::{header, HeaderValue, StatusCode};
+use http::{header, StatusCode};
 use serde_json::{json, Value};
 
 use crate::sse;
@@ -201,8 +201,4 @@ pub fn replay(answer: &Answer, stream: bool, include_usage: bool) -> Response {
     }
     frames.push(Bytes::from_static(sse::DONE));
     sse::response(stream::iter(frames.into_iter().map(Ok)))
-}
-
-pub fn header_value(state: &'static str) -> HeaderValue {
-    HeaderValue::from_static(state)
 }

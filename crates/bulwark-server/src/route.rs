@@ -130,7 +130,7 @@ pub async fn serve(
         if let Some(answer) = cache.get(key) {
             let mut resp = cache::replay(&answer, stream, include_usage);
             let h = resp.headers_mut();
-            h.insert(cache::CACHE_HEADER, cache::header_value("hit"));
+            h.insert(cache::CACHE_HEADER, HeaderValue::from_static("hit"));
             h.insert(
                 ROUTE_HEADER,
                 header_value(&format!("target=cache; class={class}")),
@@ -143,7 +143,7 @@ pub async fn serve(
         (Ok(resp), Some((cache, key))) => {
             let mut resp = cache.store_when_complete(resp, *key, kind);
             resp.headers_mut()
-                .insert(cache::CACHE_HEADER, cache::header_value("miss"));
+                .insert(cache::CACHE_HEADER, HeaderValue::from_static("miss"));
             resp
         }
         (Ok(resp), None) => resp,
@@ -151,7 +151,7 @@ pub async fn serve(
     };
     if cached.is_none() && state.cache.is_some() {
         resp.headers_mut()
-            .insert(cache::CACHE_HEADER, cache::header_value("bypass"));
+            .insert(cache::CACHE_HEADER, HeaderValue::from_static("bypass"));
     }
     if let Some(route) = route {
         resp.headers_mut()

@@ -80,10 +80,6 @@ impl Breaker {
         });
     }
 
-    pub fn allow(&self) -> bool {
-        self.allow_at(Instant::now())
-    }
-
     pub fn record(&self, success: bool) {
         self.record_at(success, Instant::now());
     }
