@@ -75,6 +75,36 @@ pub struct RawConfig {
     /// The exact response cache. Off unless `enabled = true`.
     #[serde(default)]
     pub cache: RawCache,
+    /// Virtual API keys (created with `bulwark keys create` or the admin API).
+    #[serde(default)]
+    pub keys: RawKeys,
+    /// Named policies a key can be given instead of `[policy]`:
+    /// `[policies.eu-only.rules.confidential]`.
+    #[serde(default)]
+    pub policies: std::collections::BTreeMap<String, RawNamedPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    /// Require a key on every API request even before the first key exists. Default
+    /// false: on loopback Bulwark serves without keys until one is created, and from
+    /// then on every request needs one (revoking them all does not reopen the gate).
+    pub required: Option<bool>,
+    /// Environment variable holding the admin token that guards `/admin/*`. Absent:
+    /// the admin API is off (404) and keys are managed with the `bulwark keys` CLI.
+    pub admin_token_env: Option<String>,
+    /// How often usage counts are written to the database, in ms. Default 1000; a crash
+    /// loses at most this much usage (never a key).
+    pub usage_flush_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamedPolicy {
+    /// Per-class rules, as in `[policy.rules]`; classes not named keep the defaults.
+    #[serde(default)]
+    pub rules: std::collections::BTreeMap<DataClass, RawRule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +169,10 @@ pub struct RawServer {
     /// Serve without authentication on an address other than loopback. Default false:
     /// Bulwark then refuses to start, so that nobody exposes an open gateway by accident.
     pub allow_unauthenticated: Option<bool>,
+    /// Directory for Bulwark's state (the key database `bulwark.db`). Relative paths
+    /// resolve against the config file. Default `data` in the working directory; the
+    /// environment variable `BULWARK_DATA_DIR` overrides both.
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +253,26 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `None` when the cache is off.
     pub cache: Option<CacheConfig>,
+    pub keys: KeysConfig,
+    /// Named policies keys may refer to.
+    pub policies: std::collections::BTreeMap<String, Policy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub required: bool,
+    pub admin_token: Option<SecretString>,
+    pub usage_flush: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            required: false,
+            admin_token: None,
+            usage_flush: Duration::from_millis(1000),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,19 +299,27 @@ pub struct ServerConfig {
     /// This machine's jurisdiction, upper case.
     pub jurisdiction: Option<String>,
     pub allow_unauthenticated: bool,
+    pub data_dir: PathBuf,
 }
 
 impl ServerConfig {
+    /// The key database.
+    pub fn key_database(&self) -> PathBuf {
+        self.data_dir.join("bulwark.db")
+    }
+
     /// Refuses an unauthenticated listener on anything but loopback, unless explicitly
-    /// allowed. (API keys, when they exist, will satisfy this too.)
-    pub fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.listen.ip().is_loopback() || self.allow_unauthenticated {
+    /// allowed. `keys_required` says whether every request will need an API key.
+    pub fn check_exposure(&self, keys_required: bool) -> Result<(), ConfigError> {
+        if self.listen.ip().is_loopback() || self.allow_unauthenticated || keys_required {
             return Ok(());
         }
         Err(invalid(format!(
             "refusing to listen on {} without authentication: anyone who can reach that address \
-             could use every model. Listen on 127.0.0.1, or set `allow_unauthenticated = true` \
-             in [server] if something in front of Bulwark authenticates clients.",
+             could use every model. Create an API key first (`bulwark keys create NAME`), or set \
+             `required = true` in [keys], or listen on 127.0.0.1, or set \
+             `allow_unauthenticated = true` in [server] if something in front of Bulwark \
+             authenticates clients.",
             self.listen
         )))
     }
@@ -337,6 +399,7 @@ impl Config {
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 jurisdiction: None,
                 allow_unauthenticated: false,
+                data_dir: PathBuf::from("data"),
             },
             local_models: vec![LocalModelConfig::default_model(model_dir)],
             upstreams: Vec::new(),
@@ -344,6 +407,8 @@ impl Config {
             default_class: DataClass::Public,
             routes: Vec::new(),
             cache: None,
+            keys: KeysConfig::default(),
+            policies: std::collections::BTreeMap::new(),
         }
     }
 
@@ -537,25 +602,34 @@ impl RawConfig {
             .map(|j| jurisdiction("server", j))
             .transpose()?;
 
-        let mut rules = Vec::new();
-        for (class, r) in self.policy.rules {
-            let what = format!("policy.rules.{class}");
-            let places = match r.jurisdictions {
-                None => None,
-                Some(list) => Some(
-                    list.iter()
-                        .map(|j| jurisdiction(&what, j))
-                        .collect::<Result<_, _>>()?,
-                ),
-            };
-            rules.push((
-                class,
-                Rule {
-                    trust: r.trust.into_iter().collect(),
-                    jurisdictions: places,
-                },
-            ));
+        let policy = build_policy("policy", self.policy.rules)?;
+        let mut policies = std::collections::BTreeMap::new();
+        for (name, p) in self.policies {
+            if name.trim().is_empty() {
+                return Err(invalid("policies: a policy name must not be empty"));
+            }
+            let built = build_policy(&format!("policies.{name}"), p.rules)?;
+            policies.insert(name, built);
         }
+        let admin_token = match &self.keys.admin_token_env {
+            None => None,
+            Some(var) => match env(var) {
+                Some(v) if v.len() >= 16 => Some(SecretString::from(v)),
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "keys: the admin token in `{var}` must be at least 16 characters"
+                    )))
+                }
+                None => return Err(invalid(format!(
+                    "keys: admin_token_env names `{var}`, but that environment variable is not set"
+                ))),
+            },
+        };
+        let data_dir = match self.server.data_dir {
+            Some(d) if d.is_relative() => base.join(d),
+            Some(d) => d,
+            None => PathBuf::from("data"),
+        };
 
         let mut routes = Vec::new();
         for r in self.routes {
@@ -591,10 +665,11 @@ impl RawConfig {
                 max_body_bytes,
                 jurisdiction: host_jurisdiction,
                 allow_unauthenticated: self.server.allow_unauthenticated.unwrap_or(false),
+                data_dir,
             },
             local_models,
             upstreams,
-            policy: Policy::with_rules(rules),
+            policy,
             default_class: self.policy.default_class.unwrap_or(DataClass::Public),
             routes,
             cache: if self.cache.enabled {
@@ -610,8 +685,43 @@ impl RawConfig {
             } else {
                 None
             },
+            keys: KeysConfig {
+                required: self.keys.required.unwrap_or(false),
+                admin_token,
+                usage_flush: Duration::from_millis(
+                    self.keys.usage_flush_ms.unwrap_or(1000).max(10),
+                ),
+            },
+            policies,
         })
     }
+}
+
+/// A policy from its per-class rules.
+fn build_policy(
+    what: &str,
+    raw: std::collections::BTreeMap<DataClass, RawRule>,
+) -> Result<Policy, ConfigError> {
+    let mut rules = Vec::new();
+    for (class, r) in raw {
+        let what = format!("{what}.rules.{class}");
+        let places = match r.jurisdictions {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|j| jurisdiction(&what, j))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        rules.push((
+            class,
+            Rule {
+                trust: r.trust.into_iter().collect(),
+                jurisdictions: places,
+            },
+        ));
+    }
+    Ok(Policy::with_rules(rules))
 }
 
 #[cfg(test)]
@@ -705,7 +815,7 @@ mod tests {
                   |
                 2 | listen_addr = "x"
                   | ^^^^^^^^^^^
-                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`
+                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`
 
             "#]],
         );

@@ -7,6 +7,7 @@
 //! (upstream). Every error leaves through
 //! [`error::Error`], the only place that turns failures into HTTP responses.
 
+pub mod auth;
 pub mod cache;
 pub mod error;
 pub mod extract;
@@ -16,11 +17,12 @@ mod proxy;
 pub mod route;
 pub mod sse;
 pub mod state;
+mod usage;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -36,6 +38,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use auth::Caller;
 use error::Error;
 use extract::JsonObject;
 use route::Parsed;
@@ -53,22 +56,24 @@ pub enum ServeError {
 
 async fn chat_completions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: JsonObject,
 ) -> Response {
     match ChatRequest::from_json(&body.value) {
-        Ok(req) => route::serve(&state, &headers, body, Parsed::Chat(req)).await,
+        Ok(req) => route::serve(&state, &caller, &headers, body, Parsed::Chat(req)).await,
         Err(e) => Error(e).into_response(),
     }
 }
 
 async fn completions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: JsonObject,
 ) -> Response {
     match CompletionRequest::from_json(&body.value) {
-        Ok(req) => route::serve(&state, &headers, body, Parsed::Completion(req)).await,
+        Ok(req) => route::serve(&state, &caller, &headers, body, Parsed::Completion(req)).await,
         Err(e) => Error(e).into_response(),
     }
 }
@@ -107,14 +112,26 @@ fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
 /// The whole HTTP application.
 ///
 /// Layers, outermost first: request id (set, then propagated to the response), trace,
-/// panic-to-500. Handlers then extract, validate, resolve and serve.
+/// panic-to-500, and on `/v1/*` the API-key check (before any body is read). Handlers
+/// then extract, validate, resolve and serve.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{id}", get(ops::get_model))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/admin/keys", get(auth::list_keys).post(auth::create_key))
+        .route(
+            "/admin/keys/{id}",
+            get(auth::show_key).delete(auth::revoke_key),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -137,6 +154,7 @@ pub fn router(state: AppState) -> Router {
 /// verify or load stops the server with that error.
 pub async fn serve(
     config: Config,
+    keys: Arc<bulwark_keys::Keys>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -148,7 +166,46 @@ pub async fn serve(
             .cache
             .clone()
             .map(|c| Arc::new(cache::ResponseCache::new(c))),
+        keys: Arc::clone(&keys),
+        admin_token: config
+            .keys
+            .admin_token
+            .as_ref()
+            .map(|t| auth::hash_admin_token(secrecy::ExposeSecret::expose_secret(t))),
     };
+    // Usage reaches the database every `usage_flush`, and once more on the way out.
+    let flusher = tokio::spawn(flush_usage(Arc::clone(&keys), config.keys.usage_flush));
+    let result = run(state, models, listener, shutdown).await;
+    flusher.abort();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = keys.flush() {
+            tracing::error!(error = %e, "could not write usage at shutdown");
+        }
+    })
+    .await;
+    result
+}
+
+async fn flush_usage(keys: Arc<bulwark_keys::Keys>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let k = Arc::clone(&keys);
+        match tokio::task::spawn_blocking(move || k.flush()).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "could not write usage; will retry"),
+            Err(e) => tracing::error!(error = %e, "usage writer panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+async fn run(
+    state: AppState,
+    models: Arc<Models>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "failed to set TCP_NODELAY on an accepted connection");

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulwark_api::response::{ModelList, ModelObject};
@@ -10,6 +10,7 @@ use bulwark_api::ApiError;
 use http::{header, StatusCode};
 use serde_json::json;
 
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::state::{AppState, Models};
 
@@ -83,19 +84,32 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
     out
 }
 
-pub async fn list_models(State(state): State<AppState>) -> Response {
+/// The models a caller may use: all of them, or those its key allows.
+fn visible(state: &AppState, caller: &Caller) -> Vec<ModelObject> {
+    let mut all = model_objects(&state.models);
+    if let Some(key) = &caller.0 {
+        all.retain(|m| key.allows_model(&m.id));
+    }
+    all
+}
+
+pub async fn list_models(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
     Json(ModelList {
         object: "list",
-        data: model_objects(&state.models),
+        data: visible(&state, &caller),
     })
     .into_response()
 }
 
 pub async fn get_model(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    model_objects(&state.models)
+    visible(&state, &caller)
         .into_iter()
         .find(|m| m.id == id)
         .map(|m| Json(m).into_response())

@@ -1,7 +1,10 @@
 //! Routing: which model serves a request, as the sovereignty policy allows.
 //!
-//! A request's data class is the highest of the configured default and the
-//! `x-bulwark-data-class` header. Its model names a route (an ordered list of candidate
+//! A request made with an API key may use only the key's models, may not exceed the
+//! key's maximum class, is judged by the key's policy if it has one, and is counted
+//! against its limits before anything else happens (401 was decided earlier, by
+//! [`crate::auth`]; 403 and 429 here). A request's data class is the highest of the
+//! default (the key's, else the server's) and the `x-bulwark-data-class` header. Its model names a route (an ordered list of candidate
 //! models) or one model. [`bulwark_policy::decide`] says which candidates the class may
 //! reach; only those are tried, in order, falling back to the next when one is loading,
 //! busy, unreachable, times out or fails with a 5xx (always before any byte has been sent
@@ -14,14 +17,17 @@ use axum::response::{IntoResponse, Response};
 use bulwark_api::chat::ChatRequest;
 use bulwark_api::completions::CompletionRequest;
 use bulwark_api::{ApiError, ErrorKind};
-use bulwark_policy::{decide, Candidate, DataClass};
+use bulwark_keys::{now_ms, Limited};
+use bulwark_policy::{decide, Candidate, DataClass, Policy};
 use bulwark_upstream::Endpoint;
 use futures_util::future::{select, Either};
 use http::{HeaderMap, HeaderValue};
 
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::extract::JsonObject;
 use crate::state::{AppState, Target};
+use crate::usage::Meter;
 use crate::{cache, local, proxy};
 
 pub const ROUTE_HEADER: &str = "x-bulwark-route";
@@ -49,6 +55,14 @@ impl Parsed {
                 r.stream,
                 r.include_usage,
             ),
+        }
+    }
+
+    /// Asks the target for the usage chunk of a stream.
+    fn want_usage(&mut self) {
+        match self {
+            Parsed::Chat(r) => r.include_usage = true,
+            Parsed::Completion(r) => r.include_usage = true,
         }
     }
 
@@ -102,20 +116,83 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("unavailable"))
 }
 
+fn denied(code: &'static str, message: String) -> Response {
+    Error(ApiError::new(ErrorKind::PermissionDenied, message).with_code(code)).into_response()
+}
+
+fn limited(l: Limited) -> Response {
+    let (code, what) = match l {
+        Limited::Requests { .. } => ("rate_limit_exceeded", "request rate limit (rpm)"),
+        Limited::Tokens { .. } => ("token_rate_limit_exceeded", "token rate limit (tpm)"),
+        Limited::Budget { .. } => ("budget_exceeded", "token budget for this period"),
+    };
+    let secs = l.retry_after_secs();
+    Error(
+        ApiError::new(
+            ErrorKind::RateLimited,
+            format!("This key has reached its {what}; retry in {secs} s."),
+        )
+        .with_code(code)
+        .with_retry_after(secs),
+    )
+    .into_response()
+}
+
 /// Serves a validated request through the first allowed candidate that can take it.
 pub async fn serve(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
-    body: JsonObject,
-    parsed: Parsed,
+    mut body: JsonObject,
+    mut parsed: Parsed,
 ) -> Response {
-    let class = match request_class(headers, state.models.default_class) {
+    let key = caller.0.as_ref();
+    if let Some(k) = key {
+        if !k.allows_model(&body.model) {
+            return denied(
+                "model_not_allowed",
+                format!("This key may not use the model `{}`.", body.model),
+            );
+        }
+    }
+    let default = key
+        .and_then(|k| k.record.spec.default_class)
+        .unwrap_or(state.models.default_class);
+    let class = match request_class(headers, default) {
         Ok(c) => c,
         Err(e) => return Error(e).into_response(),
     };
+    let mut policy = &state.models.policy;
+    if let Some(k) = key {
+        if class > k.max_class() {
+            return denied(
+                "data_class_not_allowed",
+                format!(
+                    "This key may send data up to `{}`; this request is `{class}`.",
+                    k.max_class()
+                ),
+            );
+        }
+        if let Some(name) = &k.record.spec.policy {
+            match state.models.policies.get(name) {
+                Some(p) => policy = p,
+                None => {
+                    tracing::error!(key_id = %k.id(), policy = %name, "key names a policy the config lacks");
+                    return denied(
+                        "policy_unknown",
+                        format!("This key's policy `{name}` is not configured on this gateway; nothing is sent until it is."),
+                    );
+                }
+            }
+        }
+        if let Err(l) = state.keys.admit(k, &body.model, now_ms()) {
+            return limited(l);
+        }
+    }
     // The cache is consulted after the class is known (it is part of the key) and
     // before anything is sent anywhere.
     let (kind, deterministic, stream, include_usage) = parsed.cache_facts();
+    let tenant = key.map_or(cache::DEFAULT_TENANT, |k| k.tenant());
     let cached = state
         .cache
         .as_ref()
@@ -123,7 +200,7 @@ pub async fn serve(
         .map(|c| {
             (
                 c,
-                bulwark_cache::key(cache::DEFAULT_TENANT, class.as_str(), kind, &body.value),
+                bulwark_cache::key(tenant, class.as_str(), kind, &body.value),
             )
         });
     if let Some((cache, key)) = &cached {
@@ -138,7 +215,28 @@ pub async fn serve(
             return resp;
         }
     }
-    let (result, route) = dispatch(state, class, body, parsed).await;
+    // A keyed request's tokens are counted: a stream must then carry its usage chunk.
+    let meter = key.map(|k| Meter {
+        keys: std::sync::Arc::clone(&state.keys),
+        key: std::sync::Arc::clone(k),
+        model: body.model.clone(),
+        strip_usage_chunk: stream && !include_usage,
+    });
+    if meter.is_some() && stream && !include_usage {
+        parsed.want_usage();
+        if let Some(obj) = body.value.as_object_mut() {
+            let opts = obj
+                .entry("stream_options")
+                .or_insert_with(|| serde_json::json!({}));
+            match opts.as_object_mut() {
+                Some(o) => {
+                    o.insert("include_usage".into(), true.into());
+                }
+                None => *opts = serde_json::json!({"include_usage": true}),
+            }
+        }
+    }
+    let (result, route) = dispatch(state, policy, class, body, parsed).await;
     let mut resp = match (result, &cached) {
         (Ok(resp), Some((cache, key))) => {
             let mut resp = cache.store_when_complete(resp, *key, kind);
@@ -149,6 +247,9 @@ pub async fn serve(
         (Ok(resp), None) => resp,
         (Err(e), _) => e.into_response(),
     };
+    if let Some(meter) = meter {
+        resp = meter.account(resp);
+    }
     if cached.is_none() && state.cache.is_some() {
         resp.headers_mut()
             .insert(cache::CACHE_HEADER, HeaderValue::from_static("bypass"));
@@ -162,6 +263,7 @@ pub async fn serve(
 
 async fn dispatch(
     state: &AppState,
+    policy: &Policy,
     class: DataClass,
     body: JsonObject,
     parsed: Parsed,
@@ -180,7 +282,7 @@ async fn dispatch(
             })
         })
         .collect();
-    let decision = decide(class, &candidates, &models.policy);
+    let decision = decide(class, &candidates, policy);
     let explain = decision.explain();
     if decision.is_denied() {
         tracing::warn!(model = %body.model, decision = %explain, "request refused by policy");

@@ -16,6 +16,9 @@ pub struct AppState {
     pub models: Arc<Models>,
     /// `None` when the response cache is off.
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    pub keys: Arc<bulwark_keys::Keys>,
+    /// `None` when the admin API is off.
+    pub admin_token: Option<crate::auth::AdminTokenHash>,
 }
 
 /// A model served in-process. The engine appears once loading has finished.
@@ -39,6 +42,8 @@ pub struct Models {
     /// Client-facing names that stand for an ordered list of candidate models.
     pub routes: BTreeMap<String, RouteConfig>,
     pub policy: Policy,
+    /// Named policies that keys may carry instead of `policy`.
+    pub policies: BTreeMap<String, Policy>,
     pub default_class: DataClass,
     pub created: u64,
 }
@@ -88,6 +93,7 @@ impl Models {
                 .map(|r| (r.model.clone(), r.clone()))
                 .collect(),
             policy: config.policy.clone(),
+            policies: config.policies.clone(),
             default_class: config.default_class,
             created,
         })

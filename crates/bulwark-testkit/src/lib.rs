@@ -214,6 +214,17 @@ async fn respond(
     };
     let mut frames: Vec<Bytes> = words.iter().map(|w| make(Some(w), None)).collect();
     frames.push(make(None, Some("stop")));
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if include_usage {
+        let n = words.len();
+        frames.push(sse(
+            &json!({"id":"mock-1","object":chunk_object,"created":0,"model":model,"choices":[],
+            "usage":{"prompt_tokens":3,"completion_tokens":n,"total_tokens":3 + n}}),
+        ));
+    }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
     let body = stream::iter(frames.into_iter().enumerate()).then(move |(i, f)| async move {
         if stall && i == 1 {
@@ -267,6 +278,9 @@ pub struct Bulwark {
     child: Child,
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// Its own data directory (the key database), removed on drop, unless the caller
+    /// passed `BULWARK_DATA_DIR`.
+    data: Option<tempfile::TempDir>,
 }
 
 impl Bulwark {
@@ -278,6 +292,13 @@ impl Bulwark {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
+        let data = if env.iter().any(|(k, _)| *k == "BULWARK_DATA_DIR") {
+            None
+        } else {
+            let dir = tempfile::tempdir()?;
+            cmd.env("BULWARK_DATA_DIR", dir.path());
+            Some(dir)
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -318,7 +339,13 @@ impl Bulwark {
             child,
             addr,
             stderr,
+            data,
         })
+    }
+
+    /// The data directory this instance uses, when the testkit made it.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data.as_ref().map(tempfile::TempDir::path)
     }
 
     pub fn url(&self, path: &str) -> String {

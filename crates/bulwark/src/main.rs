@@ -1,13 +1,16 @@
 //! The `bulwark` command: parses arguments, reads the environment, and calls the libraries.
 //!
 //! This is the only place that reads environment variables (`BULWARK_MODEL_DIR`,
-//! `BULWARK_LOG`, `BULWARK_LOG_FORMAT`, and the variables named by `api_key_env`).
+//! `BULWARK_DATA_DIR`, `BULWARK_LOG`, `BULWARK_LOG_FORMAT`, and the variables named by
+//! `api_key_env` and `admin_token_env`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bulwark_config::Config;
+use bulwark_config::{Config, DataClass};
+use bulwark_keys::{KeyRecord, KeySpec, Keys, Period, Store};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -33,6 +36,64 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Manage virtual API keys (in the data directory's key database).
+    Keys {
+        /// TOML config file (for the data directory and the named policies).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once (stdout); only its hash is stored.
+    Create {
+        /// A label for people.
+        name: String,
+        /// Whose key this is (cached answers are never shared across tenants). Default: NAME.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A model or route this key may use; repeat for more. Default: all.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Highest data class this key may send (public, internal, confidential, secret).
+        #[arg(long)]
+        max_class: Option<DataClass>,
+        /// Class of this key's requests that do not say (default: the server's).
+        #[arg(long)]
+        default_class: Option<DataClass>,
+        /// A policy from the config's [policies.NAME] instead of [policy].
+        #[arg(long)]
+        policy: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens (prompt + completion) per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Tokens per budget period.
+        #[arg(long)]
+        budget_tokens: Option<u64>,
+        /// Budget period: day or month (UTC). Default month.
+        #[arg(long, value_parser = parse_period)]
+        budget_period: Option<Period>,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key with its usage per model and day, as JSON.
+    Show { id: String },
+    /// Revoke a key; a running gateway refuses it from its next request.
+    Revoke { id: String },
+}
+
+fn parse_period(s: &str) -> Result<Period, String> {
+    Period::parse(s).ok_or_else(|| format!("`{s}` is not a budget period; use day or month"))
 }
 
 #[derive(Subcommand)]
@@ -50,12 +111,21 @@ fn model_dir() -> PathBuf {
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
     let env = |k: &str| std::env::var(k).ok();
-    match path {
-        Some(p) => {
-            Config::load(p, &env, &model_dir()).with_context(|| format!("loading {}", p.display()))
-        }
-        None => Ok(Config::default_with(&model_dir())),
+    let mut config = match path {
+        Some(p) => Config::load(p, &env, &model_dir())
+            .with_context(|| format!("loading {}", p.display()))?,
+        None => Config::default_with(&model_dir()),
+    };
+    if let Some(dir) = std::env::var_os("BULWARK_DATA_DIR") {
+        config.server.data_dir = PathBuf::from(dir);
     }
+    Ok(config)
+}
+
+fn open_keys(config: &Config) -> Result<Keys> {
+    let path = config.server.key_database();
+    let store = Store::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Keys::new(store, config.keys.required)?)
 }
 
 fn init_logging() {
@@ -99,9 +169,13 @@ async fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<()
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
-    config.server.check_exposure()?;
-    if !config.server.listen.ip().is_loopback() {
+    let keys = open_keys(&config)?;
+    config.server.check_exposure(keys.required())?;
+    if !config.server.listen.ip().is_loopback() && !keys.required() {
         tracing::warn!(listen = %config.server.listen, "listening beyond loopback without authentication, as configured");
+    }
+    if keys.required() {
+        tracing::info!("API keys required on /v1");
     }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -110,7 +184,7 @@ async fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<()
     tracing::info!(%addr, "listening");
     // A plain line on stdout for scripts and tests that started us with port 0.
     println!("bulwark listening on http://{addr}");
-    bulwark_server::serve(config, listener, shutdown_signal()).await?;
+    bulwark_server::serve(config, Arc::new(keys), listener, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -149,6 +223,110 @@ fn models_list(config: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> Result<()> {
+    let config = load_config(config.as_deref())?;
+    let keys = open_keys(&config)?;
+    match command {
+        KeysCommand::Create {
+            name,
+            tenant,
+            models,
+            max_class,
+            default_class,
+            policy,
+            rpm,
+            tpm,
+            budget_tokens,
+            budget_period,
+        } => {
+            if let Some(p) = &policy {
+                if !config.policies.contains_key(p) {
+                    anyhow::bail!(
+                        "no policy named `{p}` in the config (pass the config with --config; it declares [policies.NAME])"
+                    );
+                }
+            }
+            let spec = KeySpec {
+                name,
+                tenant,
+                models,
+                max_class,
+                default_class,
+                policy,
+                rpm,
+                tpm,
+                budget_tokens,
+                budget_period,
+            };
+            let (record, plaintext) = keys.create(&spec)?;
+            println!("{plaintext}");
+            eprintln!(
+                "Created key {} ({}, tenant {}). Store it now: it is shown only this once.",
+                record.id,
+                record.spec.name,
+                record.spec.tenant()
+            );
+        }
+        KeysCommand::List { json } => {
+            let all = keys.list()?;
+            if json {
+                for k in &all {
+                    println!("{}", serde_json::to_string(k)?);
+                }
+            } else {
+                println!(
+                    "{:<14} {:<20} {:<16} {:<13} {:<28} STATUS",
+                    "ID", "NAME", "TENANT", "MAX CLASS", "LIMITS"
+                );
+                for k in &all {
+                    println!(
+                        "{:<14} {:<20} {:<16} {:<13} {:<28} {}",
+                        k.id,
+                        k.spec.name,
+                        k.spec.tenant(),
+                        k.spec.max_class().as_str(),
+                        limits(k),
+                        if k.revoked_ms.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                    );
+                }
+            }
+        }
+        KeysCommand::Show { id } => {
+            let record = keys.get(&id)?;
+            let mut v = serde_json::to_value(&record)?;
+            v["usage"] = serde_json::to_value(keys.usage(&id)?)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        KeysCommand::Revoke { id } => {
+            let record = keys.revoke(&id)?;
+            eprintln!("Revoked key {} ({}).", record.id, record.spec.name);
+        }
+    }
+    Ok(())
+}
+
+fn limits(k: &KeyRecord) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = k.spec.rpm {
+        parts.push(format!("{r} rpm"));
+    }
+    if let Some(t) = k.spec.tpm {
+        parts.push(format!("{t} tpm"));
+    }
+    if let Some((b, p)) = k.spec.budget() {
+        parts.push(format!("{b}/{}", p.as_str()));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
@@ -162,5 +340,6 @@ fn main() -> Result<()> {
         Command::Models {
             command: ModelsCommand::List { config },
         } => models_list(config),
+        Command::Keys { config, command } => keys_command(config, command),
     }
 }

@@ -421,8 +421,10 @@ fn cli_version_and_models_list() {
 #[test]
 fn refuses_to_listen_beyond_loopback_without_authentication() {
     let bin = env!("CARGO_BIN_EXE_bulwark");
+    let data = TempDir::new("exposed-data");
     let out = std::process::Command::new(bin)
         .args(["serve", "--listen", "0.0.0.0:0"])
+        .env("BULWARK_DATA_DIR", &data.0)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -442,6 +444,7 @@ fn refuses_to_listen_beyond_loopback_without_authentication() {
     let mut child = std::process::Command::new(bin)
         .args(["serve", "--listen", "0.0.0.0:0", "--config"])
         .arg(&cfg)
+        .env("BULWARK_DATA_DIR", &data.0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

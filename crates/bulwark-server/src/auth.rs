@@ -1,0 +1,200 @@
+//! Who is calling: the API-key layer in front of `/v1/*`, and the admin API for keys.
+//!
+//! [`require_key`] runs before the body is read, so an unauthenticated client cannot
+//! make the gateway parse anything. It puts a [`Caller`] in the request's extensions;
+//! the router applies the key's models, classes, policy and limits. Keys are presented
+//! as `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>` (Anthropic
+//! SDKs). Error messages never echo what was presented.
+//!
+//! `/admin/keys` is guarded by a separate admin token (`[keys] admin_token_env`), held
+//! only as its SHA-256 and compared in constant time; without one, the admin API is off.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulwark_api::{ApiError, ErrorKind};
+use bulwark_keys::{AuthError, Key, KeySpec, KeysError};
+use http::{header, HeaderMap, StatusCode};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::Error;
+use crate::state::AppState;
+
+/// The key a request was made with; `None` when keys are not in use.
+#[derive(Clone)]
+pub struct Caller(pub Option<Arc<Key>>);
+
+/// What a client presented as its key, if anything.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?.trim();
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    match state.keys.authenticate(presented(req.headers())) {
+        Ok(key) => {
+            req.extensions_mut().insert(Caller(key));
+            next.run(req).await
+        }
+        Err(AuthError::Missing) => Error(
+            ApiError::new(
+                ErrorKind::Authentication,
+                "This gateway requires an API key: send `Authorization: Bearer <key>` (create one with `bulwark keys create NAME`).",
+            )
+            .with_code("missing_api_key"),
+        )
+        .into_response(),
+        Err(AuthError::Invalid) => Error(
+            ApiError::new(
+                ErrorKind::Authentication,
+                "The API key is not valid: it is malformed, unknown or revoked.",
+            )
+            .with_code("invalid_api_key"),
+        )
+        .into_response(),
+    }
+}
+
+/// SHA-256 of the admin token, kept instead of the token.
+pub type AdminTokenHash = [u8; 32];
+
+pub fn hash_admin_token(token: &str) -> AdminTokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+    let Some(want) = &state.admin_token else {
+        return Err(Error(
+            ApiError::new(
+                ErrorKind::NotFound,
+                "The admin API is off; set `admin_token_env` in [keys] to turn it on, or use `bulwark keys`.",
+            )
+            .with_code("admin_api_off"),
+        ));
+    };
+    let got = presented(headers).map(hash_admin_token);
+    match got {
+        Some(got) if bool::from(got.ct_eq(want)) => Ok(()),
+        _ => Err(Error(
+            ApiError::new(
+                ErrorKind::Authentication,
+                "The admin API needs the admin token: `Authorization: Bearer <token>`.",
+            )
+            .with_code("invalid_admin_token"),
+        )),
+    }
+}
+
+fn keys_error(e: KeysError) -> Error {
+    match e {
+        KeysError::NotFound(id) => Error(
+            ApiError::new(ErrorKind::NotFound, format!("No key with id `{id}`."))
+                .with_code("key_not_found"),
+        ),
+        KeysError::Invalid(msg) => {
+            Error(ApiError::invalid("key", msg).with_code("invalid_key_spec"))
+        }
+        e => {
+            tracing::error!(error = %e, "key database failure");
+            Error(
+                ApiError::new(
+                    ErrorKind::Internal,
+                    "The key database failed; see the gateway's log.",
+                )
+                .with_code("key_database_error"),
+            )
+        }
+    }
+}
+
+/// A key spec is valid against this gateway's config: its policy must exist.
+pub fn check_spec(state: &AppState, spec: &KeySpec) -> Result<(), Error> {
+    if let Some(p) = &spec.policy {
+        if !state.models.policies.contains_key(p) {
+            let known: Vec<&str> = state.models.policies.keys().map(String::as_str).collect();
+            return Err(Error(
+                ApiError::invalid(
+                    "policy",
+                    format!(
+                        "No policy named `{p}` is configured (known: {}).",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+                .with_code("invalid_key_spec"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    check_admin(&state, &headers)?;
+    let spec: KeySpec = serde_json::from_slice(&body).map_err(|e| {
+        Error(
+            ApiError::invalid("key", format!("The key spec is not valid: {e}."))
+                .with_code("invalid_key_spec"),
+        )
+    })?;
+    check_spec(&state, &spec)?;
+    let (record, plaintext) = state.keys.create(&spec).map_err(keys_error)?;
+    let mut body = serde_json::to_value(&record).unwrap_or_default();
+    body["key"] = json!(plaintext);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    check_admin(&state, &headers)?;
+    let keys = state.keys.list().map_err(keys_error)?;
+    Ok(Json(json!({"object": "list", "data": keys})).into_response())
+}
+
+pub async fn show_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    check_admin(&state, &headers)?;
+    let record = state.keys.get(&id).map_err(keys_error)?;
+    let usage = state.keys.usage(&id).map_err(keys_error)?;
+    let mut body = serde_json::to_value(&record).unwrap_or_default();
+    body["usage"] = json!(usage);
+    Ok(Json(body).into_response())
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    check_admin(&state, &headers)?;
+    let record = state.keys.revoke(&id).map_err(keys_error)?;
+    Ok(Json(record).into_response())
+}

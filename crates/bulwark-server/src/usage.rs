@@ -1,0 +1,163 @@
+//! Token accounting for requests made with an API key: the answer's `usage` is read as
+//! the body passes through, and recorded against the key's limits, budget and usage.
+//!
+//! Non-streamed answers carry `usage` in their JSON. For streams, the router asks the
+//! target for the usage chunk (`stream_options.include_usage`) whatever the client
+//! asked; when the client did not ask, that chunk is read here and removed, so the
+//! client sees exactly the stream it requested. Nothing is held back beyond the end of
+//! the current SSE event. A stream cut short before its usage chunk records no tokens.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::response::Response;
+use bulwark_keys::{now_ms, Key, Keys};
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http::{header, StatusCode};
+use serde_json::Value;
+
+use crate::sse::{self, Framer, Piece};
+
+/// Largest SSE event or JSON answer inspected for usage.
+const MAX_INSPECTED: usize = 8 << 20;
+
+/// Who pays for an answer.
+#[derive(Clone)]
+pub struct Meter {
+    pub keys: Arc<Keys>,
+    pub key: Arc<Key>,
+    pub model: String,
+    /// The client did not ask for the usage chunk: remove it from the stream.
+    pub strip_usage_chunk: bool,
+}
+
+impl Meter {
+    /// Records a `usage` object; true if it was one.
+    fn record(&self, usage: &Value) -> bool {
+        let n = |k: &str| usage.get(k).and_then(Value::as_u64);
+        match (n("prompt_tokens"), n("completion_tokens")) {
+            (Some(p), c) => {
+                self.keys
+                    .record_tokens(&self.key, &self.model, p, c.unwrap_or(0), now_ms());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Wraps a successful answer so that its usage is recorded as it passes.
+    pub fn account(self, resp: Response) -> Response {
+        if resp.status() != StatusCode::OK {
+            return resp;
+        }
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type.starts_with("text/event-stream") {
+            self.account_stream(resp)
+        } else {
+            self.account_json(resp)
+        }
+    }
+
+    fn account_stream(self, resp: Response) -> Response {
+        let (parts, body) = resp.into_parts();
+        let framer = Arc::new(Mutex::new(Framer::new(MAX_INSPECTED)));
+        let tail = Arc::clone(&framer);
+        let data = body.into_data_stream().flat_map(move |chunk| {
+            let out: Vec<Result<Bytes, axum::Error>> = match chunk {
+                Err(e) => vec![Err(e)],
+                Ok(bytes) => {
+                    let mut pieces = Vec::new();
+                    framer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(&bytes, &mut pieces);
+                    pieces
+                        .into_iter()
+                        .filter_map(|p| match p {
+                            Piece::Raw(b) => Some(Ok(b)),
+                            Piece::Event(b) => self.keep_event(&b).then_some(Ok(b)),
+                        })
+                        .collect()
+                }
+            };
+            stream::iter(out)
+        });
+        let rest = stream::once(async move {
+            tail.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finish()
+                .map(Ok)
+        })
+        .filter_map(|b| async move { b });
+        let mut resp = Response::from_parts(parts, Body::from_stream(data.chain(rest)));
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+        resp
+    }
+
+    /// Records the usage an event carries; false when it is the usage chunk the client
+    /// did not ask for.
+    fn keep_event(&self, event: &[u8]) -> bool {
+        // Cheap test first: most events are content deltas.
+        if !event.windows(7).any(|w| w == b"\"usage\"") {
+            return true;
+        }
+        let Some(v) = sse::data_json(event) else {
+            return true;
+        };
+        let recorded = v.get("usage").is_some_and(|u| self.record(u));
+        let usage_only = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty);
+        !(recorded && usage_only && self.strip_usage_chunk)
+    }
+
+    fn account_json(self, resp: Response) -> Response {
+        let declared = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let (parts, body) = resp.into_parts();
+        // `None` once the usage has been read or the body given up on.
+        let buf = Arc::new(Mutex::new(Some(Vec::new())));
+        let meter = Arc::new(self);
+        let (tap, tap_meter) = (Arc::clone(&buf), Arc::clone(&meter));
+        let data = body.into_data_stream().map(move |chunk| {
+            let complete = {
+                let mut guard = tap.lock().unwrap_or_else(|p| p.into_inner());
+                match (&chunk, guard.as_mut()) {
+                    (Ok(bytes), Some(b)) if b.len() + bytes.len() <= MAX_INSPECTED => {
+                        b.extend_from_slice(bytes);
+                        Some(b.len()) == declared
+                    }
+                    _ => {
+                        *guard = None;
+                        false
+                    }
+                }
+            };
+            if complete {
+                finish_json(&tap, &tap_meter);
+            }
+            chunk
+        });
+        let at_end = stream::once(async move { finish_json(&buf, &meter) })
+            .filter_map(|()| async { None::<Result<Bytes, axum::Error>> });
+        Response::from_parts(parts, Body::from_stream(data.chain(at_end)))
+    }
+}
+
+fn finish_json(buf: &Mutex<Option<Vec<u8>>>, meter: &Meter) {
+    let body = buf.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(v) = body.and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+        if let Some(u) = v.get("usage") {
+            meter.record(u);
+        }
+    }
+}
