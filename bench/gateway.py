@@ -31,15 +31,21 @@ def cpu_seconds(pid):
 GREEDY_BODY = '{"model":"bench","messages":[{"role":"user","content":"ping"}],"max_tokens":8,"temperature":0}'
 
 
-def wrk(url, conns, body=None, duration=None):
+def wrk(url, conns, body=None, duration=None, key=None):
     threads = 1 if conns == 1 else 2
-    env = {**os.environ, "WRK_BODY": body} if body else None
+    env = dict(os.environ)
+    if body:
+        env["WRK_BODY"] = body
+    if key:
+        env["WRK_KEY"] = key
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration or DURATION}", "--latency", "-s",
          str(ROOT / "bench/post.lua"), url],
         capture_output=True, text=True, check=True, env=env).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
     r = json.loads(line[5:])
+    if r["non2xx"] or r["errors"]:
+        raise SystemExit(f"{url}: {r['non2xx']} non-2xx answers, {r['errors']} socket errors")
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     return r
 
@@ -49,20 +55,37 @@ def main():
     mock, mock_url = start_printing([MOCK, "127.0.0.1:0"])
     cfg = tmp / "bulwark.toml"
     cfg.write_text(f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\nmodels = {{ "bench" = "mock" }}\n')
-    gw, gw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)],
-                                env={**os.environ, "BULWARK_LOG": "warn"})
+    quiet = {**os.environ, "BULWARK_LOG": "warn", "BULWARK_DATA_DIR": str(tmp / "data")}
+    gw, gw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=quiet)
     # The same gateway with the response cache on, hit by a deterministic request that is
     # answered from memory after the first time.
     ccfg = tmp / "bulwark-cache.toml"
     ccfg.write_text(cfg.read_text() + "[cache]\nenabled = true\n")
     cgw, cgw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(ccfg)],
-                                  env={**os.environ, "BULWARK_LOG": "warn"})
+                                  env={**quiet, "BULWARK_DATA_DIR": str(tmp / "cache-data")})
+    # Everything on: an API key with request, token and budget limits (never reached),
+    # a route whose candidate is judged by a policy with jurisdiction rules, the cache on
+    # (the benchmark's request is not deterministic, so it is looked at and bypassed).
+    kdata = tmp / "keys-data"
+    kcfg = tmp / "bulwark-keys.toml"
+    kcfg.write_text(
+        f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\njurisdiction = "FR"\ntrust = "private"\n'
+        'models = { "mock-fr" = "mock" }\n[[routes]]\nmodel = "bench"\ncandidates = ["mock-fr"]\n'
+        '[policy.rules.public]\ntrust = ["host", "private"]\njurisdictions = ["EU"]\n'
+        '[cache]\nenabled = true\n')
+    kenv = {**os.environ, "BULWARK_LOG": "warn", "BULWARK_DATA_DIR": str(kdata)}
+    key = subprocess.run([BULWARK, "keys", "create", "bench", "--rpm", "1000000000", "--tpm", "1000000000000",
+                          "--budget-tokens", "1000000000000000"], env=kenv, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    kgw, kgw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(kcfg)], env=kenv)
     targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions",
+               "bulwark_keys_policy": f"{kgw_url}/v1/chat/completions",
                "bulwark_cache_hit": f"{cgw_url}/v1/chat/completions"}
     bodies = {"bulwark_cache_hit": GREEDY_BODY}
+    keys = {"bulwark_keys_policy": key}
     # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
-    pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_cache_hit": cgw.pid}
-    procs = [mock, gw, cgw]
+    pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_keys_policy": kgw.pid, "bulwark_cache_hit": cgw.pid}
+    procs = [mock, gw, kgw, cgw]
     if LITELLM:
         port = free_port()
         lcfg = tmp / "litellm.yaml"
@@ -77,14 +100,15 @@ def main():
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
         targets["litellm"] = f"http://127.0.0.1:{port}/v1/chat/completions"
         pids["litellm"] = lp.pid
+    print(json.dumps({"targets": targets}), file=sys.stderr, flush=True)
     try:
         for name, url in targets.items():  # warm-up: connections, pools, the cache entry
-            wrk(url, 4, bodies.get(name), duration="2s")
+            wrk(url, 4, bodies.get(name), duration="2s", key=keys.get(name))
         for c in CONCURRENCY:
             row = {"concurrency": c}
             for name, url in targets.items():
                 before = cpu_seconds(pids[name])
-                row[name] = wrk(url, c, bodies.get(name))
+                row[name] = wrk(url, c, bodies.get(name), key=keys.get(name))
                 row[name]["cpu_us_per_request"] = (cpu_seconds(pids[name]) - before) * 1e6 / row[name]["requests"]
             for name in targets:
                 if name == "direct":

@@ -1,8 +1,8 @@
 -- wrk script: POST one small chat completion to whatever URL wrk was given.
--- WRK_BODY, when set, replaces the request body.
+-- WRK_BODY, when set, replaces the request body; WRK_KEY the API key.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench"
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("WRK_KEY") or "sk-bench")
 wrk.body = os.getenv("WRK_BODY") or '{"model":"bench","messages":[{"role":"user","content":"ping"}],"max_tokens":8}'
 
 done = function(summary, latency, requests)

@@ -65,19 +65,58 @@ models = {{ "remote-model" = "mock-large" }}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = pathlib.Path(tmp) / "bulwark.toml"
         cfg.write_text(config)
-        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test"}
+        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test", "BULWARK_DATA_DIR": f"{tmp}/data"}
         proc, url = _start([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=env)
-        deadline = time.time() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz") as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                _stop(proc)
-                raise RuntimeError("bulwark never became ready")
-            time.sleep(0.05)
+        _wait_ready(proc, url)
         yield url
+        _stop(proc)
+
+
+def _wait_ready(proc, url):
+    deadline = time.time() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz") as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            _stop(proc)
+            raise RuntimeError("bulwark never became ready")
+        time.sleep(0.05)
+
+
+class Keyed:
+    """A gateway in front of the mock upstream whose keys are made with the real CLI."""
+
+    def __init__(self, url, data):
+        self.url = url
+        self.data = data
+
+    def create_key(self, *args):
+        out = subprocess.run([BULWARK, "keys", "create", *args], env={**os.environ, "BULWARK_DATA_DIR": self.data},
+                             capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
+        return out.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def keyed_bulwark(mock_upstream):
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = pathlib.Path(tmp) / "bulwark.toml"
+        cfg.write_text(f"""
+[[upstreams]]
+name = "mock"
+base_url = "{mock_upstream}/v1"
+api_key_env = "MOCK_UPSTREAM_KEY"
+models = {{ "remote-model" = "mock-large" }}
+""")
+        data = f"{tmp}/data"
+        keyed = Keyed(None, data)
+        keyed.create_key("first")
+        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test", "BULWARK_DATA_DIR": data}
+        proc, url = _start([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=env)
+        _wait_ready(proc, url)
+        keyed.url = url
+        yield keyed
         _stop(proc)

@@ -620,9 +620,11 @@ impl RawConfig {
                         "keys: the admin token in `{var}` must be at least 16 characters"
                     )))
                 }
-                None => return Err(invalid(format!(
+                None => {
+                    return Err(invalid(format!(
                     "keys: admin_token_env names `{var}`, but that environment variable is not set"
-                ))),
+                )))
+                }
             },
         };
         let data_dir = match self.server.data_dir {
@@ -860,7 +862,11 @@ mod example {
     #[test]
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bulwark.example.toml");
-        let env = |k: &str| (k == "VLLM_API_KEY").then(|| "x".to_owned());
+        let env = |k: &str| match k {
+            "VLLM_API_KEY" => Some("x".to_owned()),
+            "BULWARK_ADMIN_TOKEN" => Some("an-admin-token-of-some-length".to_owned()),
+            _ => None,
+        };
         let cfg = Config::load(&path, &env, Path::new("models"));
         let cfg = match cfg {
             Ok(c) => c,
@@ -868,6 +874,8 @@ mod example {
         };
         assert_eq!(cfg.local_models.len(), 1);
         assert_eq!(cfg.upstreams.len(), 1);
+        assert!(cfg.keys.admin_token.is_some());
+        assert_eq!(cfg.policies.len(), 1);
         assert_eq!(
             cfg.local_models[0].sha256.as_deref(),
             Some(default_model::GGUF_SHA256)

@@ -1,8 +1,6 @@
 //! The engine on the real default model: greedy determinism, shared batches,
 //! cancellation, queue bounds and context limits.
 
-use std::time::{Duration, Instant};
-
 use bulwark_api::response::FinishReason;
 use bulwark_api::sampling::SamplingParams;
 use bulwark_engine::template::TemplateMessage;
@@ -167,8 +165,7 @@ fn dropping_a_generation_frees_its_sequence() {
     // Wait for the first token, then walk away.
     assert!(matches!(g.events.blocking_recv(), Some(Event::Delta(_))));
     drop(g);
-    let start = Instant::now();
-    let (text, _, _) = collect(
+    let (text, _, usage) = collect(
         e.generate(chat(&e, "Say hello."), greedy(8))
             .unwrap_or_else(|e| panic!("{e}")),
     );
@@ -176,11 +173,13 @@ fn dropping_a_generation_frees_its_sequence() {
     let stats = e.stats();
     assert_eq!(stats.cancelled, 1, "{stats:?}");
     assert_eq!(stats.active, 0);
-    // 400 tokens of the abandoned story would take seconds; the slot came back at once.
+    // With one sequence, the next request could only run once the abandoned one left
+    // its slot; it left at once instead of generating its 400 tokens (no wall-clock
+    // bound here: the machine may be busy, the token count is what tells).
+    let abandoned = stats.generated_tokens - u64::from(usage);
     assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "the next request waited {:?}",
-        start.elapsed()
+        abandoned < 100,
+        "the abandoned story kept generating: {stats:?}"
     );
 }
 

@@ -59,12 +59,17 @@ impl SlidingWindow {
     }
 
     /// Records an event of `weight` at `now` (events are assumed to come in time order).
+    /// Events of the same millisecond share one entry, so a window never holds more
+    /// than 60,000 entries (under 1 MiB) however high the limit.
     pub fn add(&mut self, weight: u64, now: Millis) {
         if weight == 0 {
             return;
         }
         self.total += weight;
-        self.events.push_back((now, weight));
+        match self.events.back_mut() {
+            Some((at, w)) if *at >= now => *w += weight,
+            _ => self.events.push_back((now, weight)),
+        }
     }
 
     /// Admits one request if fewer than `limit` were admitted within the window,

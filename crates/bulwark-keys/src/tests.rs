@@ -8,6 +8,7 @@ fn keys() -> Keys {
 fn open_until_the_first_key_then_closed() {
     let keys = keys();
     assert!(matches!(keys.authenticate(None), Ok(None)));
+    assert!(matches!(keys.authenticate(Some("unused")), Ok(None)));
     let (record, plaintext) = keys.create(&KeySpec::named("ci")).unwrap();
     assert_eq!(record.spec.tenant(), "ci");
     assert_eq!(keys.authenticate(None).err(), Some(AuthError::Missing));

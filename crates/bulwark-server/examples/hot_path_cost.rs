@@ -1,7 +1,7 @@
 //! What the gateway's own per-request logic costs, without any network: request
-//! validation, the policy decision with its explanation (the `x-bulwark-route` header),
-//! and the cache key. `cargo run --release -p bulwark-server --example hot_path_cost`
-//! prints one JSON line: median nanoseconds per operation over several rounds.
+//! validation, the API-key check and limit accounting, the policy decision with its
+//! explanation (the `x-bulwark-route` header), and the cache key.
+//! `cargo run --release -p bulwark-server --example hot_path_cost` prints one JSON line: median nanoseconds per operation over several rounds.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -87,8 +87,41 @@ fn main() {
             black_box(&body),
         ));
     });
+    // The key check as the server does it: a WAL SQLite file (one `data_version` probe
+    // per request), a key with request, token and budget limits, then admission.
+    let db = std::env::temp_dir().join(format!("bulwark-hot-path-{}.db", std::process::id()));
+    let keys = bulwark_keys::Keys::new(
+        bulwark_keys::Store::open(&db).unwrap_or_else(|e| panic!("key database: {e:?}")),
+        false,
+    )
+    .unwrap_or_else(|e| panic!("keys: {e:?}"));
+    let spec = bulwark_keys::KeySpec {
+        rpm: Some(u64::MAX / 2),
+        tpm: Some(u64::MAX / 2),
+        budget_tokens: Some(u64::MAX / 2),
+        ..bulwark_keys::KeySpec::named("bench")
+    };
+    let (_, plaintext) = keys
+        .create(&spec)
+        .unwrap_or_else(|e| panic!("create key: {e:?}"));
+    let authenticate = median_ns(20_000, || {
+        let _ = black_box(keys.authenticate(black_box(Some(plaintext.as_str()))));
+    });
+    let key = keys
+        .authenticate(Some(&plaintext))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("the key does not authenticate"));
+    // Admission with a 60 s request window that fills up: the realistic steady state.
+    let admit = median_ns(20_000, || {
+        let _ = black_box(keys.admit(&key, "chat", bulwark_keys::now_ms()));
+    });
+    drop(keys);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
     println!(
-        "{{\"body_bytes\":{},\"candidates\":{},\"validate_ns\":{validate:.0},\"policy_decide_ns\":{decision:.0},\"policy_decide_and_explain_ns\":{decision_and_header:.0},\"cache_key_ns\":{cache_key:.0}}}",
+        "{{\"body_bytes\":{},\"candidates\":{},\"validate_ns\":{validate:.0},\"key_authenticate_ns\":{authenticate:.0},\"key_admit_ns\":{admit:.0},\"policy_decide_ns\":{decision:.0},\"policy_decide_and_explain_ns\":{decision_and_header:.0},\"cache_key_ns\":{cache_key:.0}}}",
         body.to_string().len(),
         candidates.len()
     );

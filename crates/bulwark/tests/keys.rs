@@ -118,8 +118,13 @@ async fn keys_gate_requests_with_401_and_403() {
     let dir = TempDir::new("keys-gate");
     let b = start_gw(&dir, &config(&mock, "")).await;
 
-    // No key exists yet: loopback serves without one (the laptop case).
+    // No key exists yet: loopback serves without one (the laptop case), and ignores
+    // whatever an SDK sends as its key.
     assert_eq!(send(&b, None, chat("m", "hi"), None).await.status, 200);
+    assert_eq!(
+        send(&b, Some("unused"), chat("m", "hi"), None).await.status,
+        200
+    );
 
     let key = create(&b, &["alice", "--model", "m", "--max-class", "internal"]);
     assert!(key.starts_with("bk_"), "{key}");
@@ -177,8 +182,8 @@ async fn keys_gate_requests_with_401_and_403() {
             .status,
         200
     );
-    // Refused requests never reached the upstream: 1 open + 1 x-api-key + 1 internal.
-    assert_eq!(mock.received().len(), 3);
+    // Refused requests never reached the upstream: 2 open + 1 x-api-key + 1 internal.
+    assert_eq!(mock.received().len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

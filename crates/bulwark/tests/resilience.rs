@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulwark_testkit::{Bulwark, MockUpstream};
 use common::{send_chat, start_with, TempDir};
@@ -111,17 +111,12 @@ async fn hedging_takes_the_faster_answer_and_cancels_the_other() {
         upstream("fast-side", &fast.base_url(), "", "\"hare\" = \"mock-fast\""),
     );
     let b = gateway(&dir, &cfg).await;
-    let started = Instant::now();
     let (status, route, body) = send_chat(&b, "hedged", None, "hi").await;
-    let took = started.elapsed();
     assert_eq!(status, 200, "{body}");
+    // The answer came from the second leg (the first would only answer after 1.5 s).
     assert!(
         route.starts_with("target=hare;") && route.contains("; hedged"),
         "{route}"
-    );
-    assert!(
-        took < Duration::from_millis(1500),
-        "the hedge did not win: {took:?}"
     );
     // Both legs were sent, and the slow one was cancelled before it could finish.
     assert_eq!((slow.received().len(), fast.received().len()), (1, 1));
