@@ -1,0 +1,225 @@
+//! Trains the learned injection detector and reports its quality.
+//!
+//! `train_injection TRAIN.jsonl DEV.jsonl OUT.bin` (run by `train/train.sh`). Each line:
+//! `{"text": ..., "label": 0|1}`. Deterministic: fixed seed, fixed split, so the same
+//! data gives the same bytes.
+//!
+//! 1. One text in ten of TRAIN (by a hash of the text) is held out as the tuning split.
+//! 2. Logistic regression over the hashed features, by SGD with L2, on the rest.
+//! 3. The blocking threshold on the combined score (rules, model, decoded views — what
+//!    the gateway computes) is the lowest whose false-positive rate on the tuning split
+//!    is at most 1%.
+//! 4. DEV, never trained or tuned on, is scored at that threshold: rules alone, the model
+//!    alone, and both; one JSON line each on stdout.
+
+use std::time::Instant;
+
+use bulwark_guard::{features, injection::Model, normalise, Guard, Thresholds};
+use serde_json::{json, Value};
+
+struct Example {
+    text: String,
+    norm: String,
+    label: bool,
+    category: String,
+}
+
+fn read(path: &str) -> Vec<Example> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let text = v["text"].as_str().unwrap_or_default().to_owned();
+            let norm = normalise::normalise(&text, &mut Vec::new()).text;
+            Example {
+                norm,
+                label: v["label"].as_i64() == Some(1),
+                category: v["category"].as_str().unwrap_or("").to_owned(),
+                text,
+            }
+        })
+        .collect()
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Counts at a threshold: (tp, fp, tn, fn).
+fn confusion(scores: &[(f32, bool)], t: f32) -> (u32, u32, u32, u32) {
+    let mut c = (0, 0, 0, 0);
+    for &(s, y) in scores {
+        match (s >= t, y) {
+            (true, true) => c.0 += 1,
+            (true, false) => c.1 += 1,
+            (false, false) => c.2 += 1,
+            (false, true) => c.3 += 1,
+        }
+    }
+    c
+}
+
+fn report(name: &str, scores: &[(f32, bool)], t: f32) -> Value {
+    let (tp, fp, tn, fnn) = confusion(scores, t);
+    let p = f64::from(tp) / f64::from((tp + fp).max(1));
+    let r = f64::from(tp) / f64::from((tp + fnn).max(1));
+    let fpr = f64::from(fp) / f64::from((fp + tn).max(1));
+    let f1 = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
+    json!({"detector": name, "threshold": t, "n": scores.len(), "tp": tp, "fp": fp, "tn": tn, "fn": fnn,
+           "precision": p, "recall": r, "fpr": fpr, "f1": f1})
+}
+
+/// The lowest threshold with at most `max_fpr` false positives among the negatives.
+fn pick(scores: &[(f32, bool)], max_fpr: f64) -> f32 {
+    let mut neg: Vec<f32> = scores.iter().filter(|s| !s.1).map(|s| s.0).collect();
+    neg.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (neg.len() as f64 * max_fpr).floor() as usize;
+    // Strictly above the (allowed+1)-th highest negative score.
+    neg.get(allowed).map_or(0.5, |&s| (s + 1e-4).min(0.999))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, train, dev, out] = args.as_slice() else {
+        panic!("usage: train_injection TRAIN.jsonl DEV.jsonl OUT.bin");
+    };
+    let all = read(train);
+    let dev = read(dev);
+    let (tune, fit): (Vec<&Example>, Vec<&Example>) =
+        all.iter().partition(|e| fnv(&e.text).is_multiple_of(10));
+
+    // SGD, deterministic order (xorshift shuffles).
+    let mut w = vec![0f32; features::BUCKETS];
+    let mut bias = 0f32;
+    let mut order: Vec<usize> = (0..fit.len()).collect();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut scratch = Vec::new();
+    // Chosen on the tuning split (TRAIN_EPOCHS, TRAIN_L2, TRAIN_LR override them).
+    let env = |k: &str, d: f32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (epochs, l2, lr0) = (
+        env("TRAIN_EPOCHS", 40.0) as usize,
+        env("TRAIN_L2", 1e-7),
+        env("TRAIN_LR", 3.0),
+    );
+    let started = Instant::now();
+    for epoch in 0..epochs {
+        for i in (1..order.len()).rev() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            order.swap(i, (rng % (i as u64 + 1)) as usize);
+        }
+        let lr = lr0 / (1.0 + epoch as f32 * 0.5);
+        for &i in &order {
+            let e = fit[i];
+            features::extract(&e.norm, &mut scratch);
+            let v = features::scale(scratch.len());
+            let z = bias + scratch.iter().map(|&h| w[h as usize]).sum::<f32>() * v;
+            let p = 1.0 / (1.0 + (-z).exp());
+            let g = f32::from(u8::from(e.label)) - p;
+            for &h in &scratch {
+                let wh = &mut w[h as usize];
+                *wh += lr * (g * v - l2 * *wh);
+            }
+            bias += lr * g * 0.1;
+        }
+    }
+    let train_secs = started.elapsed().as_secs_f64();
+
+    // Quantise first, so that everything below measures the model that ships.
+    let provisional = Model::to_bytes(bias, &w, 0.5);
+    let model: &'static Model = Box::leak(Box::new(
+        Model::from_bytes(&provisional).unwrap_or_else(|| panic!("model round trip")),
+    ));
+    let both = Guard {
+        thresholds: Thresholds {
+            block: 0.5,
+            flag: 0.5,
+        },
+        model: Some(model),
+    };
+    let rules = Guard {
+        thresholds: Thresholds {
+            block: 0.5,
+            flag: 0.5,
+        },
+        model: None,
+    };
+    let combined = |g: &Guard, set: &[&Example]| -> Vec<(f32, bool)> {
+        set.iter()
+            .map(|e| (g.scan(&e.text).injection_score, e.label))
+            .collect()
+    };
+    let tune_scores = combined(&both, &tune);
+    let threshold = pick(&tune_scores, 0.01);
+    let bytes = Model::to_bytes(bias, &w, threshold);
+    std::fs::write(out, &bytes).unwrap_or_else(|e| panic!("{out}: {e}"));
+
+    let dev_refs: Vec<&Example> = dev.iter().collect();
+    let started = Instant::now();
+    let dev_both = combined(&both, &dev_refs);
+    let per_text_us = started.elapsed().as_secs_f64() * 1e6 / dev.len().max(1) as f64;
+    let dev_rules = combined(&rules, &dev_refs);
+    let dev_model: Vec<(f32, bool)> = dev
+        .iter()
+        .map(|e| (model.score(&e.norm, &mut scratch), e.label))
+        .collect();
+
+    println!(
+        "{}",
+        json!({"train": fit.len(), "tune": tune.len(), "dev": dev.len(), "epochs": epochs,
+        "train_secs": train_secs, "threshold": threshold, "scan_us_per_dev_text": per_text_us,
+        "model_bytes": bytes.len()})
+    );
+    println!("{}", report("tune: rules + model", &tune_scores, threshold));
+    println!("{}", report("dev: rules alone", &dev_rules, 0.5));
+    println!("{}", report("dev: model alone", &dev_model, threshold));
+    println!("{}", report("dev: rules + model", &dev_both, threshold));
+    // Recall per attack category on dev (neuralchemy labels them).
+    let mut cats: Vec<&str> = dev
+        .iter()
+        .filter(|e| e.label && !e.category.is_empty())
+        .map(|e| e.category.as_str())
+        .collect();
+    cats.sort_unstable();
+    cats.dedup();
+    for c in cats {
+        let s: Vec<(f32, bool)> = dev
+            .iter()
+            .zip(&dev_both)
+            .filter(|(e, _)| e.category == c)
+            .map(|(_, s)| *s)
+            .collect();
+        let (tp, _, _, fnn) = confusion(&s, threshold);
+        println!(
+            "{}",
+            json!({"dev category": c, "attacks": tp + fnn, "recall": f64::from(tp) / f64::from((tp + fnn).max(1))})
+        );
+    }
+    // Misses and false alarms on dev, a few of each, to read.
+    for (e, (s, _)) in dev
+        .iter()
+        .zip(&dev_both)
+        .filter(|(e, (s, _))| e.label != (*s >= threshold))
+        .take(12)
+    {
+        let t: String = e.text.chars().take(120).collect();
+        eprintln!(
+            "{} {:.2} {t}",
+            if e.label { "MISS" } else { "FALSE ALARM" },
+            s
+        );
+    }
+}

