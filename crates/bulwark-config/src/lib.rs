@@ -82,6 +82,56 @@ pub struct RawConfig {
     /// `[policies.eu-only.rules.confidential]`.
     #[serde(default)]
     pub policies: std::collections::BTreeMap<String, RawNamedPolicy>,
+    /// The guard on every request (on by default).
+    #[serde(default)]
+    pub guard: RawGuard,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    /// Scan requests at all. Default true.
+    pub enabled: Option<bool>,
+    /// Prompt injection, jailbreaks and smuggled hidden text: `block` (default), `flag`
+    /// or `allow`.
+    pub injection: Option<GuardAction>,
+    /// Personal data in requests: `pseudonymise` (default: placeholders go out, the
+    /// answer gets the originals back), `redact`, `block`, `flag` or `allow`.
+    pub pii: Option<GuardAction>,
+    /// Credentials in requests: same choices; default `pseudonymise`.
+    pub secrets: Option<GuardAction>,
+    /// Injection score at or above which a request is blocked. Default: the threshold
+    /// stored with the model (chosen for a false-positive rate of at most 1%).
+    pub block_threshold: Option<f32>,
+    /// Class a request is raised to when personal data is sent as is (`flag`/`allow`).
+    /// Default `confidential`.
+    pub pii_class: Option<DataClass>,
+    /// Class a request is raised to when credentials are sent as is. Default `secret`.
+    pub secret_class: Option<DataClass>,
+}
+
+/// What the guard does with a kind of finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardAction {
+    Allow,
+    Flag,
+    Block,
+    Redact,
+    #[serde(alias = "pseudonymize")]
+    Pseudonymise,
+}
+
+impl GuardAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardAction::Allow => "allow",
+            GuardAction::Flag => "flag",
+            GuardAction::Block => "block",
+            GuardAction::Redact => "redact",
+            GuardAction::Pseudonymise => "pseudonymise",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +306,31 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Named policies keys may refer to.
     pub policies: std::collections::BTreeMap<String, Policy>,
+    /// `None` when the guard is off.
+    pub guard: Option<GuardConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardConfig {
+    pub injection: GuardAction,
+    pub pii: GuardAction,
+    pub secrets: GuardAction,
+    pub block_threshold: Option<f32>,
+    pub pii_class: DataClass,
+    pub secret_class: DataClass,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            injection: GuardAction::Block,
+            pii: GuardAction::Pseudonymise,
+            secrets: GuardAction::Pseudonymise,
+            block_threshold: None,
+            pii_class: DataClass::Confidential,
+            secret_class: DataClass::Secret,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +484,7 @@ impl Config {
             cache: None,
             keys: KeysConfig::default(),
             policies: std::collections::BTreeMap::new(),
+            guard: Some(GuardConfig::default()),
         }
     }
 
@@ -627,6 +703,33 @@ impl RawConfig {
                 }
             },
         };
+        let guard = if self.guard.enabled.unwrap_or(true) {
+            let g = &self.guard;
+            if matches!(
+                g.injection,
+                Some(GuardAction::Redact | GuardAction::Pseudonymise)
+            ) {
+                return Err(invalid(
+                    "guard.injection: an injection cannot be redacted or pseudonymised; use block, flag or allow",
+                ));
+            }
+            if let Some(t) = g.block_threshold {
+                if !(0.0..=1.0).contains(&t) {
+                    return Err(invalid("guard.block_threshold must be between 0 and 1"));
+                }
+            }
+            let d = GuardConfig::default();
+            Some(GuardConfig {
+                injection: g.injection.unwrap_or(d.injection),
+                pii: g.pii.unwrap_or(d.pii),
+                secrets: g.secrets.unwrap_or(d.secrets),
+                block_threshold: g.block_threshold,
+                pii_class: g.pii_class.unwrap_or(d.pii_class),
+                secret_class: g.secret_class.unwrap_or(d.secret_class),
+            })
+        } else {
+            None
+        };
         let data_dir = match self.server.data_dir {
             Some(d) if d.is_relative() => base.join(d),
             Some(d) => d,
@@ -695,6 +798,7 @@ impl RawConfig {
                 ),
             },
             policies,
+            guard,
         })
     }
 }

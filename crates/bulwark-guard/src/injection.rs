@@ -131,6 +131,9 @@ pub fn rules(text: &str) -> Vec<RuleHit> {
         .collect()
 }
 
+/// Texts shorter than this many words get a proportionally smaller model score.
+pub const MIN_WORDS: usize = 2;
+
 /// The learned model: a bias and one weight per feature bucket, and the blocking
 /// threshold chosen for it (on the combined score) when it was trained.
 pub struct Model {
@@ -187,16 +190,17 @@ impl Model {
     }
 
     /// The probability that `text` (normalised) is an injection or jailbreak.
+    ///
+    /// Texts of a few words carry too little evidence for a bag of n-grams (a lone
+    /// "nowhere" could otherwise score like an attack), so below [`MIN_WORDS`] words the
+    /// probability is scaled down in proportion; short attacks are the rules' job.
     pub fn score(&self, text: &str, scratch: &mut Vec<u32>) -> f32 {
         features::extract(text, scratch);
         let v = features::scale(scratch.len());
-        let z = self.bias
-            + scratch
-                .iter()
-                .map(|&h| self.weights[h as usize])
-                .sum::<f32>()
-                * v;
-        1.0 / (1.0 + (-z).exp())
+        let sum: f32 = scratch.iter().map(|&h| self.weights[h as usize]).sum();
+        let p = 1.0 / (1.0 + (-(self.bias + sum * v)).exp());
+        let words = text.split_whitespace().take(MIN_WORDS).count();
+        p * words as f32 / MIN_WORDS as f32
     }
 }
 

@@ -11,7 +11,7 @@
 //! is restored and everything else passes at once.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
 
@@ -70,6 +70,22 @@ impl Vault {
 
     /// Replaces each finding's span (non-overlapping, sorted) by its placeholder.
     pub fn pseudonymise(&mut self, text: &str, findings: &[Finding]) -> String {
+        self.rewrite(text, findings, |_| false)
+    }
+
+    /// Like [`Vault::pseudonymise`], but findings for which `redact` says so become
+    /// `[REDACTED_KIND]` (nothing to restore) instead of a placeholder.
+    pub fn rewrite(
+        &mut self,
+        text: &str,
+        findings: &[Finding],
+        redact: impl Fn(&Finding) -> bool,
+    ) -> String {
+        let redacted: Vec<(usize, usize)> = findings
+            .iter()
+            .filter(|f| redact(f))
+            .map(|f| (f.start, f.end))
+            .collect();
         // Existing placeholder-shaped text becomes a finding of its own.
         let mut spans: Vec<(usize, usize, String)> = findings
             .iter()
@@ -88,8 +104,14 @@ impl Vault {
                 continue;
             }
             out.push_str(&text[at..s]);
-            let p = self.placeholder(&kind, &text[s..e]);
-            out.push_str(&p);
+            if redacted.contains(&(s, e)) {
+                out.push_str("[REDACTED_");
+                out.push_str(&kind.to_ascii_uppercase());
+                out.push(']');
+            } else {
+                let p = self.placeholder(&kind, &text[s..e]);
+                out.push_str(&p);
+            }
             at = e;
         }
         out.push_str(&text[at..]);
@@ -133,8 +155,8 @@ pub fn redact(text: &str, findings: &[Finding]) -> String {
 
 /// Restores a stream of text pieces.
 #[derive(Debug)]
-pub struct Restorer<'a> {
-    vault: &'a Vault,
+pub struct Restorer {
+    vault: Arc<Vault>,
     pending: String,
 }
 
@@ -156,8 +178,8 @@ fn open_tail(s: &str) -> Option<usize> {
         .then_some(start)
 }
 
-impl<'a> Restorer<'a> {
-    pub fn new(vault: &'a Vault) -> Self {
+impl Restorer {
+    pub fn new(vault: Arc<Vault>) -> Self {
         Restorer {
             vault,
             pending: String::new(),
@@ -220,6 +242,7 @@ mod tests {
         let mut v = Vault::default();
         let original = "mail jane@corp.eu now";
         let p = v.pseudonymise(original, &email_findings(original));
+        let v = Arc::new(v);
         let answer = format!("Sure: {p} and [x] and [{p}] done [EMAIL");
         let want = v.restore(&answer);
         for i in 0..=answer.len() {
@@ -227,7 +250,7 @@ mod tests {
                 if !answer.is_char_boundary(i) || !answer.is_char_boundary(j) {
                     continue;
                 }
-                let mut r = Restorer::new(&v);
+                let mut r = Restorer::new(Arc::clone(&v));
                 let mut got = r.push(&answer[..i]);
                 got += &r.push(&answer[i..j]);
                 got += &r.push(&answer[j..]);
@@ -259,10 +282,11 @@ mod tests {
             let f = email_findings(&text);
             let p = v.pseudonymise(&text, &f);
             prop_assert_eq!(v.restore(&p), text.clone());
+            let v = Arc::new(v);
             // And streamed, cut anywhere.
             let cuts: Vec<usize> = (0..=p.len()).filter(|&i| p.is_char_boundary(i)).collect();
             for &c in cuts.iter().step_by(3) {
-                let mut r = Restorer::new(&v);
+                let mut r = Restorer::new(Arc::clone(&v));
                 let got = r.push(&p[..c]) + &r.push(&p[c..]) + &r.finish();
                 prop_assert_eq!(&got, &text);
             }

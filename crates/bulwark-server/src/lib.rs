@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cache;
 pub mod error;
 pub mod extract;
+pub mod guard;
 mod local;
 mod ops;
 mod proxy;
@@ -121,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{id}", get(ops::get_model))
+        .route("/v1/guard/scan", post(ops::guard_scan))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -172,6 +174,10 @@ pub async fn serve(
             .admin_token
             .as_ref()
             .map(|t| auth::hash_admin_token(secrecy::ExposeSecret::expose_secret(t))),
+        guard: config
+            .guard
+            .clone()
+            .map(|g| Arc::new(guard::EdgeGuard::new(g))),
     };
     // Usage reaches the database every `usage_flush`, and once more on the way out.
     let flusher = tokio::spawn(flush_usage(Arc::clone(&keys), config.keys.usage_flush));

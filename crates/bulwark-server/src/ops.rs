@@ -218,3 +218,36 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
+
+/// `POST /v1/guard/scan` with `{"text": "..."}` or `{"text": ["...", ...]}`: the guard's
+/// report on each text, whatever the gateway's own guard settings (it runs even when the
+/// guard is off for requests).
+pub async fn guard_scan(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    let bad = |m: String| Error(ApiError::invalid("text", m).with_code("invalid_scan_request"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("The body is not JSON: {e}.")))?;
+    let texts: Vec<&str> = match v.get("text") {
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .ok_or_else(|| bad("Every item of `text` must be a string.".into()))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(bad(
+                "Send `{\"text\": \"...\"}` or a list of strings.".into()
+            ))
+        }
+    };
+    let guard = state
+        .guard
+        .as_ref()
+        .map_or_else(bulwark_guard::Guard::default, |g| g.guard.clone());
+    let reports: Vec<bulwark_guard::Report> = texts.iter().map(|t| guard.scan(t)).collect();
+    Ok(Json(json!({"object": "list", "data": reports})).into_response())
+}

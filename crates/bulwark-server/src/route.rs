@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::extract::JsonObject;
 use crate::state::{AppState, Target};
 use crate::usage::Meter;
-use crate::{cache, local, proxy};
+use crate::{cache, guard, local, proxy};
 
 pub const ROUTE_HEADER: &str = "x-bulwark-route";
 pub const CLASS_HEADER: &str = "x-bulwark-data-class";
@@ -158,10 +158,41 @@ pub async fn serve(
     let default = key
         .and_then(|k| k.record.spec.default_class)
         .unwrap_or(state.models.default_class);
-    let class = match request_class(headers, default) {
+    let mut class = match request_class(headers, default) {
         Ok(c) => c,
         Err(e) => return Error(e).into_response(),
     };
+    // The guard reads every text before anything else looks at the content: it may
+    // refuse the request, raise its class, or rewrite it (placeholders restored below).
+    let mut vault = None;
+    let mut guard_note = None;
+    if let Some(g) = &state.guard {
+        match g.screen(&mut body.value) {
+            Err(e) => {
+                tracing::warn!(model = %body.model, code = e.code.unwrap_or(""), "request blocked by the guard");
+                return Error(e).into_response();
+            }
+            Ok(s) => {
+                if let Some(c) = s.class {
+                    class = class.max(c);
+                }
+                if s.changed {
+                    let reparsed = match &parsed {
+                        Parsed::Chat(_) => ChatRequest::from_json(&body.value).map(Parsed::Chat),
+                        Parsed::Completion(_) => {
+                            CompletionRequest::from_json(&body.value).map(Parsed::Completion)
+                        }
+                    };
+                    match reparsed {
+                        Ok(p) => parsed = p,
+                        Err(e) => return Error(e).into_response(),
+                    }
+                }
+                vault = s.vault;
+                guard_note = s.header;
+            }
+        }
+    }
     let mut policy = &state.models.policy;
     if let Some(k) = key {
         if class > k.max_class() {
@@ -206,6 +237,13 @@ pub async fn serve(
     if let Some((cache, key)) = &cached {
         if let Some(answer) = cache.get(key) {
             let mut resp = cache::replay(&answer, stream, include_usage);
+            if let Some(v) = vault {
+                resp = guard::restore(resp, v);
+            }
+            if let Some(note) = &guard_note {
+                resp.headers_mut()
+                    .insert(guard::GUARD_HEADER, guard::header_value(note));
+            }
             let h = resp.headers_mut();
             h.insert(cache::CACHE_HEADER, HeaderValue::from_static("hit"));
             h.insert(
@@ -247,8 +285,16 @@ pub async fn serve(
         (Ok(resp), None) => resp,
         (Err(e), _) => e.into_response(),
     };
+    // Cached answers keep their placeholders; the originals go back in on the way out.
+    if let Some(v) = vault {
+        resp = guard::restore(resp, v);
+    }
     if let Some(meter) = meter {
         resp = meter.account(resp);
+    }
+    if let Some(note) = &guard_note {
+        resp.headers_mut()
+            .insert(guard::GUARD_HEADER, guard::header_value(note));
     }
     if cached.is_none() && state.cache.is_some() {
         resp.headers_mut()

@@ -19,6 +19,8 @@ pub struct AppState {
     pub keys: Arc<bulwark_keys::Keys>,
     /// `None` when the admin API is off.
     pub admin_token: Option<crate::auth::AdminTokenHash>,
+    /// `None` when the guard is off.
+    pub guard: Option<Arc<crate::guard::EdgeGuard>>,
 }
 
 /// A model served in-process. The engine appears once loading has finished.

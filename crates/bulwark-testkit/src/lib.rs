@@ -53,6 +53,20 @@ pub fn mock_router(record: bool) -> (Router, MockLog) {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(|| async { Json(json!({"object":"list","data":[{"id":"mock","object":"model","owned_by":"mock"}]})) }))
+        // What it received, for tests in other processes (the SDK tests): recorded
+        // request bodies, oldest first. Empty unless recording.
+        .route(
+            "/_mock/received",
+            get(|State(s): State<MockState>| async move {
+                let bodies: Vec<Value> = s
+                    .rec
+                    .bodies
+                    .lock()
+                    .map(|v| v.iter().map(|(_, _, b)| b.clone()).collect())
+                    .unwrap_or_default();
+                Json(json!({ "received": bodies }))
+            }),
+        )
         .with_state(state);
     (app, log)
 }

@@ -36,6 +36,18 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Run the guard on text: `bulwark scan TEXT`, or `--jsonl` to read JSON lines with a
+    /// `text` field on stdin and write one JSON report per line.
+    Scan {
+        /// The text to scan (omit with --jsonl).
+        text: Option<String>,
+        /// Read `{"text": ...}` lines from stdin; write one report per line.
+        #[arg(long)]
+        jsonl: bool,
+        /// Blocking threshold on the injection score (default: the model's).
+        #[arg(long)]
+        block_threshold: Option<f32>,
+    },
     /// Manage virtual API keys (in the data directory's key database).
     Keys {
         /// TOML config file (for the data directory and the named policies).
@@ -309,6 +321,45 @@ fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> Result<()> {
     Ok(())
 }
 
+fn scan(text: Option<String>, jsonl: bool, block_threshold: Option<f32>) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut thresholds = bulwark_guard::Thresholds::default();
+    if let Some(t) = block_threshold {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&t),
+            "--block-threshold must be between 0 and 1"
+        );
+        thresholds.block = t;
+        thresholds.flag = thresholds.flag.min(t);
+    }
+    let guard = bulwark_guard::Guard::new(thresholds);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match (text, jsonl) {
+        (Some(t), false) => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&guard.scan(&t))?)?;
+        }
+        (None, true) => {
+            for (n, line) in std::io::stdin().lock().lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .with_context(|| format!("stdin line {}: not JSON", n + 1))?;
+                let text = v
+                    .get("text")
+                    .and_then(serde_json::Value::as_str)
+                    .with_context(|| format!("stdin line {}: no string field `text`", n + 1))?;
+                writeln!(out, "{}", serde_json::to_string(&guard.scan(text))?)?;
+            }
+        }
+        _ => anyhow::bail!("give either TEXT or --jsonl (with JSON lines on stdin)"),
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn limits(k: &KeyRecord) -> String {
     let mut parts = Vec::new();
     if let Some(r) = k.spec.rpm {
@@ -341,5 +392,10 @@ fn main() -> Result<()> {
             command: ModelsCommand::List { config },
         } => models_list(config),
         Command::Keys { config, command } => keys_command(config, command),
+        Command::Scan {
+            text,
+            jsonl,
+            block_threshold,
+        } => scan(text, jsonl, block_threshold),
     }
 }

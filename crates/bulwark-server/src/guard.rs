@@ -1,0 +1,367 @@
+//! The guard at the edge: every text of a request is scanned before anything is routed,
+//! cached or sent; what it finds blocks the request, raises its data class, or is
+//! redacted or pseudonymised in the body; pseudonymised values are put back in the
+//! answer, streamed or not.
+//!
+//! Texts scanned: every message's content (system, user, assistant, tool results; string
+//! or text parts) and the completion prompt, each alone and, for instructions split
+//! across messages, all of them joined. Nothing here sends anything anywhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::response::Response;
+use bulwark_api::{ApiError, ErrorKind};
+use bulwark_config::{GuardAction, GuardConfig};
+use bulwark_guard::{Category, Finding, Guard, Report, Restorer, Thresholds, Vault};
+use bulwark_policy::DataClass;
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use http::{header, HeaderValue, StatusCode};
+use serde_json::Value;
+
+use crate::sse::{self, Framer, Piece};
+
+pub const GUARD_HEADER: &str = "x-bulwark-guard";
+
+/// Largest answer body restored in one piece (a non-streamed answer).
+const MAX_ANSWER: usize = 16 << 20;
+
+pub struct EdgeGuard {
+    pub guard: Guard,
+    pub config: GuardConfig,
+}
+
+/// What screening a request decided.
+#[derive(Default)]
+pub struct Screened {
+    /// The class the request's content calls for (data sent as is).
+    pub class: Option<DataClass>,
+    /// The placeholders issued, when something was pseudonymised.
+    pub vault: Option<Arc<Vault>>,
+    /// The body was rewritten (redacted or pseudonymised).
+    pub changed: bool,
+    /// For `x-bulwark-guard`, when there is something to say.
+    pub header: Option<String>,
+}
+
+/// Every text slot of a request body, mutable.
+fn slots(body: &mut Value) -> Vec<&mut String> {
+    let mut out = Vec::new();
+    let Some(obj) = body.as_object_mut() else {
+        return out;
+    };
+    for (k, v) in obj.iter_mut() {
+        match (k.as_str(), v) {
+            ("messages", Value::Array(msgs)) => {
+                for m in msgs {
+                    match m.get_mut("content") {
+                        Some(Value::String(s)) => out.push(s),
+                        Some(Value::Array(parts)) => {
+                            for p in parts {
+                                if let Some(Value::String(s)) = p.get_mut("text") {
+                                    out.push(s);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            ("prompt", Value::String(s)) => out.push(s),
+            ("prompt", Value::Array(items)) => {
+                for i in items {
+                    if let Value::String(s) = i {
+                        out.push(s);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn kinds<'a>(f: impl Iterator<Item = &'a Finding>) -> Vec<&'static str> {
+    let mut k: Vec<&'static str> = f.map(|f| f.kind).collect();
+    k.sort_unstable();
+    k.dedup();
+    k
+}
+
+impl EdgeGuard {
+    pub fn new(config: GuardConfig) -> Self {
+        let mut thresholds = Thresholds::default();
+        if let Some(t) = config.block_threshold {
+            thresholds.block = t;
+            thresholds.flag = thresholds.flag.min(t);
+        }
+        EdgeGuard {
+            guard: Guard::new(thresholds),
+            config,
+        }
+    }
+
+    fn action(&self, c: Category) -> GuardAction {
+        match c {
+            Category::Pii => self.config.pii,
+            Category::Secret => self.config.secrets,
+            _ => self.config.injection,
+        }
+    }
+
+    /// Scans and, as configured, rewrites `body`. An error is the 400 to answer with.
+    pub fn screen(&self, body: &mut Value) -> Result<Screened, ApiError> {
+        let mut slots = slots(body);
+        let reports: Vec<Report> = slots.iter().map(|s| self.guard.scan(s)).collect();
+        let mut injection = reports
+            .iter()
+            .map(|r| r.injection_score)
+            .fold(0f32, f32::max);
+        let mut why: Vec<String> = reports
+            .iter()
+            .flat_map(|r| r.of(Category::Injection).chain(r.of(Category::Smuggling)))
+            .map(|f| f.reason.clone())
+            .collect();
+        if slots.len() > 1 {
+            let joined = slots
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let r = self.guard.scan(&joined);
+            if r.injection_score > injection {
+                injection = r.injection_score;
+                why.extend(
+                    r.of(Category::Injection)
+                        .map(|f| format!("{} (across messages)", f.reason)),
+                );
+            }
+        }
+        let all = || reports.iter().flat_map(|r| r.findings.iter());
+        let smuggled = kinds(all().filter(|f| f.category == Category::Smuggling));
+        let mut notes = Vec::new();
+        let thresholds = self.guard.thresholds;
+        if injection >= thresholds.flag || !smuggled.is_empty() {
+            let blocking = injection >= thresholds.block;
+            if blocking && self.config.injection == GuardAction::Block {
+                why.dedup();
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "The request was blocked by the guard: it looks like a prompt injection or jailbreak (score {injection:.2}): {}.",
+                        why.first().map_or("", String::as_str)
+                    ),
+                )
+                .with_code("prompt_injection_detected"));
+            }
+            if self.config.injection != GuardAction::Allow {
+                notes.push(format!("injection={injection:.2}"));
+                if !smuggled.is_empty() {
+                    notes.push(format!("smuggling={}", smuggled.join(",")));
+                }
+            }
+        }
+
+        let mut screened = Screened::default();
+        for (cat, class, code) in [
+            (Category::Pii, self.config.pii_class, "pii_detected"),
+            (
+                Category::Secret,
+                self.config.secret_class,
+                "secret_detected",
+            ),
+        ] {
+            let found = kinds(all().filter(|f| f.category == cat));
+            if found.is_empty() {
+                continue;
+            }
+            let action = self.action(cat);
+            match action {
+                GuardAction::Block => {
+                    return Err(ApiError::new(
+                        ErrorKind::InvalidRequest,
+                        format!(
+                            "The request was blocked by the guard: it contains {} ({}); remove it or ask for this key's guard settings to change.",
+                            if cat == Category::Pii { "personal data" } else { "credentials" },
+                            found.join(", ")
+                        ),
+                    )
+                    .with_code(code));
+                }
+                GuardAction::Flag | GuardAction::Allow => {
+                    screened.class = Some(screened.class.map_or(class, |c| c.max(class)));
+                }
+                GuardAction::Redact | GuardAction::Pseudonymise => screened.changed = true,
+            }
+            if action != GuardAction::Allow {
+                notes.push(format!(
+                    "{}={}:{}",
+                    cat.as_str(),
+                    action.as_str(),
+                    found.join(",")
+                ));
+            }
+        }
+        if screened.changed {
+            let mut vault = Vault::default();
+            for (slot, report) in slots.iter_mut().zip(&reports) {
+                let spans: Vec<Finding> = report
+                    .findings
+                    .iter()
+                    .filter(|f| {
+                        matches!(f.category, Category::Pii | Category::Secret)
+                            && matches!(
+                                self.action(f.category),
+                                GuardAction::Redact | GuardAction::Pseudonymise
+                            )
+                    })
+                    .cloned()
+                    .collect();
+                if spans.is_empty() {
+                    continue;
+                }
+                **slot = vault.rewrite(slot, &spans, |f| {
+                    self.action(f.category) == GuardAction::Redact
+                });
+            }
+            if !vault.is_empty() {
+                screened.vault = Some(Arc::new(vault));
+            }
+        }
+        if !notes.is_empty() {
+            screened.header = Some(notes.join("; "));
+        }
+        Ok(screened)
+    }
+}
+
+pub fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("findings"))
+}
+
+/// Puts the originals back into an answer's text.
+pub fn restore(resp: Response, vault: Arc<Vault>) -> Response {
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if sse {
+        return Response::from_parts(parts, Body::from_stream(restore_stream(body, vault)));
+    }
+    let body = Body::from_stream(stream::once(async move {
+        let bytes = axum::body::to_bytes(body, MAX_ANSWER).await?;
+        let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok::<Bytes, axum::Error>(bytes);
+        };
+        if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+            for c in choices {
+                for ptr in ["/message/content", "/text"] {
+                    if let Some(Value::String(s)) = c.pointer_mut(ptr) {
+                        *s = vault.restore(s);
+                    }
+                }
+            }
+        }
+        Ok(Bytes::from(
+            serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec()),
+        ))
+    }));
+    Response::from_parts(parts, body)
+}
+
+/// Restores a completion stream event by event, one [`Restorer`] per choice.
+fn restore_stream(
+    body: Body,
+    vault: Arc<Vault>,
+) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> {
+    struct State {
+        framer: Framer,
+        restorers: HashMap<u64, Restorer>,
+        vault: Arc<Vault>,
+    }
+    let state = Arc::new(Mutex::new(State {
+        framer: Framer::new(MAX_ANSWER),
+        restorers: HashMap::new(),
+        vault,
+    }));
+    let tail = Arc::clone(&state);
+    let events = body.into_data_stream().flat_map(move |chunk| {
+        let out: Vec<Result<Bytes, axum::Error>> = match chunk {
+            Err(e) => vec![Err(e)],
+            Ok(bytes) => {
+                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+                let State {
+                    framer,
+                    restorers,
+                    vault,
+                } = &mut *guard;
+                let mut pieces = Vec::new();
+                framer.push(&bytes, &mut pieces);
+                pieces
+                    .into_iter()
+                    .map(|p| match p {
+                        Piece::Raw(b) => Ok(b),
+                        Piece::Event(b) => Ok(restore_event(restorers, vault, b)),
+                    })
+                    .collect()
+            }
+        };
+        stream::iter(out)
+    });
+    let rest = stream::once(async move {
+        let mut st = tail.lock().unwrap_or_else(|p| p.into_inner());
+        st.framer.finish().map(Ok)
+    })
+    .filter_map(|b| async move { b });
+    events.chain(rest)
+}
+
+fn restore_event(
+    restorers: &mut HashMap<u64, Restorer>,
+    vault: &Arc<Vault>,
+    event: Bytes,
+) -> Bytes {
+    let Some(mut v) = sse::data_json(&event) else {
+        return event;
+    };
+    let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
+        return event;
+    };
+    for c in choices {
+        let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+        let r = restorers
+            .entry(index)
+            .or_insert_with(|| Restorer::new(Arc::clone(vault)));
+        let slot = if c.pointer("/delta").is_some() {
+            "/delta/content"
+        } else {
+            "/text"
+        };
+        let text = c
+            .pointer(slot)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let mut out = r.push(&text);
+        if finished {
+            out.push_str(&r.finish());
+        }
+        if let Some(s) = c.pointer_mut(slot) {
+            *s = Value::String(out);
+        } else if !out.is_empty() {
+            if let Some(d) = c.get_mut("delta").and_then(Value::as_object_mut) {
+                d.insert("content".into(), Value::String(out));
+            }
+        }
+    }
+    sse::event(&v)
+}
