@@ -54,7 +54,12 @@ def main():
     tmp = pathlib.Path(tempfile.mkdtemp())
     mock, mock_url = start_printing([MOCK, "127.0.0.1:0"])
     cfg = tmp / "bulwark.toml"
-    cfg.write_text(f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\nmodels = {{ "bench" = "mock" }}\n')
+    # Everything off: no keys, default policy, no cache, guard off.
+    cfg.write_text(f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\nmodels = {{ "bench" = "mock" }}\n'
+                   '[guard]\nenabled = false\n')
+    # The guard on (its defaults), nothing else.
+    gcfg = tmp / "bulwark-guard.toml"
+    gcfg.write_text(f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\nmodels = {{ "bench" = "mock" }}\n')
     quiet = {**os.environ, "BULWARK_LOG": "warn", "BULWARK_DATA_DIR": str(tmp / "data")}
     gw, gw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=quiet)
     # The same gateway with the response cache on, hit by a deterministic request that is
@@ -72,20 +77,24 @@ def main():
         f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\njurisdiction = "FR"\ntrust = "private"\n'
         'models = { "mock-fr" = "mock" }\n[[routes]]\nmodel = "bench"\ncandidates = ["mock-fr"]\n'
         '[policy.rules.public]\ntrust = ["host", "private"]\njurisdictions = ["EU"]\n'
-        '[cache]\nenabled = true\n')
+        '[cache]\nenabled = true\n[guard]\nenabled = false\n')
     kenv = {**os.environ, "BULWARK_LOG": "warn", "BULWARK_DATA_DIR": str(kdata)}
     key = subprocess.run([BULWARK, "keys", "create", "bench", "--rpm", "1000000000", "--tpm", "1000000000000",
                           "--budget-tokens", "1000000000000000"], env=kenv, capture_output=True, text=True,
                          check=True).stdout.strip()
     kgw, kgw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(kcfg)], env=kenv)
+    ggw, ggw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(gcfg)],
+                                  env={**quiet, "BULWARK_DATA_DIR": str(tmp / "guard-data")})
     targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions",
+               "bulwark_guard": f"{ggw_url}/v1/chat/completions",
                "bulwark_keys_policy": f"{kgw_url}/v1/chat/completions",
                "bulwark_cache_hit": f"{cgw_url}/v1/chat/completions"}
     bodies = {"bulwark_cache_hit": GREEDY_BODY}
     keys = {"bulwark_keys_policy": key}
     # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
-    pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_keys_policy": kgw.pid, "bulwark_cache_hit": cgw.pid}
-    procs = [mock, gw, kgw, cgw]
+    pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_guard": ggw.pid, "bulwark_keys_policy": kgw.pid,
+            "bulwark_cache_hit": cgw.pid}
+    procs = [mock, gw, ggw, kgw, cgw]
     if LITELLM:
         port = free_port()
         lcfg = tmp / "litellm.yaml"

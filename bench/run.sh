@@ -4,6 +4,7 @@
 #   bench/run.sh gateway    # only one of them
 #   bench/run.sh engine
 #   bench/run.sh logic      # the gateway's per-request logic, no network
+#   bench/run.sh guard      # the guard: quality on the dev split (vs prompt-guardrail), PII, speed
 # Set-up (first run only): wrk from Debian, a venv in bench/.venv with the pinned
 # llama-cpp-python (built from source with the same CPU flags as Bulwark) and LiteLLM.
 set -euo pipefail
@@ -19,6 +20,7 @@ fi
 cargo build --release --locked -p bulwark -p bulwark-testkit
 cargo build --release --locked -p bulwark-engine --example batch_throughput
 cargo build --release --locked -p bulwark-server --example hot_path_cost
+cargo build --release --locked -p bulwark-guard --example scan_cost --example eval_pii
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 what=${1:-all}
@@ -31,5 +33,14 @@ if [ "$what" = all ] || [ "$what" = engine ]; then
 fi
 if [ "$what" = all ] || [ "$what" = logic ]; then
   ../target/release/examples/hot_path_cost | tee -a "../$out"
+fi
+if [ "$what" = all ] || [ "$what" = guard ]; then
+  GVENV=.venv-guard
+  [ -x "$GVENV/bin/python" ] || python3 -m venv "$GVENV"
+  "$GVENV/bin/pip" install --quiet pyarrow==26.0.1 prompt-guardrail==1.0.1 scikit-learn==1.7.2
+  "$GVENV/bin/python" ../crates/bulwark-guard/train/prepare.py ../target/guard-data
+  "$GVENV/bin/python" guard.py ../target/guard-data/dev.jsonl ../target/release/bulwark | tee -a "../$out"
+  ../target/release/examples/eval_pii | tee -a "../$out"
+  ../target/release/examples/scan_cost | tee -a "../$out"
 fi
 echo "results: $out"

@@ -108,6 +108,9 @@ pub struct RawGuard {
     pub pii_class: Option<DataClass>,
     /// Class a request is raised to when credentials are sent as is. Default `secret`.
     pub secret_class: Option<DataClass>,
+    /// Answers (not streamed) with images or links whose URLs carry data out:
+    /// `redact` (default: the URL becomes `[BLOCKED_URL]`), `flag` or `allow`.
+    pub output: Option<GuardAction>,
 }
 
 /// What the guard does with a kind of finding.
@@ -318,6 +321,7 @@ pub struct GuardConfig {
     pub block_threshold: Option<f32>,
     pub pii_class: DataClass,
     pub secret_class: DataClass,
+    pub output: GuardAction,
 }
 
 impl Default for GuardConfig {
@@ -329,6 +333,7 @@ impl Default for GuardConfig {
             block_threshold: None,
             pii_class: DataClass::Confidential,
             secret_class: DataClass::Secret,
+            output: GuardAction::Redact,
         }
     }
 }
@@ -726,6 +731,11 @@ impl RawConfig {
                 block_threshold: g.block_threshold,
                 pii_class: g.pii_class.unwrap_or(d.pii_class),
                 secret_class: g.secret_class.unwrap_or(d.secret_class),
+                output: match g.output {
+                    None => d.output,
+                    Some(a @ (GuardAction::Redact | GuardAction::Flag | GuardAction::Allow)) => a,
+                    Some(_) => return Err(invalid("guard.output: use redact, flag or allow")),
+                },
             })
         } else {
             None

@@ -39,6 +39,12 @@ fn digits(s: &str) -> Vec<u32> {
     s.chars().filter_map(|c| c.to_digit(10)).collect()
 }
 
+/// A payment card number: 13–19 digits, a major network's first digit (2–6: Mastercard
+/// 2-series, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay), and the Luhn check.
+pub fn card_ok(s: &str) -> bool {
+    matches!(s.chars().next(), Some('2'..='6')) && luhn(s)
+}
+
 pub fn luhn(s: &str) -> bool {
     let d = digits(s);
     if !(13..=19).contains(&d.len()) || d.iter().all(|&x| x == d[0]) {
@@ -189,7 +195,7 @@ fn detectors() -> &'static [Detector] {
         vec![
             d("email", r"(?i)\b[a-z0-9._%+-]{1,64}@(?:[a-z0-9-]{1,63}\.)+[a-z]{2,24}\b", yes, 0.99, "an e-mail address"),
             d("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", iban_ok, 0.99, "an IBAN with a valid checksum"),
-            d("payment_card", r"\b\d(?:[ -]?\d){12,18}\b", luhn, 0.95, "a payment card number that passes the Luhn check"),
+            d("payment_card", r"\b\d(?:[ -]?\d){12,18}\b", card_ok, 0.95, "a payment card number that passes the Luhn check"),
             d("us_ssn", r"\b\d{3}-\d{2}-\d{4}\b", ssn_ok, 0.9, "a US Social Security number"),
             d("uk_nino", r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b", nino_ok, 0.9, "a UK National Insurance number"),
             d("fr_insee", r"\b[12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b", insee_ok, 0.95, "a French social security number (NIR) with a valid key"),

@@ -93,3 +93,44 @@ fn personal_data_and_secrets_are_flagged_not_blocked() {
             pii payment_card"#]],
     );
 }
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn texty() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                "\\PC{0,20}",
+                "[a-zA-Z0-9 @.+=/_%-]{0,40}",
+                Just("\u{E0069}\u{E0067}".to_owned()),
+                Just("\u{202E}\u{200B}\u{200B}".to_owned()),
+                Just("Іgnоrе ".to_owned()),
+                Just("SWdub3JlIGFsbA==".to_owned()),
+                Just("%41%42%43".to_owned()),
+                Just("ﬁ ｆｕｌｌ ß İ".to_owned()),
+            ],
+            0..10,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        /// Any text: no panic, every span inside the text on character boundaries, scores
+        /// in [0, 1], and pseudonymising what was found restores exactly.
+        #[test]
+        fn scan_is_total_and_spans_are_sound(text in texty()) {
+            let r = Guard::default().scan(&text);
+            prop_assert!((0.0..=1.0).contains(&r.injection_score));
+            for f in &r.findings {
+                prop_assert!(f.start <= f.end && f.end <= text.len(), "{f:?}");
+                prop_assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end), "{f:?}");
+                prop_assert!((0.0..=1.0).contains(&f.score));
+            }
+            let spans: Vec<Finding> = r.findings.iter().filter(|f| matches!(f.category, Category::Pii | Category::Secret)).cloned().collect();
+            let mut v = Vault::default();
+            let p = v.pseudonymise(&text, &spans);
+            prop_assert_eq!(v.restore(&p), text);
+        }
+    }
+}

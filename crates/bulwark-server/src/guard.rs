@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_config::{GuardAction, GuardConfig};
 use bulwark_guard::{Category, Finding, Guard, Report, Restorer, Thresholds, Vault};
@@ -364,4 +364,73 @@ fn restore_event(
         }
     }
     sse::event(&v)
+}
+
+/// Screens a finished, non-streamed answer for exfiltration: markdown or HTML images and
+/// links whose URLs carry data. With `redact` the URLs are replaced by `[BLOCKED_URL]`;
+/// either way `x-bulwark-guard-output` names what was found. Streams pass unchanged
+/// (scanning them needs a hold-back window over partial links; not built yet).
+pub async fn screen_answer(resp: Response, action: GuardAction) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if resp.status() != StatusCode::OK || !is_json || action == GuardAction::Allow {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_ANSWER).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "answer body failed while screening it");
+            return crate::error::Error(
+                ApiError::new(ErrorKind::BadGateway, "The answer could not be read.")
+                    .with_code("upstream_unavailable"),
+            )
+            .into_response();
+        }
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let mut found: Vec<&'static str> = Vec::new();
+    if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+        for c in choices {
+            for ptr in ["/message/content", "/text"] {
+                if let Some(Value::String(s)) = c.pointer_mut(ptr) {
+                    let mut f = Vec::new();
+                    bulwark_guard::output::scan(s, &mut f);
+                    if f.is_empty() {
+                        continue;
+                    }
+                    found.extend(f.iter().map(|x| x.kind));
+                    if action != GuardAction::Flag {
+                        let mut out = String::with_capacity(s.len());
+                        let mut at = 0;
+                        for x in &f {
+                            out.push_str(&s[at..x.start]);
+                            out.push_str("[BLOCKED_URL]");
+                            at = x.end;
+                        }
+                        out.push_str(&s[at..]);
+                        *s = out;
+                    }
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    found.sort_unstable();
+    found.dedup();
+    tracing::warn!(findings = %found.join(","), action = action.as_str(), "exfiltration-shaped URLs in an answer");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        "x-bulwark-guard-output",
+        header_value(&format!("{}:{}", action.as_str(), found.join(","))),
+    );
+    let body = serde_json::to_vec(&v).map_or(bytes, Bytes::from);
+    Response::from_parts(parts, Body::from(body))
 }

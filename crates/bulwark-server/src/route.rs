@@ -289,6 +289,9 @@ pub async fn serve(
     if let Some(v) = vault {
         resp = guard::restore(resp, v);
     }
+    if let (Some(g), false) = (&state.guard, stream) {
+        resp = guard::screen_answer(resp, g.config.output).await;
+    }
     if let Some(meter) = meter {
         resp = meter.account(resp);
     }
