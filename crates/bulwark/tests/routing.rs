@@ -86,6 +86,16 @@ candidates = ["down-model", "eu-model"]
         )
     }
 
+    /// Every raw body the mocks received, as JSON text.
+    fn raw(&self) -> String {
+        [&self.eu, &self.us, &self.anon]
+            .iter()
+            .flat_map(|m| m.received())
+            .map(|(_, _, body)| body.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// `(upstream, marker)` for everything the mocks received, markers being the user text.
     fn received(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
@@ -238,9 +248,20 @@ fn may_reach(
     }
 }
 
+/// Personal data and credentials a request may carry: (text, is a credential).
+const SENSITIVE: [(&str, bool); 4] = [
+    ("", false),
+    ("mail jane.doe@example.com", false),
+    ("pay to DE89 3704 0044 0532 0130 00", false),
+    ("token ghp_0123456789abcdefghijABCDEFGHIJ012345", true),
+];
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
 
+    /// Also: personal data and credentials, pseudonymised or sent as is (which raises the
+    /// class), never reach an upstream the resulting class may not reach, and when
+    /// pseudonymised or redacted never reach any upstream at all.
     #[test]
     fn no_class_reaches_a_forbidden_upstream(
         rules in proptest::collection::btree_map(
@@ -248,25 +269,52 @@ proptest! {
             gen_rule(),
             0..4,
         ),
+        pii_mode in prop_oneof![Just("pseudonymise"), Just("flag")],
+        secret_mode in prop_oneof![Just("pseudonymise"), Just("redact"), Just("flag")],
     ) {
         let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
         rt.block_on(async {
             let fleet = Fleet::start().await;
             let dir = TempDir::new("prop");
-            let policy: String = rules.iter().map(|(c, r)| toml_rule(*c, r)).collect();
+            let mut policy: String = rules.iter().map(|(c, r)| toml_rule(*c, r)).collect();
+            policy += &format!("[guard]\npii = \"{pii_mode}\"\nsecrets = \"{secret_mode}\"\n");
             let b = gateway(&dir, &fleet.config(&policy)).await;
             let mut answered = Vec::new();
+            let mut n = 0;
             for class in DataClass::ALL {
                 for model in ["chat", "eu-model", "us-model", "anon-model"] {
-                    let marker = format!("{class}|{model}");
-                    let (status, _, body) = send_chat(&b, model, Some(class.as_str()), &marker).await;
+                    let (payload, credential) = SENSITIVE[n % SENSITIVE.len()];
+                    n += 1;
+                    // The class the content calls for when it is sent as is.
+                    let sent_as_is = !payload.is_empty()
+                        && if credential { secret_mode == "flag" } else { pii_mode == "flag" };
+                    let effective = match (sent_as_is, credential) {
+                        (false, _) => class,
+                        (true, false) => class.max(DataClass::Confidential),
+                        (true, true) => DataClass::Secret,
+                    };
+                    let marker = format!("{effective}|{model}|{n}");
+                    let text = format!("{marker} {payload}");
+                    let (status, _, body) = send_chat(&b, model, Some(class.as_str()), &text).await;
                     assert!(status == 200 || status == 403, "{marker}: {status} {body}");
                     if status == 200 {
                         answered.push(marker);
                     }
                 }
             }
-            let received = fleet.received();
+            let raw = fleet.raw();
+            for (secret, credential) in SENSITIVE.iter().skip(1) {
+                let value = secret.split_once(' ').map_or("", |(_, v)| v);
+                let mode = if *credential { secret_mode } else { pii_mode };
+                if mode != "flag" {
+                    assert!(!raw.contains(value), "{value} reached an upstream in {mode} mode");
+                }
+            }
+            let received: Vec<(&str, String)> = fleet
+                .received()
+                .into_iter()
+                .map(|(u, text)| (u, text.split(' ').next().unwrap_or("").to_owned()))
+                .collect();
             for (upstream, marker) in &received {
                 let class: DataClass = marker.split('|').next().unwrap_or("").parse().unwrap_or_else(|e| panic!("{e}"));
                 let target = match *upstream {
