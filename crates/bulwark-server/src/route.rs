@@ -237,8 +237,11 @@ pub async fn serve(
     if let Some((cache, key)) = &cached {
         if let Some(answer) = cache.get(key) {
             let mut resp = cache::replay(&answer, stream, include_usage);
-            if let Some(v) = vault {
-                resp = guard::restore(resp, v);
+            if let Some(g) = &state.guard {
+                resp = guard::restore(resp, vault, g.config.output);
+                if !stream {
+                    resp = guard::screen_answer(resp, g.config.output).await;
+                }
             }
             if let Some(note) = &guard_note {
                 resp.headers_mut()
@@ -286,11 +289,11 @@ pub async fn serve(
         (Err(e), _) => e.into_response(),
     };
     // Cached answers keep their placeholders; the originals go back in on the way out.
-    if let Some(v) = vault {
-        resp = guard::restore(resp, v);
-    }
-    if let (Some(g), false) = (&state.guard, stream) {
-        resp = guard::screen_answer(resp, g.config.output).await;
+    if let Some(g) = &state.guard {
+        resp = guard::restore(resp, vault, g.config.output);
+        if !stream {
+            resp = guard::screen_answer(resp, g.config.output).await;
+        }
     }
     if let Some(meter) = meter {
         resp = meter.account(resp);
