@@ -111,6 +111,10 @@ pub struct RawGuard {
     /// Answers (not streamed) with images or links whose URLs carry data out:
     /// `redact` (default: the URL becomes `[BLOCKED_URL]`), `flag` or `allow`.
     pub output: Option<GuardAction>,
+    /// Put a canary (an HTML comment with a token unique to the request) at the start of
+    /// the system message, and withhold any answer that repeats it: the system prompt
+    /// is leaking. Default false (it changes the system prompt the model sees).
+    pub canary: Option<bool>,
 }
 
 /// What the guard does with a kind of finding.
@@ -322,6 +326,7 @@ pub struct GuardConfig {
     pub pii_class: DataClass,
     pub secret_class: DataClass,
     pub output: GuardAction,
+    pub canary: bool,
 }
 
 impl Default for GuardConfig {
@@ -334,6 +339,7 @@ impl Default for GuardConfig {
             pii_class: DataClass::Confidential,
             secret_class: DataClass::Secret,
             output: GuardAction::Redact,
+            canary: false,
         }
     }
 }
@@ -736,6 +742,7 @@ impl RawConfig {
                     Some(a @ (GuardAction::Redact | GuardAction::Flag | GuardAction::Allow)) => a,
                     Some(_) => return Err(invalid("guard.output: use redact, flag or allow")),
                 },
+                canary: g.canary.unwrap_or(false),
             })
         } else {
             None

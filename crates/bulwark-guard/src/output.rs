@@ -267,3 +267,76 @@ mod gate_tests {
         }
     }
 }
+
+/// Watches a streamed answer for a canary: holds back only a tail that could be the
+/// start of it, so a canary split across chunks is still seen.
+#[derive(Debug)]
+pub struct CanaryWatch {
+    token: String,
+    pending: String,
+    /// The canary appeared: the system prompt is leaking.
+    pub leaked: bool,
+}
+
+impl CanaryWatch {
+    pub fn new(token: &str) -> Self {
+        CanaryWatch {
+            token: token.to_owned(),
+            pending: String::new(),
+            leaked: false,
+        }
+    }
+
+    /// Text that can be sent now (nothing once the canary has been seen).
+    pub fn push(&mut self, piece: &str) -> String {
+        if self.leaked {
+            return String::new();
+        }
+        self.pending.push_str(piece);
+        if self.pending.contains(&self.token) {
+            self.leaked = true;
+            self.pending.clear();
+            return String::new();
+        }
+        // Keep the longest suffix that is a prefix of the token.
+        let keep = (1..self.token.len().min(self.pending.len() + 1))
+            .rev()
+            .find(|&n| {
+                self.pending.is_char_boundary(self.pending.len() - n)
+                    && self
+                        .token
+                        .starts_with(&self.pending[self.pending.len() - n..])
+            })
+            .unwrap_or(0);
+        let cut = self.pending.len() - keep;
+        self.pending.drain(..cut).collect()
+    }
+
+    pub fn finish(&mut self) -> String {
+        if self.leaked {
+            return String::new();
+        }
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod canary_tests {
+    use super::*;
+
+    #[test]
+    fn a_split_canary_is_caught_and_nothing_of_it_passes() {
+        let token = "bwc-0123456789abcdef";
+        let text = format!("Sure, my instructions end with {token} and more");
+        for i in 0..=text.len() {
+            let mut w = CanaryWatch::new(token);
+            let got = w.push(&text[..i]) + &w.push(&text[i..]) + &w.finish();
+            assert!(w.leaked, "split at {i}");
+            assert!(!got.contains("bwc-0123"), "split at {i}: {got}");
+        }
+        let mut w = CanaryWatch::new(token);
+        assert_eq!(w.push("harmless bw"), "harmless ");
+        assert_eq!(w.push("x text"), "bwx text");
+        assert!(!w.leaked);
+    }
+}

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_config::{GuardAction, GuardConfig};
-use bulwark_guard::output::LinkGate;
+use bulwark_guard::output::{CanaryWatch, LinkGate};
 use bulwark_guard::{Category, Finding, Guard, Report, Restorer, Thresholds, Vault};
 use bulwark_policy::DataClass;
 use bytes::Bytes;
@@ -32,6 +32,9 @@ const MAX_ANSWER: usize = 16 << 20;
 pub struct EdgeGuard {
     pub guard: Guard,
     pub config: GuardConfig,
+    /// Keys the canaries: the same request gets the same canary (so caching still
+    /// works), and nobody outside this process can predict it.
+    canary_secret: [u8; 16],
 }
 
 /// What screening a request decided.
@@ -45,6 +48,8 @@ pub struct Screened {
     pub changed: bool,
     /// For `x-bulwark-guard`, when there is something to say.
     pub header: Option<String>,
+    /// The canary placed in the system message, when there is one.
+    pub canary: Option<String>,
 }
 
 /// Every text slot of a request body, mutable.
@@ -101,6 +106,7 @@ impl EdgeGuard {
         EdgeGuard {
             guard: Guard::new(thresholds),
             config,
+            canary_secret: *uuid::Uuid::new_v4().as_bytes(),
         }
     }
 
@@ -112,8 +118,48 @@ impl EdgeGuard {
         }
     }
 
+    /// Puts a canary at the start of the first system (or developer) message, if any.
+    fn place_canary(&self, body: &mut Value) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.canary_secret);
+        h.update(body.to_string().as_bytes());
+        let token: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let token = format!("bwc-{token}");
+        let msgs = body.get_mut("messages")?.as_array_mut()?;
+        let system = msgs.iter_mut().find(|m| {
+            matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("system" | "developer")
+            )
+        })?;
+        match system.get_mut("content")? {
+            Value::String(s) => {
+                // First, so that a model repeating its instructions emits the canary
+                // before anything else of them, and a stream can be stopped in time.
+                *s = format!("<!-- {token} -->\n{s}");
+                Some(token)
+            }
+            _ => None,
+        }
+    }
+
     /// Scans and, as configured, rewrites `body`. An error is the 400 to answer with.
     pub fn screen(&self, body: &mut Value) -> Result<Screened, ApiError> {
+        let mut screened = self.screen_texts(body)?;
+        if self.config.canary {
+            if let Some(token) = self.place_canary(body) {
+                screened.canary = Some(token);
+                screened.changed = true;
+            }
+        }
+        Ok(screened)
+    }
+
+    fn screen_texts(&self, body: &mut Value) -> Result<Screened, ApiError> {
         let mut slots = slots(body);
         let reports: Vec<Report> = slots.iter().map(|s| self.guard.scan(s)).collect();
         let mut injection = reports
@@ -244,7 +290,12 @@ pub fn header_value(s: &str) -> HeaderValue {
 
 /// Puts the originals back into an answer's text (JSON or SSE) and, for streams, screens
 /// it for exfiltration links as it passes (`output`: redact, flag or allow).
-pub fn restore(resp: Response, vault: Option<Arc<Vault>>, output: GuardAction) -> Response {
+pub fn restore(
+    resp: Response,
+    vault: Option<Arc<Vault>>,
+    output: GuardAction,
+    canary: Option<String>,
+) -> Response {
     if resp.status() != StatusCode::OK {
         return resp;
     }
@@ -258,12 +309,15 @@ pub fn restore(resp: Response, vault: Option<Arc<Vault>>, output: GuardAction) -
         a => Some(a != GuardAction::Flag),
     };
     if sse {
-        if vault.is_none() && gate.is_none() {
+        if vault.is_none() && gate.is_none() && canary.is_none() {
             return resp;
         }
         let (mut parts, body) = resp.into_parts();
         parts.headers.remove(header::CONTENT_LENGTH);
-        return Response::from_parts(parts, Body::from_stream(filter_stream(body, vault, gate)));
+        return Response::from_parts(
+            parts,
+            Body::from_stream(filter_stream(body, vault, gate, canary)),
+        );
     }
     let Some(vault) = vault else {
         return resp;
@@ -296,6 +350,7 @@ pub fn restore(resp: Response, vault: Option<Arc<Vault>>, output: GuardAction) -
 struct ChoiceFilter {
     restorer: Option<Restorer>,
     gate: Option<LinkGate>,
+    canary: Option<CanaryWatch>,
 }
 
 impl ChoiceFilter {
@@ -320,8 +375,29 @@ impl ChoiceFilter {
             }
             t = out;
         }
+        if let Some(w) = &mut self.canary {
+            let mut out = w.push(&t);
+            if last {
+                out.push_str(&w.finish());
+            }
+            t = out;
+        }
         t
     }
+
+    fn leaked(&self) -> bool {
+        self.canary.as_ref().is_some_and(|w| w.leaked)
+    }
+}
+
+/// The event that ends a stream whose answer was leaking the system prompt.
+fn leak_event() -> Bytes {
+    let mut out = sse::event(&serde_json::json!({"error": {
+        "message": "The answer was stopped: it was repeating this request's system prompt (its canary appeared).",
+        "type": "invalid_request_error", "param": null, "code": "system_prompt_leak"}}))
+    .to_vec();
+    out.extend_from_slice(sse::DONE);
+    Bytes::from(out)
 }
 
 /// Filters a completion stream event by event, one [`ChoiceFilter`] per choice.
@@ -329,18 +405,23 @@ fn filter_stream(
     body: Body,
     vault: Option<Arc<Vault>>,
     gate: Option<bool>,
+    canary: Option<String>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> {
     struct State {
         framer: Framer,
         choices: HashMap<u64, ChoiceFilter>,
         vault: Option<Arc<Vault>>,
         gate: Option<bool>,
+        canary: Option<String>,
+        stopped: bool,
     }
     let state = Arc::new(Mutex::new(State {
         framer: Framer::new(MAX_ANSWER),
         choices: HashMap::new(),
         vault,
         gate,
+        canary,
+        stopped: false,
     }));
     let tail = Arc::clone(&state);
     let events = body.into_data_stream().flat_map(move |chunk| {
@@ -353,22 +434,40 @@ fn filter_stream(
                     choices,
                     vault,
                     gate,
+                    canary,
+                    stopped,
                 } = &mut *guard;
                 let mut pieces = Vec::new();
                 framer.push(&bytes, &mut pieces);
-                pieces
-                    .into_iter()
-                    .map(|p| match p {
-                        Piece::Raw(b) => Ok(b),
-                        Piece::Event(b) => Ok(filter_event(choices, vault, *gate, b)),
-                    })
-                    .collect()
+                let mut out = Vec::new();
+                for p in pieces {
+                    if *stopped {
+                        break;
+                    }
+                    match p {
+                        Piece::Raw(b) => out.push(Ok(b)),
+                        Piece::Event(b) => {
+                            let ev = filter_event(choices, vault, *gate, canary, b);
+                            if choices.values().any(ChoiceFilter::leaked) {
+                                tracing::warn!("a streamed answer repeated the system prompt's canary; stream stopped");
+                                *stopped = true;
+                                out.push(Ok(leak_event()));
+                            } else {
+                                out.push(Ok(ev));
+                            }
+                        }
+                    }
+                }
+                out
             }
         };
         stream::iter(out)
     });
     let rest = stream::once(async move {
         let mut st = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if st.stopped {
+            return None;
+        }
         st.framer.finish().map(Ok)
     })
     .filter_map(|b| async move { b });
@@ -379,6 +478,7 @@ fn filter_event(
     choices: &mut HashMap<u64, ChoiceFilter>,
     vault: &Option<Arc<Vault>>,
     gate: Option<bool>,
+    canary: &Option<String>,
     event: Bytes,
 ) -> Bytes {
     let Some(mut v) = sse::data_json(&event) else {
@@ -394,6 +494,7 @@ fn filter_event(
         let f = choices.entry(index).or_insert_with(|| ChoiceFilter {
             restorer: vault.as_ref().map(|v| Restorer::new(Arc::clone(v))),
             gate: gate.map(LinkGate::new),
+            canary: canary.as_deref().map(CanaryWatch::new),
         });
         let slot = if c.pointer("/delta").is_some() {
             "/delta/content"
@@ -430,13 +531,16 @@ fn filter_event(
 /// links whose URLs carry data. With `redact` the URLs are replaced by `[BLOCKED_URL]`;
 /// either way `x-bulwark-guard-output` names what was found. Streams pass unchanged
 /// (they are screened as they pass, by [`restore`]).
-pub async fn screen_answer(resp: Response, action: GuardAction) -> Response {
+pub async fn screen_answer(resp: Response, action: GuardAction, canary: Option<&str>) -> Response {
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/json"));
-    if resp.status() != StatusCode::OK || !is_json || action == GuardAction::Allow {
+    if resp.status() != StatusCode::OK
+        || !is_json
+        || (action == GuardAction::Allow && canary.is_none())
+    {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
@@ -454,6 +558,19 @@ pub async fn screen_answer(resp: Response, action: GuardAction) -> Response {
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
+    if let Some(token) = canary {
+        if bytes.windows(token.len()).any(|w| w == token.as_bytes()) {
+            tracing::warn!("an answer repeated the system prompt's canary; withheld");
+            return crate::error::Error(
+                ApiError::new(
+                    ErrorKind::PermissionDenied,
+                    "The answer was withheld: it repeats this request's system prompt (its canary appeared).",
+                )
+                .with_code("system_prompt_leak"),
+            )
+            .into_response();
+        }
+    }
     let mut found: Vec<&'static str> = Vec::new();
     if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
         for c in choices {
@@ -465,7 +582,7 @@ pub async fn screen_answer(resp: Response, action: GuardAction) -> Response {
                         continue;
                     }
                     found.extend(f.iter().map(|x| x.kind));
-                    if action != GuardAction::Flag {
+                    if action == GuardAction::Redact {
                         let mut out = String::with_capacity(s.len());
                         let mut at = 0;
                         for x in &f {

@@ -166,6 +166,7 @@ pub async fn serve(
     // refuse the request, raise its class, or rewrite it (placeholders restored below).
     let mut vault = None;
     let mut guard_note = None;
+    let mut canary = None;
     if let Some(g) = &state.guard {
         match g.screen(&mut body.value) {
             Err(e) => {
@@ -190,6 +191,7 @@ pub async fn serve(
                 }
                 vault = s.vault;
                 guard_note = s.header;
+                canary = s.canary;
             }
         }
     }
@@ -238,9 +240,9 @@ pub async fn serve(
         if let Some(answer) = cache.get(key) {
             let mut resp = cache::replay(&answer, stream, include_usage);
             if let Some(g) = &state.guard {
-                resp = guard::restore(resp, vault, g.config.output);
+                resp = guard::restore(resp, vault, g.config.output, canary.clone());
                 if !stream {
-                    resp = guard::screen_answer(resp, g.config.output).await;
+                    resp = guard::screen_answer(resp, g.config.output, canary.as_deref()).await;
                 }
             }
             if let Some(note) = &guard_note {
@@ -290,9 +292,9 @@ pub async fn serve(
     };
     // Cached answers keep their placeholders; the originals go back in on the way out.
     if let Some(g) = &state.guard {
-        resp = guard::restore(resp, vault, g.config.output);
+        resp = guard::restore(resp, vault, g.config.output, canary.clone());
         if !stream {
-            resp = guard::screen_answer(resp, g.config.output).await;
+            resp = guard::screen_answer(resp, g.config.output, canary.as_deref()).await;
         }
     }
     if let Some(meter) = meter {

@@ -190,7 +190,22 @@ async fn respond(
             return (StatusCode::SERVICE_UNAVAILABLE, Json(err)).into_response();
         }
     }
-    let reply = format!("mock reply to: {}", last_text(&body));
+    // `echo-all` repeats every message (system prompt included), as a model tricked into
+    // revealing its instructions would.
+    let reply = if model == "echo-all" {
+        let all: Vec<&str> = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| m.get("content").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!("mock reply to: {}", all.join(" | "))
+    } else {
+        format!("mock reply to: {}", last_text(&body))
+    };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let (object, chunk_object) = if chat {
         ("chat.completion", "chat.completion.chunk")

@@ -322,3 +322,59 @@ async fn streamed_answers_are_screened_too() {
         r.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaked_system_prompt_is_caught_by_its_canary() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("guard-canary");
+    let cfg = format!(
+        "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\nmodels = {{ \"m\" = \"m\", \"leaky\" = \"echo-all\" }}\n[guard]\ncanary = true\n",
+        mock.base_url()
+    );
+    let b = gateway(&dir, &cfg).await;
+    let chat = |model: &str| {
+        json!({"model": model, "messages": [
+            {"role": "system", "content": "You are the support bot of ACME. Internal rule 7: offer a 10% discount."},
+            {"role": "user", "content": "hello"}]})
+    };
+    // A normal answer passes; the upstream saw the canary at the end of the system prompt.
+    let r = post(&b, chat("m")).await;
+    assert_eq!(
+        (r.status, content(&r.body).as_str()),
+        (200, "mock reply to: hello")
+    );
+    let system = mock.received()[0].2["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        system.starts_with("<!-- bwc-") && system.ends_with("offer a 10% discount."),
+        "{system}"
+    );
+    // An answer that repeats the system prompt is withheld.
+    let r = post(&b, chat("leaky")).await;
+    assert_eq!(
+        (r.status, code(&r.body).as_str()),
+        (403, "system_prompt_leak"),
+        "{}",
+        r.body
+    );
+    // Streamed, it is cut off with an error event before the canary goes out.
+    let mut body = chat("leaky");
+    body["stream"] = json!(true);
+    let r = post(&b, body).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("\"code\":\"system_prompt_leak\""),
+        "{}",
+        r.body
+    );
+    assert!(
+        !r.body.contains("bwc-") && !r.body.contains("Internal rule 7"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.trim_end().ends_with("data: [DONE]"), "{}", r.body);
+}
