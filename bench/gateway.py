@@ -83,18 +83,26 @@ def main():
                           "--budget-tokens", "1000000000000000"], env=kenv, capture_output=True, text=True,
                          check=True).stdout.strip()
     kgw, kgw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(kcfg)], env=kenv)
+    # The audit log on (batch durability, its default), guard off, nothing else.
+    adata = tmp / "audit-data"
+    subprocess.run([BULWARK, "audit", "keygen", "--out", str(tmp / "auditor")], check=True, capture_output=True)
+    acfg = tmp / "bulwark-audit.toml"
+    acfg.write_text(cfg.read_text() + f'[audit]\npublic_key = "{tmp / "auditor" / "audit.pub"}"\n')
+    agw, agw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(acfg)],
+                                  env={**quiet, "BULWARK_DATA_DIR": str(adata)})
     ggw, ggw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(gcfg)],
                                   env={**quiet, "BULWARK_DATA_DIR": str(tmp / "guard-data")})
     targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions",
                "bulwark_guard": f"{ggw_url}/v1/chat/completions",
+               "bulwark_audit": f"{agw_url}/v1/chat/completions",
                "bulwark_keys_policy": f"{kgw_url}/v1/chat/completions",
                "bulwark_cache_hit": f"{cgw_url}/v1/chat/completions"}
     bodies = {"bulwark_cache_hit": GREEDY_BODY}
     keys = {"bulwark_keys_policy": key}
     # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
-    pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_guard": ggw.pid, "bulwark_keys_policy": kgw.pid,
-            "bulwark_cache_hit": cgw.pid}
-    procs = [mock, gw, ggw, kgw, cgw]
+    pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_guard": ggw.pid, "bulwark_audit": agw.pid,
+            "bulwark_keys_policy": kgw.pid, "bulwark_cache_hit": cgw.pid}
+    procs = [mock, gw, ggw, agw, kgw, cgw]
     if LITELLM:
         port = free_port()
         lcfg = tmp / "litellm.yaml"

@@ -5,6 +5,7 @@
 #   bench/run.sh engine
 #   bench/run.sh logic      # the gateway's per-request logic, no network
 #   bench/run.sh guard      # the guard: quality on the dev split (vs prompt-guardrail), PII, speed
+#   bench/run.sh audit      # the audit log: records per second, crypto cost
 # Set-up (first run only): wrk from Debian, a venv in bench/.venv with the pinned
 # llama-cpp-python (built from source with the same CPU flags as Bulwark) and LiteLLM.
 set -euo pipefail
@@ -21,6 +22,7 @@ cargo build --release --locked -p bulwark -p bulwark-testkit
 cargo build --release --locked -p bulwark-engine --example batch_throughput
 cargo build --release --locked -p bulwark-server --example hot_path_cost
 cargo build --release --locked -p bulwark-guard --example scan_cost --example eval_pii
+cargo build --release --locked -p bulwark-audit --example throughput
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 what=${1:-all}
@@ -42,5 +44,8 @@ if [ "$what" = all ] || [ "$what" = guard ]; then
   "$GVENV/bin/python" guard.py ../target/guard-data/dev.jsonl ../target/release/bulwark | tee -a "../$out"
   ../target/release/examples/eval_pii | tee -a "../$out"
   ../target/release/examples/scan_cost | tee -a "../$out"
+fi
+if [ "$what" = all ] || [ "$what" = audit ]; then
+  ../target/release/examples/throughput ../target | tee -a "../$out"
 fi
 echo "results: $out"

@@ -85,6 +85,28 @@ pub struct RawConfig {
     /// The guard on every request (on by default).
     #[serde(default)]
     pub guard: RawGuard,
+    /// The encrypted, hash-chained audit log. On when `public_key` is set.
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// The auditor's public key file (`audit.pub` from `bulwark audit keygen`). Relative
+    /// paths resolve against the config file. Absent: no audit log.
+    pub public_key: Option<PathBuf>,
+    /// Directory of the log's segments. Default `audit` in the data directory.
+    pub dir: Option<PathBuf>,
+    /// `sync`: a response waits until its record is on disk. `batch` (default): records
+    /// are fsynced together every `batch_ms`; a crash can lose that window.
+    pub durability: Option<String>,
+    /// Group-commit interval for `batch`, in ms. Default 5.
+    pub batch_ms: Option<u64>,
+    /// A new segment starts past this size, in MiB. Default 64.
+    pub segment_max_mib: Option<u64>,
+    /// A new segment starts past this age, in seconds. Default 3600.
+    pub segment_max_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -315,6 +337,19 @@ pub struct Config {
     pub policies: std::collections::BTreeMap<String, Policy>,
     /// `None` when the guard is off.
     pub guard: Option<GuardConfig>,
+    /// `None` when there is no audit log.
+    pub audit: Option<AuditConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub public_key: PathBuf,
+    /// Relative to the data directory unless absolute.
+    pub dir: PathBuf,
+    /// `None` for sync, else the group-commit interval.
+    pub batch: Option<Duration>,
+    pub segment_max_bytes: u64,
+    pub segment_max_age: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -496,6 +531,7 @@ impl Config {
             keys: KeysConfig::default(),
             policies: std::collections::BTreeMap::new(),
             guard: Some(GuardConfig::default()),
+            audit: None,
         }
     }
 
@@ -747,6 +783,36 @@ impl RawConfig {
         } else {
             None
         };
+        let audit = match &self.audit.public_key {
+            None => None,
+            Some(pk) => Some(AuditConfig {
+                public_key: if pk.is_relative() {
+                    base.join(pk)
+                } else {
+                    pk.clone()
+                },
+                dir: self
+                    .audit
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("audit")),
+                batch: match self.audit.durability.as_deref().unwrap_or("batch") {
+                    "sync" => None,
+                    "batch" => Some(Duration::from_millis(
+                        self.audit.batch_ms.unwrap_or(5).clamp(1, 60_000),
+                    )),
+                    other => {
+                        return Err(invalid(format!(
+                            "audit.durability: `{other}` is not `sync` or `batch`"
+                        )))
+                    }
+                },
+                segment_max_bytes: self.audit.segment_max_mib.unwrap_or(64).max(1) << 20,
+                segment_max_age: Duration::from_secs(
+                    self.audit.segment_max_age_secs.unwrap_or(3600).max(1),
+                ),
+            }),
+        };
         let data_dir = match self.server.data_dir {
             Some(d) if d.is_relative() => base.join(d),
             Some(d) => d,
@@ -816,6 +882,7 @@ impl RawConfig {
             },
             policies,
             guard,
+            audit,
         })
     }
 }
@@ -997,6 +1064,10 @@ mod example {
         assert_eq!(cfg.upstreams.len(), 1);
         assert!(cfg.keys.admin_token.is_some());
         assert_eq!(cfg.policies.len(), 1);
+        assert!(cfg.guard.is_some());
+        assert!(cfg
+            .audit
+            .is_some_and(|a| a.public_key.ends_with("auditor/audit.pub") && a.batch.is_some()));
         assert_eq!(
             cfg.local_models[0].sha256.as_deref(),
             Some(default_model::GGUF_SHA256)

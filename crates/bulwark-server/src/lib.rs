@@ -53,6 +53,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     ModelLoad(String),
+    #[error("audit log: {0}")]
+    Audit(#[from] bulwark_audit::AuditError),
 }
 
 async fn chat_completions(
@@ -161,6 +163,34 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let models = Arc::new(Models::from_config(&config)?);
+    let audit = match &config.audit {
+        None => {
+            tracing::info!("no audit log (set [audit] public_key to record every request)");
+            None
+        }
+        Some(a) => {
+            let pk: bulwark_audit::PublicKey = bulwark_audit::read_key(&a.public_key)?;
+            let dir = if a.dir.is_relative() {
+                config.server.data_dir.join(&a.dir)
+            } else {
+                a.dir.clone()
+            };
+            let log = bulwark_audit::AuditLog::open(
+                bulwark_audit::Options {
+                    dir: dir.clone(),
+                    durability: a.batch.map_or(
+                        bulwark_audit::Durability::Sync,
+                        bulwark_audit::Durability::Batch,
+                    ),
+                    segment_max_bytes: a.segment_max_bytes,
+                    segment_max_age: a.segment_max_age,
+                },
+                pk,
+            )?;
+            tracing::info!(dir = %dir.display(), "audit log open");
+            Some(Arc::new(log))
+        }
+    };
     let state = AppState {
         max_body_bytes: config.server.max_body_bytes,
         models: Arc::clone(&models),
@@ -178,11 +208,15 @@ pub async fn serve(
             .guard
             .clone()
             .map(|g| Arc::new(guard::EdgeGuard::new(g))),
+        audit: audit.clone(),
     };
     // Usage reaches the database every `usage_flush`, and once more on the way out.
     let flusher = tokio::spawn(flush_usage(Arc::clone(&keys), config.keys.usage_flush));
     let result = run(state, models, listener, shutdown).await;
     flusher.abort();
+    if let Some(a) = audit {
+        let _ = tokio::task::spawn_blocking(move || a.flush()).await;
+    }
     let _ = tokio::task::spawn_blocking(move || {
         if let Err(e) = keys.flush() {
             tracing::error!(error = %e, "could not write usage at shutdown");

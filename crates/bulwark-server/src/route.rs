@@ -138,8 +138,102 @@ fn limited(l: Limited) -> Response {
     .into_response()
 }
 
-/// Serves a validated request through the first allowed candidate that can take it.
+/// Serves a validated request and records what happened in the audit log, when there is
+/// one. With `sync` durability the answer is not sent before its record is on disk; if
+/// the record cannot be written, the client gets a 503 instead of the answer.
 pub async fn serve(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: JsonObject,
+    parsed: Parsed,
+) -> Response {
+    let Some(audit) = state.audit.clone() else {
+        return serve_inner(state, caller, headers, body, parsed).await;
+    };
+    let started = std::time::Instant::now();
+    let model = body.model.clone();
+    let resp = serve_inner(state, caller, headers, body, parsed).await;
+    let record = audit_record(state, caller, headers, &resp, model, started);
+    let unavailable = || {
+        Error(
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "The audit log could not record this request, so its answer is withheld; see the gateway's log.",
+            )
+            .with_code("audit_unavailable"),
+        )
+        .into_response()
+    };
+    match audit.append(&record) {
+        Ok(None) => resp,
+        Ok(Some(ack)) => match ack.await {
+            Ok(Ok(())) => resp,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit record not written");
+                unavailable()
+            }
+            Err(_) => unavailable(),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "audit log unavailable");
+            unavailable()
+        }
+    }
+}
+
+/// What the audit log keeps about a request, from the request and its answer's headers.
+fn audit_record(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    resp: &Response,
+    model: String,
+    started: std::time::Instant,
+) -> bulwark_audit::Record {
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let decision = header(ROUTE_HEADER).unwrap_or_default();
+    let field = |k: &str| {
+        decision
+            .split("; ")
+            .find_map(|p| p.strip_prefix(k))
+            .map(str::to_owned)
+    };
+    let target = field("target=").unwrap_or_else(|| "none".into());
+    let key = caller.0.as_ref();
+    bulwark_audit::Record {
+        time_ms: now_ms(),
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        key_id: key.map(|k| k.id().to_owned()),
+        tenant: key.map(|k| k.tenant().to_owned()),
+        model,
+        jurisdiction: state
+            .models
+            .residency(&target)
+            .and_then(|r| r.jurisdiction.clone()),
+        target,
+        class: field("class="),
+        decision,
+        guard: header(guard::GUARD_HEADER),
+        prompt_tokens: None,
+        completion_tokens: None,
+        latency_ms: started.elapsed().as_millis() as u64,
+        status: resp.status().as_u16(),
+        cache: header(cache::CACHE_HEADER),
+    }
+}
+
+/// Serves a validated request through the first allowed candidate that can take it.
+async fn serve_inner(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,

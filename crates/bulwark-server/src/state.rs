@@ -21,6 +21,8 @@ pub struct AppState {
     pub admin_token: Option<crate::auth::AdminTokenHash>,
     /// `None` when the guard is off.
     pub guard: Option<Arc<crate::guard::EdgeGuard>>,
+    /// `None` when there is no audit log.
+    pub audit: Option<Arc<bulwark_audit::AuditLog>>,
 }
 
 /// A model served in-process. The engine appears once loading has finished.

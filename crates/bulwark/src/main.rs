@@ -48,6 +48,11 @@ enum Command {
         #[arg(long)]
         block_threshold: Option<f32>,
     },
+    /// The audit log: make the auditor's keys, check the chain, read the records.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Manage virtual API keys (in the data directory's key database).
     Keys {
         /// TOML config file (for the data directory and the named policies).
@@ -102,6 +107,182 @@ enum KeysCommand {
     Show { id: String },
     /// Revoke a key; a running gateway refuses it from its next request.
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Make an auditor key pair: OUT/audit.pub for the gateway ([audit] public_key),
+    /// OUT/audit.key for the auditor only.
+    Keygen {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Check the whole hash chain (no key needed); names the first bad record.
+    Verify {
+        /// The log directory (default: the config's).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Decrypt records with the auditor's private key.
+    Export {
+        /// The auditor's private key (audit.key).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only records at or after this time: Unix milliseconds or YYYY-MM-DD (UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this time: Unix milliseconds or YYYY-MM-DD (UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// jsonl or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+}
+
+fn parse_time(s: &str) -> Result<u64> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    if let [y, m, d] = parts.as_slice() {
+        if let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<u32>(), d.parse::<u32>()) {
+            let day = bulwark_keys::Day::from_civil(y, m, d);
+            return Ok(day.start_ms());
+        }
+    }
+    anyhow::bail!("`{s}` is not Unix milliseconds or YYYY-MM-DD")
+}
+
+fn audit_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let config = load_config(config.as_deref())?;
+    let rel = config
+        .audit
+        .as_ref()
+        .map_or_else(|| PathBuf::from("audit"), |a| a.dir.clone());
+    Ok(if rel.is_relative() {
+        config.server.data_dir.join(rel)
+    } else {
+        rel
+    })
+}
+
+fn audit_command(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::Keygen { out } => {
+            std::fs::create_dir_all(&out)?;
+            let (pk, sk) = bulwark_audit::keygen();
+            let (pub_path, key_path) = (out.join("audit.pub"), out.join("audit.key"));
+            anyhow::ensure!(
+                !key_path.exists(),
+                "{} exists; not overwriting an auditor key",
+                key_path.display()
+            );
+            std::fs::write(&pub_path, serde_json::to_vec_pretty(&pk)?)?;
+            #[cfg(unix)]
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&key_path)?;
+                f.write_all(&serde_json::to_vec_pretty(&sk)?)?;
+            }
+            #[cfg(not(unix))]
+            std::fs::write(&key_path, serde_json::to_vec_pretty(&sk)?)?;
+            println!("{}", pub_path.display());
+            eprintln!(
+                "Wrote {} (give it to the gateway: [audit] public_key) and {} (keep it with the auditor, off the gateway).",
+                pub_path.display(),
+                key_path.display()
+            );
+        }
+        AuditCommand::Verify { dir, config } => {
+            let dir = audit_dir(dir, config)?;
+            let v = bulwark_audit::verify(&dir)?;
+            match v.problem {
+                None => println!(
+                    "ok: {} records in {} segments, chain intact (head {})",
+                    v.records, v.segments, v.last_hash
+                ),
+                Some(p) => {
+                    println!("BROKEN at {p} ({} records verified before it)", v.records);
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Export {
+            key,
+            dir,
+            config,
+            since,
+            until,
+            format,
+        } => {
+            let dir = audit_dir(dir, config)?;
+            let sk: bulwark_audit::SecretKey = bulwark_audit::read_key(&key)?;
+            let since = since.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+            let until = until
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .unwrap_or(u64::MAX);
+            let (records, v) = bulwark_audit::export(&dir, &sk)?;
+            let records = records
+                .into_iter()
+                .filter(|r| r.time_ms >= since && r.time_ms < until);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            use std::io::Write;
+            match format.as_str() {
+                "jsonl" => {
+                    for r in records {
+                        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+                    }
+                }
+                "csv" => {
+                    writeln!(out, "time_ms,request_id,key_id,tenant,model,target,jurisdiction,class,status,latency_ms,cache,guard,decision")?;
+                    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+                    for r in records {
+                        writeln!(
+                            out,
+                            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                            r.time_ms,
+                            q(&r.request_id),
+                            q(r.key_id.as_deref().unwrap_or("")),
+                            q(r.tenant.as_deref().unwrap_or("")),
+                            q(&r.model),
+                            q(&r.target),
+                            q(r.jurisdiction.as_deref().unwrap_or("")),
+                            q(r.class.as_deref().unwrap_or("")),
+                            r.status,
+                            r.latency_ms,
+                            q(r.cache.as_deref().unwrap_or("")),
+                            q(r.guard.as_deref().unwrap_or("")),
+                            q(&r.decision)
+                        )?;
+                    }
+                }
+                other => anyhow::bail!("--format {other}: use jsonl or csv"),
+            }
+            out.flush()?;
+            if let Some(p) = v.problem {
+                eprintln!("warning: the chain breaks at {p}; records after it are not exported");
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_period(s: &str) -> Result<Period, String> {
@@ -392,6 +573,7 @@ fn main() -> Result<()> {
             command: ModelsCommand::List { config },
         } => models_list(config),
         Command::Keys { config, command } => keys_command(config, command),
+        Command::Audit { command } => audit_command(command),
         Command::Scan {
             text,
             jsonl,
