@@ -107,5 +107,30 @@ fn main() {
         let _ = std::hint::black_box(bulwark_audit::crypto::wrap(&pk, &key));
     }
     let wrap_us = started.elapsed().as_secs_f64() * 1e6 / 200.0;
-    println!("{{\"seal_ns_per_record\":{seal_ns:.0},\"record_plaintext_bytes\":{},\"wrap_us_per_segment\":{wrap_us:.0}}}", plain.len());
+    // A receipt: both signatures over a typical payload, and checking both.
+    let (vk, sk) = bulwark_audit::receipt::keygen();
+    let signer = bulwark_audit::receipt::Signer::new(&sk).unwrap_or_else(|e| panic!("{e}"));
+    let claims = bulwark_audit::receipt::Claims {
+        v: 1,
+        time_ms: 1_795_000_000_000,
+        request_id: "8d1f6a2e-5c3b-4f7e-9a1d-000000000001".into(),
+        request_sha256: "ab".repeat(32),
+        response_sha256: Some("cd".repeat(32)),
+        model: "chat".into(),
+        model_sha256: None,
+        route: "target=vllm-fr; class=confidential; vllm-fr=allowed".into(),
+        status: 200,
+    };
+    let started = Instant::now();
+    let mut receipt = String::new();
+    for _ in 0..200 {
+        receipt = signer.sign(&claims).unwrap_or_default();
+    }
+    let sign_us = started.elapsed().as_secs_f64() * 1e6 / 200.0;
+    let started = Instant::now();
+    for _ in 0..200 {
+        let _ = std::hint::black_box(bulwark_audit::receipt::verify(&vk, &receipt));
+    }
+    let verify_us = started.elapsed().as_secs_f64() * 1e6 / 200.0;
+    println!("{{\"seal_ns_per_record\":{seal_ns:.0},\"record_plaintext_bytes\":{},\"wrap_us_per_segment\":{wrap_us:.0},\"receipt_sign_us\":{sign_us:.0},\"receipt_verify_us\":{verify_us:.0},\"receipt_header_bytes\":{}}}", plain.len(), receipt.len());
 }

@@ -88,6 +88,17 @@ pub struct RawConfig {
     /// The encrypted, hash-chained audit log. On when `public_key` is set.
     #[serde(default)]
     pub audit: RawAudit,
+    /// Signed receipts on answers. On when `signing_key` is set.
+    #[serde(default)]
+    pub receipts: RawReceipts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceipts {
+    /// The gateway's receipt signing key (`receipt.key` from `bulwark receipt keygen`).
+    /// Relative paths resolve against the config file. Absent: no receipts.
+    pub signing_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,6 +350,8 @@ pub struct Config {
     pub guard: Option<GuardConfig>,
     /// `None` when there is no audit log.
     pub audit: Option<AuditConfig>,
+    /// The receipt signing key file, when receipts are on.
+    pub receipts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -532,6 +545,7 @@ impl Config {
             policies: std::collections::BTreeMap::new(),
             guard: Some(GuardConfig::default()),
             audit: None,
+            receipts: None,
         }
     }
 
@@ -883,6 +897,10 @@ impl RawConfig {
             policies,
             guard,
             audit,
+            receipts: self
+                .receipts
+                .signing_key
+                .map(|k| if k.is_relative() { base.join(k) } else { k }),
         })
     }
 }
@@ -1068,6 +1086,9 @@ mod example {
         assert!(cfg
             .audit
             .is_some_and(|a| a.public_key.ends_with("auditor/audit.pub") && a.batch.is_some()));
+        assert!(cfg
+            .receipts
+            .is_some_and(|k| k.ends_with("gateway/receipt.key")));
         assert_eq!(
             cfg.local_models[0].sha256.as_deref(),
             Some(default_model::GGUF_SHA256)

@@ -191,6 +191,14 @@ pub async fn serve(
             Some(Arc::new(log))
         }
     };
+    let receipts = match &config.receipts {
+        None => None,
+        Some(path) => {
+            let sk: bulwark_audit::receipt::SigningKey = bulwark_audit::read_key(path)?;
+            tracing::info!("answers carry signed receipts (x-bulwark-receipt)");
+            Some(Arc::new(bulwark_audit::receipt::Signer::new(&sk)?))
+        }
+    };
     let state = AppState {
         max_body_bytes: config.server.max_body_bytes,
         models: Arc::clone(&models),
@@ -209,6 +217,7 @@ pub async fn serve(
             .clone()
             .map(|g| Arc::new(guard::EdgeGuard::new(g))),
         audit: audit.clone(),
+        receipts,
     };
     // Usage reaches the database every `usage_flush`, and once more on the way out.
     let flusher = tokio::spawn(flush_usage(Arc::clone(&keys), config.keys.usage_flush));

@@ -148,12 +148,22 @@ pub async fn serve(
     body: JsonObject,
     parsed: Parsed,
 ) -> Response {
-    let Some(audit) = state.audit.clone() else {
+    if state.audit.is_none() && state.receipts.is_none() {
         return serve_inner(state, caller, headers, body, parsed).await;
-    };
+    }
     let started = std::time::Instant::now();
     let model = body.model.clone();
-    let resp = serve_inner(state, caller, headers, body, parsed).await;
+    let request_digest = state
+        .receipts
+        .as_ref()
+        .map(|_| sha256_hex(&serde_json::to_vec(&body.value).unwrap_or_default()));
+    let mut resp = serve_inner(state, caller, headers, body, parsed).await;
+    if let (Some(signer), Some(digest)) = (&state.receipts, request_digest) {
+        resp = with_receipt(state, signer, headers, resp, &model, digest).await;
+    }
+    let Some(audit) = state.audit.clone() else {
+        return resp;
+    };
     let record = audit_record(state, caller, headers, &resp, model, started);
     let unavailable = || {
         Error(
@@ -180,6 +190,87 @@ pub async fn serve(
             unavailable()
         }
     }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Signs a receipt for the answer. A non-streamed answer is read whole first so that its
+/// digest is in the receipt; a stream's receipt leaves the response digest out.
+async fn with_receipt(
+    state: &AppState,
+    signer: &bulwark_audit::receipt::Signer,
+    headers: &HeaderMap,
+    resp: Response,
+    model: &str,
+    request_sha256: String,
+) -> Response {
+    let streamed = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let (mut parts, body) = resp.into_parts();
+    let (body, response_sha256) = if streamed {
+        (body, None)
+    } else {
+        match axum::body::to_bytes(body, 64 << 20).await {
+            Ok(b) => {
+                let d = sha256_hex(&b);
+                (axum::body::Body::from(b), Some(d))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "answer body failed before its receipt");
+                return Error(
+                    ApiError::new(ErrorKind::BadGateway, "The answer could not be read.")
+                        .with_code("upstream_unavailable"),
+                )
+                .into_response();
+            }
+        }
+    };
+    let route = parts
+        .headers
+        .get(ROUTE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let target = route
+        .split("; ")
+        .find_map(|p| p.strip_prefix("target="))
+        .unwrap_or("");
+    let claims = bulwark_audit::receipt::Claims {
+        v: 1,
+        time_ms: now_ms(),
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        request_sha256,
+        response_sha256,
+        model: model.to_owned(),
+        model_sha256: state
+            .models
+            .local
+            .get(target)
+            .and_then(|m| m.config.sha256.clone()),
+        route,
+        status: parts.status.as_u16(),
+    };
+    match signer.sign(&claims).map(|r| HeaderValue::from_str(&r)) {
+        Ok(Ok(v)) => {
+            parts.headers.insert("x-bulwark-receipt", v);
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        _ => tracing::error!("could not sign a receipt"),
+    }
+    Response::from_parts(parts, body)
 }
 
 /// What the audit log keeps about a request, from the request and its answer's headers.

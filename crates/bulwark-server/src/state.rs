@@ -23,6 +23,8 @@ pub struct AppState {
     pub guard: Option<Arc<crate::guard::EdgeGuard>>,
     /// `None` when there is no audit log.
     pub audit: Option<Arc<bulwark_audit::AuditLog>>,
+    /// `None` when answers carry no receipt.
+    pub receipts: Option<Arc<bulwark_audit::receipt::Signer>>,
 }
 
 /// A model served in-process. The engine appears once loading has finished.

@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Signed receipts: make the gateway's signing key, check a receipt.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
     /// Manage virtual API keys (in the data directory's key database).
     Keys {
         /// TOML config file (for the data directory and the named policies).
@@ -144,6 +149,82 @@ enum AuditCommand {
         #[arg(long, default_value = "jsonl")]
         format: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Make the gateway's receipt key pair: OUT/receipt.key for the gateway
+    /// ([receipts] signing_key), OUT/receipt.pub for anyone who checks receipts.
+    Keygen {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Check a receipt (the `x-bulwark-receipt` header value): both signatures, and
+    /// with --response, that it covers that response body.
+    Verify {
+        /// The gateway's receipt.pub.
+        #[arg(long)]
+        key: PathBuf,
+        /// The response body the receipt should cover.
+        #[arg(long)]
+        response: Option<PathBuf>,
+        receipt: String,
+    },
+}
+
+fn receipt_command(command: ReceiptCommand) -> Result<()> {
+    match command {
+        ReceiptCommand::Keygen { out } => {
+            std::fs::create_dir_all(&out)?;
+            let (vk, sk) = bulwark_audit::receipt::keygen();
+            let (pub_path, key_path) = (out.join("receipt.pub"), out.join("receipt.key"));
+            anyhow::ensure!(
+                !key_path.exists(),
+                "{} exists; not overwriting a signing key",
+                key_path.display()
+            );
+            std::fs::write(&pub_path, serde_json::to_vec_pretty(&vk)?)?;
+            #[cfg(unix)]
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&key_path)?;
+                f.write_all(&serde_json::to_vec_pretty(&sk)?)?;
+            }
+            #[cfg(not(unix))]
+            std::fs::write(&key_path, serde_json::to_vec_pretty(&sk)?)?;
+            println!("{}", pub_path.display());
+        }
+        ReceiptCommand::Verify {
+            key,
+            response,
+            receipt,
+        } => {
+            let vk: bulwark_audit::receipt::VerifyingKey = bulwark_audit::read_key(&key)?;
+            let claims = bulwark_audit::receipt::verify(&vk, &receipt)?;
+            if let Some(path) = response {
+                use sha2::Digest;
+                let body =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let digest: String = sha2::Sha256::digest(&body)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                match &claims.response_sha256 {
+                    Some(d) if *d == digest => {}
+                    Some(_) => anyhow::bail!("both signatures verify, but the receipt covers a different response body"),
+                    None => anyhow::bail!("both signatures verify, but this receipt (a streamed answer) covers no response body"),
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&claims)?);
+            eprintln!("valid: ML-DSA-65 and Ed25519 signatures verify");
+        }
+    }
+    Ok(())
 }
 
 fn parse_time(s: &str) -> Result<u64> {
@@ -574,6 +655,7 @@ fn main() -> Result<()> {
         } => models_list(config),
         Command::Keys { config, command } => keys_command(config, command),
         Command::Audit { command } => audit_command(command),
+        Command::Receipt { command } => receipt_command(command),
         Command::Scan {
             text,
             jsonl,

@@ -253,3 +253,113 @@ async fn killed_mid_traffic_no_acknowledged_record_is_lost() {
     assert!(!acknowledged.is_empty());
     let _ = Path::new(&s.data);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_carry_receipts_that_verify() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("receipts");
+    let keys = dir.0.join("gw");
+    let (ok, _, err) = run(&["receipt", "keygen", "--out", keys.to_str().unwrap_or("")]);
+    assert!(ok, "{err}");
+    let cfg = dir.write(
+        "bulwark.toml",
+        &format!(
+            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\nmodels = {{ \"m\" = \"m\" }}\n[receipts]\nsigning_key = \"gw/receipt.key\"\n",
+            mock.base_url()
+        ),
+    );
+    let b = common::start_with(Some(&cfg), &[]).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(b.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let receipt = r
+        .headers()
+        .get("x-bulwark-receipt")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let id = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = r.bytes().await.unwrap_or_default();
+    let answer = dir.write("answer.json", &String::from_utf8_lossy(&body));
+    let public = keys.join("receipt.pub");
+    let (ok, out, err) = run(&[
+        "receipt",
+        "verify",
+        "--key",
+        public.to_str().unwrap_or(""),
+        "--response",
+        answer.to_str().unwrap_or(""),
+        &receipt,
+    ]);
+    assert!(ok, "{err}");
+    let claims: Value = serde_json::from_str(&out).unwrap_or_default();
+    assert_eq!(
+        (
+            claims["request_id"].as_str(),
+            claims["status"].as_u64(),
+            claims["model"].as_str()
+        ),
+        (Some(id.as_str()), Some(200), Some("m"))
+    );
+    assert!(claims["route"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("target=m;"));
+    // Another body, or a receipt changed by one character, does not verify.
+    let other = dir.write("other.json", "{}");
+    let (ok, _, err) = run(&[
+        "receipt",
+        "verify",
+        "--key",
+        public.to_str().unwrap_or(""),
+        "--response",
+        other.to_str().unwrap_or(""),
+        &receipt,
+    ]);
+    assert!(!ok && err.contains("different response body"), "{err}");
+    let mut forged = receipt.clone().into_bytes();
+    forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
+    let (ok, _, _) = run(&[
+        "receipt",
+        "verify",
+        "--key",
+        public.to_str().unwrap_or(""),
+        &String::from_utf8_lossy(&forged),
+    ]);
+    assert!(!ok);
+    // A stream has a receipt too, without a response digest.
+    let r = client
+        .post(b.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let receipt = r
+        .headers()
+        .get("x-bulwark-receipt")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let (ok, out, err) = run(&[
+        "receipt",
+        "verify",
+        "--key",
+        public.to_str().unwrap_or(""),
+        &receipt,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"response_sha256\": null"), "{out}");
+}
