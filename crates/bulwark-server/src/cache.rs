@@ -53,11 +53,7 @@ impl ResponseCache {
         if resp.status() != StatusCode::OK {
             return resp;
         }
-        let sse = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("text/event-stream"));
+        let sse = crate::sse::is_event_stream(resp.headers());
         // With a declared length, hyper may stop polling the body once it has written
         // that many bytes, so the answer is also complete when the copy reaches it.
         let declared = resp

@@ -299,11 +299,7 @@ pub fn restore(
     if resp.status() != StatusCode::OK {
         return resp;
     }
-    let sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let sse = sse::is_event_stream(resp.headers());
     let gate = match output {
         GuardAction::Allow => None,
         a => Some(a != GuardAction::Flag),

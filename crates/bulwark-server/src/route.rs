@@ -210,11 +210,7 @@ async fn with_receipt(
     model: &str,
     request_sha256: String,
 ) -> Response {
-    let streamed = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let streamed = crate::sse::is_event_stream(resp.headers());
     let (mut parts, body) = resp.into_parts();
     let (body, response_sha256) = if streamed {
         (body, None)

@@ -19,6 +19,14 @@ pub fn event(json: &impl serde::Serialize) -> Bytes {
 
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// Whether a response is an SSE stream.
+pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"))
+}
+
 /// A streaming response with the headers SSE clients and proxies need.
 pub fn response<S>(stream: S) -> Response
 where

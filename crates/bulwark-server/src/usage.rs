@@ -51,12 +51,7 @@ impl Meter {
         if resp.status() != StatusCode::OK {
             return resp;
         }
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if content_type.starts_with("text/event-stream") {
+        if sse::is_event_stream(resp.headers()) {
             self.account_stream(resp)
         } else {
             self.account_json(resp)

@@ -172,31 +172,42 @@ enum ReceiptCommand {
     },
 }
 
+/// Writes OUT/NAME.pub and OUT/NAME.key; the private key is created new (never
+/// overwritten) and readable by its owner only. Returns the public key's path.
+fn write_key_pair(out: &Path, name: &str, public: &[u8], private: &[u8]) -> Result<PathBuf> {
+    std::fs::create_dir_all(out)?;
+    let (pub_path, key_path) = (
+        out.join(format!("{name}.pub")),
+        out.join(format!("{name}.key")),
+    );
+    anyhow::ensure!(
+        !key_path.exists(),
+        "{} exists; not overwriting a private key",
+        key_path.display()
+    );
+    std::fs::write(&pub_path, public)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    options.open(&key_path)?.write_all(private)?;
+    Ok(pub_path)
+}
+
 fn receipt_command(command: ReceiptCommand) -> Result<()> {
     match command {
         ReceiptCommand::Keygen { out } => {
-            std::fs::create_dir_all(&out)?;
             let (vk, sk) = bulwark_audit::receipt::keygen();
-            let (pub_path, key_path) = (out.join("receipt.pub"), out.join("receipt.key"));
-            anyhow::ensure!(
-                !key_path.exists(),
-                "{} exists; not overwriting a signing key",
-                key_path.display()
-            );
-            std::fs::write(&pub_path, serde_json::to_vec_pretty(&vk)?)?;
-            #[cfg(unix)]
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&key_path)?;
-                f.write_all(&serde_json::to_vec_pretty(&sk)?)?;
-            }
-            #[cfg(not(unix))]
-            std::fs::write(&key_path, serde_json::to_vec_pretty(&sk)?)?;
+            let pub_path = write_key_pair(
+                &out,
+                "receipt",
+                &serde_json::to_vec_pretty(&vk)?,
+                &serde_json::to_vec_pretty(&sk)?,
+            )?;
             println!("{}", pub_path.display());
         }
         ReceiptCommand::Verify {
@@ -260,28 +271,14 @@ fn audit_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf> {
 fn audit_command(command: AuditCommand) -> Result<()> {
     match command {
         AuditCommand::Keygen { out } => {
-            std::fs::create_dir_all(&out)?;
             let (pk, sk) = bulwark_audit::keygen();
-            let (pub_path, key_path) = (out.join("audit.pub"), out.join("audit.key"));
-            anyhow::ensure!(
-                !key_path.exists(),
-                "{} exists; not overwriting an auditor key",
-                key_path.display()
-            );
-            std::fs::write(&pub_path, serde_json::to_vec_pretty(&pk)?)?;
-            #[cfg(unix)]
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&key_path)?;
-                f.write_all(&serde_json::to_vec_pretty(&sk)?)?;
-            }
-            #[cfg(not(unix))]
-            std::fs::write(&key_path, serde_json::to_vec_pretty(&sk)?)?;
+            let pub_path = write_key_pair(
+                &out,
+                "audit",
+                &serde_json::to_vec_pretty(&pk)?,
+                &serde_json::to_vec_pretty(&sk)?,
+            )?;
+            let key_path = out.join("audit.key");
             println!("{}", pub_path.display());
             eprintln!(
                 "Wrote {} (give it to the gateway: [audit] public_key) and {} (keep it with the auditor, off the gateway).",
