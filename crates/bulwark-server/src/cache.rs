@@ -22,7 +22,7 @@ use crate::sse;
 
 pub const CACHE_HEADER: &str = "x-bulwark-cache";
 
-/// The tenant of every request until API keys exist; keys will give each its own.
+/// The tenant of requests made without an API key (keys carry their own tenant).
 pub const DEFAULT_TENANT: &str = "default";
 
 pub struct ResponseCache {
