@@ -253,14 +253,6 @@ impl Guard {
             findings,
         }
     }
-
-    /// Personal data and credentials only (no injection detection): for answers.
-    pub fn sensitive_spans(&self, text: &str) -> Vec<Finding> {
-        let mut spans = Vec::new();
-        pii::scan(text, &mut spans);
-        secrets::scan(text, &mut spans);
-        resolve_overlaps(spans)
-    }
 }
 
 #[cfg(test)]

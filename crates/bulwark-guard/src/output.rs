@@ -124,6 +124,26 @@ mod tests {
     }
 }
 
+/// Exfiltration links and images in `text`: their kinds, and the text with their URLs
+/// replaced by `[BLOCKED_URL]` when `redact` (else unchanged).
+pub fn defuse(text: &str, redact: bool) -> (String, Vec<&'static str>) {
+    let mut f = Vec::new();
+    scan(text, &mut f);
+    let kinds = f.iter().map(|x| x.kind).collect();
+    if f.is_empty() || !redact {
+        return (text.to_owned(), kinds);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for x in &f {
+        out.push_str(&text[at..x.start]);
+        out.push_str("[BLOCKED_URL]");
+        at = x.end;
+    }
+    out.push_str(&text[at..]);
+    (out, kinds)
+}
+
 /// Longest link or image held back while it is still being written.
 pub const MAX_HELD: usize = 2048;
 
@@ -180,23 +200,8 @@ impl LinkGate {
     }
 
     fn screen(&mut self, text: &str) -> String {
-        let mut f = Vec::new();
-        scan(text, &mut f);
-        if f.is_empty() {
-            return text.to_owned();
-        }
-        self.found.extend(f.iter().map(|x| x.kind));
-        if !self.redact {
-            return text.to_owned();
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut at = 0;
-        for x in &f {
-            out.push_str(&text[at..x.start]);
-            out.push_str("[BLOCKED_URL]");
-            at = x.end;
-        }
-        out.push_str(&text[at..]);
+        let (out, found) = defuse(text, self.redact);
+        self.found.extend(found);
         out
     }
 

@@ -19,7 +19,7 @@ use bulwark_guard::{Category, Finding, Guard, Report, Restorer, Thresholds, Vaul
 use bulwark_policy::DataClass;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
-use http::{header, HeaderValue, StatusCode};
+use http::{header, StatusCode};
 use serde_json::Value;
 
 use crate::sse::{self, Framer, Piece};
@@ -284,13 +284,11 @@ impl EdgeGuard {
     }
 }
 
-pub fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("findings"))
-}
-
-/// Puts the originals back into an answer's text (JSON or SSE) and, for streams, screens
-/// it for exfiltration links as it passes (`output`: redact, flag or allow).
-pub fn restore(
+/// The guard's pass over an answer on its way out: pseudonymised originals put back,
+/// exfiltration links defused (`output`: redact, flag or allow), and a leaked canary
+/// caught. A stream is filtered event by event as it passes; a non-streamed answer is
+/// read once and all of it done in that one pass.
+pub async fn finish(
     resp: Response,
     vault: Option<Arc<Vault>>,
     output: GuardAction,
@@ -299,46 +297,22 @@ pub fn restore(
     if resp.status() != StatusCode::OK {
         return resp;
     }
-    let sse = sse::is_event_stream(resp.headers());
+    if !sse::is_event_stream(resp.headers()) {
+        return screen_answer(resp, vault, output, canary.as_deref()).await;
+    }
     let gate = match output {
         GuardAction::Allow => None,
         a => Some(a != GuardAction::Flag),
     };
-    if sse {
-        if vault.is_none() && gate.is_none() && canary.is_none() {
-            return resp;
-        }
-        let (mut parts, body) = resp.into_parts();
-        parts.headers.remove(header::CONTENT_LENGTH);
-        return Response::from_parts(
-            parts,
-            Body::from_stream(filter_stream(body, vault, gate, canary)),
-        );
-    }
-    let Some(vault) = vault else {
+    if vault.is_none() && gate.is_none() && canary.is_none() {
         return resp;
-    };
+    }
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = Body::from_stream(stream::once(async move {
-        let bytes = axum::body::to_bytes(body, MAX_ANSWER).await?;
-        let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-            return Ok::<Bytes, axum::Error>(bytes);
-        };
-        if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
-            for c in choices {
-                for ptr in ["/message/content", "/text"] {
-                    if let Some(Value::String(s)) = c.pointer_mut(ptr) {
-                        *s = vault.restore(s);
-                    }
-                }
-            }
-        }
-        Ok(Bytes::from(
-            serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec()),
-        ))
-    }));
-    Response::from_parts(parts, body)
+    Response::from_parts(
+        parts,
+        Body::from_stream(filter_stream(body, vault, gate, canary)),
+    )
 }
 
 /// What each choice of a stream carries through the filter.
@@ -523,20 +497,23 @@ fn filter_event(
     }
 }
 
-/// Screens a finished, non-streamed answer for exfiltration: markdown or HTML images and
-/// links whose URLs carry data. With `redact` the URLs are replaced by `[BLOCKED_URL]`;
-/// either way `x-bulwark-guard-output` names what was found. Streams pass unchanged
-/// (they are screened as they pass, by [`restore`]).
-pub async fn screen_answer(resp: Response, action: GuardAction, canary: Option<&str>) -> Response {
+/// A non-streamed answer, read whole once: originals restored, then (for JSON answers)
+/// a repeated canary withholds it and exfiltration-shaped image and link URLs become
+/// `[BLOCKED_URL]` (`redact`) or are only named; either way `x-bulwark-guard-output`
+/// says what was found.
+async fn screen_answer(
+    resp: Response,
+    vault: Option<Arc<Vault>>,
+    action: GuardAction,
+    canary: Option<&str>,
+) -> Response {
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/json"));
-    if resp.status() != StatusCode::OK
-        || !is_json
-        || (action == GuardAction::Allow && canary.is_none())
-    {
+    let screen = is_json && (action != GuardAction::Allow || canary.is_some());
+    if vault.is_none() && !screen {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
@@ -554,56 +531,69 @@ pub async fn screen_answer(resp: Response, action: GuardAction, canary: Option<&
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
-    if let Some(token) = canary {
-        if bytes.windows(token.len()).any(|w| w == token.as_bytes()) {
-            tracing::warn!("an answer repeated the system prompt's canary; withheld");
-            return crate::error::Error(
-                ApiError::new(
-                    ErrorKind::PermissionDenied,
-                    "The answer was withheld: it repeats this request's system prompt (its canary appeared).",
-                )
-                .with_code("system_prompt_leak"),
-            )
-            .into_response();
+    let mut texts: Vec<&mut String> = Vec::new();
+    if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+        for c in choices {
+            // A choice has a message (chat) or a text (completion).
+            let slot = if c.get("text").is_some() {
+                c.get_mut("text")
+            } else {
+                c.get_mut("message").and_then(|m| m.get_mut("content"))
+            };
+            if let Some(Value::String(s)) = slot {
+                texts.push(s);
+            }
+        }
+    }
+    let mut changed = false;
+    if let Some(vault) = &vault {
+        for t in texts.iter_mut() {
+            let restored = vault.restore(t);
+            changed |= restored != **t;
+            **t = restored;
         }
     }
     let mut found: Vec<&'static str> = Vec::new();
-    if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
-        for c in choices {
-            for ptr in ["/message/content", "/text"] {
-                if let Some(Value::String(s)) = c.pointer_mut(ptr) {
-                    let mut f = Vec::new();
-                    bulwark_guard::output::scan(s, &mut f);
-                    if f.is_empty() {
-                        continue;
-                    }
-                    found.extend(f.iter().map(|x| x.kind));
-                    if action == GuardAction::Redact {
-                        let mut out = String::with_capacity(s.len());
-                        let mut at = 0;
-                        for x in &f {
-                            out.push_str(&s[at..x.start]);
-                            out.push_str("[BLOCKED_URL]");
-                            at = x.end;
-                        }
-                        out.push_str(&s[at..]);
-                        *s = out;
-                    }
+    if screen {
+        if let Some(token) = canary {
+            let leaked = bytes.windows(token.len()).any(|w| w == token.as_bytes())
+                || texts.iter().any(|t| t.contains(token));
+            if leaked {
+                tracing::warn!("an answer repeated the system prompt's canary; withheld");
+                return crate::error::Error(
+                    ApiError::new(
+                        ErrorKind::PermissionDenied,
+                        "The answer was withheld: it repeats this request's system prompt (its canary appeared).",
+                    )
+                    .with_code("system_prompt_leak"),
+                )
+                .into_response();
+            }
+        }
+        if action != GuardAction::Allow {
+            for t in texts.iter_mut() {
+                let (out, kinds) = bulwark_guard::output::defuse(t, action == GuardAction::Redact);
+                if !kinds.is_empty() {
+                    found.extend(kinds);
+                    changed |= out != **t;
+                    **t = out;
                 }
             }
         }
     }
-    if found.is_empty() {
+    if !found.is_empty() {
+        found.sort_unstable();
+        found.dedup();
+        tracing::warn!(findings = %found.join(","), action = action.as_str(), "exfiltration-shaped URLs in an answer");
+        parts.headers.insert(
+            "x-bulwark-guard-output",
+            crate::route::header_value(&format!("{}:{}", action.as_str(), found.join(","))),
+        );
+    }
+    if !changed {
         return Response::from_parts(parts, Body::from(bytes));
     }
-    found.sort_unstable();
-    found.dedup();
-    tracing::warn!(findings = %found.join(","), action = action.as_str(), "exfiltration-shaped URLs in an answer");
     parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        "x-bulwark-guard-output",
-        header_value(&format!("{}:{}", action.as_str(), found.join(","))),
-    );
     let body = serde_json::to_vec(&v).map_or(bytes, Bytes::from);
     Response::from_parts(parts, Body::from(body))
 }

@@ -102,7 +102,8 @@ fn retryable(e: &Error) -> bool {
     ) || e.0.code == Some("queue_full")
 }
 
-fn header_value(s: &str) -> HeaderValue {
+/// A header value from text, non-printable characters replaced.
+pub(crate) fn header_value(s: &str) -> HeaderValue {
     let clean: String = s
         .chars()
         .map(|c| {
@@ -421,14 +422,11 @@ async fn serve_inner(
         if let Some(answer) = cache.get(key) {
             let mut resp = cache::replay(&answer, stream, include_usage);
             if let Some(g) = &state.guard {
-                resp = guard::restore(resp, vault, g.config.output, canary.clone());
-                if !stream {
-                    resp = guard::screen_answer(resp, g.config.output, canary.as_deref()).await;
-                }
+                resp = guard::finish(resp, vault, g.config.output, canary).await;
             }
             if let Some(note) = &guard_note {
                 resp.headers_mut()
-                    .insert(guard::GUARD_HEADER, guard::header_value(note));
+                    .insert(guard::GUARD_HEADER, header_value(note));
             }
             let h = resp.headers_mut();
             h.insert(cache::CACHE_HEADER, HeaderValue::from_static("hit"));
@@ -473,17 +471,14 @@ async fn serve_inner(
     };
     // Cached answers keep their placeholders; the originals go back in on the way out.
     if let Some(g) = &state.guard {
-        resp = guard::restore(resp, vault, g.config.output, canary.clone());
-        if !stream {
-            resp = guard::screen_answer(resp, g.config.output, canary.as_deref()).await;
-        }
+        resp = guard::finish(resp, vault, g.config.output, canary).await;
     }
     if let Some(meter) = meter {
         resp = meter.account(resp);
     }
     if let Some(note) = &guard_note {
         resp.headers_mut()
-            .insert(guard::GUARD_HEADER, guard::header_value(note));
+            .insert(guard::GUARD_HEADER, header_value(note));
     }
     if cached.is_none() && state.cache.is_some() {
         resp.headers_mut()
