@@ -10,6 +10,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)   # bindgen, for llama.cpp's headers
 dpkg -s libgomp1 >/dev/null 2>&1 || need+=(libgomp1)           # llama.cpp's OpenMP threads
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)              # TLS tests: certificates, s_client interop
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ ${#need[@]} -gt 0 ]; then

@@ -263,6 +263,22 @@ pub struct RawServer {
     /// resolve against the config file. Default `data` in the working directory; the
     /// environment variable `BULWARK_DATA_DIR` overrides both.
     pub data_dir: Option<PathBuf>,
+    /// Serve HTTPS instead of plain HTTP.
+    pub tls: Option<RawTls>,
+}
+
+/// `[server.tls]`: rustls on aws-lc-rs. TLS 1.3 and 1.2; key exchange offers the
+/// X25519MLKEM768 post-quantum hybrid first, then X25519, P-256 and P-384.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first. Relative paths resolve against the config file.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Accept only the post-quantum hybrid: clients that cannot offer X25519MLKEM768
+    /// fail the handshake. Default false.
+    pub require_post_quantum: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -434,6 +450,14 @@ pub struct ServerConfig {
     pub jurisdiction: Option<String>,
     pub allow_unauthenticated: bool,
     pub data_dir: PathBuf,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub require_post_quantum: bool,
 }
 
 impl ServerConfig {
@@ -534,6 +558,7 @@ impl Config {
                 jurisdiction: None,
                 allow_unauthenticated: false,
                 data_dir: PathBuf::from("data"),
+                tls: None,
             },
             local_models: vec![LocalModelConfig::default_model(model_dir)],
             upstreams: Vec::new(),
@@ -868,6 +893,11 @@ impl RawConfig {
                 jurisdiction: host_jurisdiction,
                 allow_unauthenticated: self.server.allow_unauthenticated.unwrap_or(false),
                 data_dir,
+                tls: self.server.tls.map(|t| TlsConfig {
+                    cert: base.join(t.cert),
+                    key: base.join(t.key),
+                    require_post_quantum: t.require_post_quantum.unwrap_or(false),
+                }),
             },
             local_models,
             upstreams,
@@ -1023,7 +1053,7 @@ mod tests {
                   |
                 2 | listen_addr = "x"
                   | ^^^^^^^^^^^
-                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`
+                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`, `tls`
 
             "#]],
         );

@@ -18,6 +18,7 @@ mod proxy;
 pub mod route;
 pub mod sse;
 pub mod state;
+pub mod tls;
 mod usage;
 
 use std::future::{Future, IntoFuture};
@@ -55,6 +56,8 @@ pub enum ServeError {
     ModelLoad(String),
     #[error("audit log: {0}")]
     Audit(#[from] bulwark_audit::AuditError),
+    #[error("{0}")]
+    Tls(String),
 }
 
 async fn chat_completions(
@@ -221,7 +224,26 @@ pub async fn serve(
     };
     // Usage reaches the database every `usage_flush`, and once more on the way out.
     let flusher = tokio::spawn(flush_usage(Arc::clone(&keys), config.keys.usage_flush));
-    let result = run(state, models, listener, shutdown).await;
+    let result = match &config.server.tls {
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "failed to set TCP_NODELAY on an accepted connection");
+                }
+            });
+            run(state, models, listener, shutdown).await
+        }
+        Some(tls) => {
+            let tls = tls::server_config(tls).map_err(ServeError::Tls)?;
+            run(
+                state,
+                models,
+                tls::TlsListener::new(listener, tls)?,
+                shutdown,
+            )
+            .await
+        }
+    };
     flusher.abort();
     if let Some(a) = audit {
         let _ = tokio::task::spawn_blocking(move || a.flush()).await;
@@ -249,17 +271,16 @@ async fn flush_usage(keys: Arc<bulwark_keys::Keys>, every: std::time::Duration) 
     }
 }
 
-async fn run(
+async fn run<L>(
     state: AppState,
     models: Arc<Models>,
-    listener: TcpListener,
+    listener: L,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "failed to set TCP_NODELAY on an accepted connection");
-        }
-    });
+) -> Result<(), ServeError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let server = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .into_future();

@@ -279,6 +279,7 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Starts the mock on `127.0.0.1:0` on the current Tokio runtime.
     pub async fn start() -> std::io::Result<Self> {
+        bulwark_upstream::install_tls_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (app, log) = mock_router(true);
@@ -306,6 +307,8 @@ impl MockUpstream {
 pub struct Bulwark {
     child: Child,
     pub addr: SocketAddr,
+    /// `http` or `https`, as the binary announced it.
+    pub scheme: String,
     stderr: Arc<Mutex<String>>,
     /// Its own data directory (the key database), removed on drop, unless the caller
     /// passed `BULWARK_DATA_DIR`.
@@ -316,6 +319,8 @@ impl Bulwark {
     /// Runs `bin serve --listen 127.0.0.1:0 [--config config]` with extra env vars and
     /// waits until it prints its address. Output on stderr is kept for [`Bulwark::logs`].
     pub fn start(bin: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> std::io::Result<Self> {
+        // The tests' HTTP clients need the process TLS provider before they are built.
+        bulwark_upstream::install_tls_provider();
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0"]);
         if let Some(c) = config {
@@ -356,10 +361,11 @@ impl Bulwark {
         reader.read_line(&mut line)?;
         // Keep draining stdout so the process never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let addr = line
+        let (scheme, addr) = line
             .trim()
-            .strip_prefix("bulwark listening on http://")
-            .and_then(|a| a.parse().ok())
+            .strip_prefix("bulwark listening on ")
+            .and_then(|u| u.split_once("://"))
+            .and_then(|(scheme, a)| Some((scheme.to_owned(), a.parse().ok()?)))
             .ok_or_else(|| {
                 let _ = child.kill();
                 std::io::Error::other(format!("bulwark did not start: {line:?}"))
@@ -367,6 +373,7 @@ impl Bulwark {
         Ok(Bulwark {
             child,
             addr,
+            scheme,
             stderr,
             data,
         })
@@ -378,7 +385,7 @@ impl Bulwark {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// What the process wrote to stderr so far.

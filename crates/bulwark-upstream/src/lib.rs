@@ -131,8 +131,17 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// Makes rustls on aws-lc-rs the process's TLS provider (idempotent). HTTPS clients then
+/// offer the X25519MLKEM768 post-quantum hybrid first, like Bulwark's own listener.
+/// Called before any HTTP client is built; reqwest refuses to build one without it.
+pub fn install_tls_provider() {
+    // Err means a provider is already installed, which is what we want either way.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        install_tls_provider();
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(cfg.connect_timeout)

@@ -448,13 +448,21 @@ async fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<()
     if keys.required() {
         tracing::info!("API keys required on /v1");
     }
+    let scheme = match &config.server.tls {
+        // Checked here too so that a bad certificate fails before we claim to listen.
+        Some(tls) => {
+            bulwark_server::tls::server_config(tls).map_err(anyhow::Error::msg)?;
+            "https"
+        }
+        None => "http",
+    };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, scheme, "listening");
     // A plain line on stdout for scripts and tests that started us with port 0.
-    println!("bulwark listening on http://{addr}");
+    println!("bulwark listening on {scheme}://{addr}");
     bulwark_server::serve(config, Arc::new(keys), listener, shutdown_signal()).await?;
     Ok(())
 }
