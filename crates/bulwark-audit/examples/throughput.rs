@@ -24,6 +24,10 @@ fn record(i: u64) -> Record {
         latency_ms: 231,
         status: 200,
         cache: Some("miss".into()),
+        response_sha256: Some(
+            "3b1f5e0c9a7d4e2f8b6a1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f".into(),
+        ),
+        ..Default::default()
     }
 }
 

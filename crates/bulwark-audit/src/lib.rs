@@ -76,6 +76,44 @@ pub struct Record {
     pub latency_ms: u64,
     pub status: u16,
     pub cache: Option<String>,
+    /// What this record is about; see [`Event`].
+    #[serde(default)]
+    pub event: Event,
+    /// SHA-256 (hex) of the answer's bytes as the client received them: the whole body
+    /// for `request`, every byte of the stream for `stream_end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_sha256: Option<String>,
+    /// For `stream_end`: whether the stream ran to its end (false: the client left or
+    /// the target failed part-way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<bool>,
+    /// The error code of a refused request (`invalid_api_key`, `request_too_large`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Which moment of a request a record describes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A request and its whole answer (non-streamed), or its refusal.
+    #[default]
+    Request,
+    /// A streamed answer, recorded before its first byte leaves (so, with `sync`
+    /// durability, every stream a client saw start is in the log).
+    StreamStart,
+    /// The same stream when it ended: tokens, digest, duration, completed or cut.
+    StreamEnd,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Request => "request",
+            Event::StreamStart => "stream_start",
+            Event::StreamEnd => "stream_end",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,8 +50,12 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
 pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     match state.keys.authenticate(presented(req.headers())) {
         Ok(key) => {
-            req.extensions_mut().insert(Caller(key));
-            next.run(req).await
+            let caller = Caller(key);
+            req.extensions_mut().insert(caller.clone());
+            let mut resp = next.run(req).await;
+            // For the audit record of a request refused after authentication.
+            resp.extensions_mut().insert(caller);
+            resp
         }
         Err(AuthError::Missing) => Error(
             ApiError::new(

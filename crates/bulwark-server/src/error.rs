@@ -9,6 +9,10 @@ use bulwark_engine::EngineError;
 use bulwark_upstream::UpstreamError;
 use http::{header, HeaderValue, StatusCode};
 
+/// The code of an error response, kept in its extensions for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// An [`ApiError`] on its way out.
 #[derive(Debug)]
 pub struct Error(pub ApiError);
@@ -71,6 +75,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = ErrorCode(e.code.unwrap_or(e.kind.type_str()));
         let mut resp = (
             status,
             [(
@@ -84,6 +89,7 @@ impl IntoResponse for Error {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        resp.extensions_mut().insert(code);
         resp
     }
 }

@@ -118,7 +118,8 @@ fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
 /// The whole HTTP application.
 ///
 /// Layers, outermost first: request id (set, then propagated to the response), trace,
-/// panic-to-500, and on `/v1/*` the API-key check (before any body is read). Handlers
+/// panic-to-500, and on `/v1/*` the audit record of requests refused before routing,
+/// then the API-key check (before any body is read). Handlers
 /// then extract, validate, resolve and serve.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
@@ -131,6 +132,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            route::record_unrouted,
         ));
     Router::new()
         .merge(api)

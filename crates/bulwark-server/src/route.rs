@@ -27,7 +27,7 @@ use crate::auth::Caller;
 use crate::error::Error;
 use crate::extract::JsonObject;
 use crate::state::{AppState, Target};
-use crate::usage::Meter;
+use crate::usage::{Meter, Tokens};
 use crate::{cache, guard, local, proxy};
 
 pub const ROUTE_HEADER: &str = "x-bulwark-route";
@@ -154,18 +154,359 @@ pub async fn serve(
     }
     let started = std::time::Instant::now();
     let model = body.model.clone();
-    let request_digest = state
+    let request_sha256 = state
         .receipts
         .as_ref()
         .map(|_| sha256_hex(&serde_json::to_vec(&body.value).unwrap_or_default()));
-    let mut resp = serve_inner(state, caller, headers, body, parsed).await;
-    if let (Some(signer), Some(digest)) = (&state.receipts, request_digest) {
-        resp = with_receipt(state, signer, headers, resp, &model, digest).await;
-    }
-    let Some(audit) = state.audit.clone() else {
-        return resp;
+    let resp = serve_inner(state, caller, headers, body, parsed).await;
+    let tokens = resp
+        .extensions()
+        .get::<Tokens>()
+        .cloned()
+        .unwrap_or_default();
+    let answered = Answered {
+        state,
+        caller,
+        headers,
+        model,
+        started,
+        request_sha256,
+        tokens,
     };
-    let record = audit_record(state, caller, headers, &resp, model, started);
+    let mut resp = if crate::sse::is_event_stream(resp.headers()) {
+        answered.stream(resp).await
+    } else {
+        answered.whole(resp).await
+    };
+    resp.extensions_mut().insert(Audited);
+    resp
+}
+
+/// Marks an answer whose request [`serve`] has recorded.
+#[derive(Clone, Copy)]
+struct Audited;
+
+/// Route layer on `/v1/*`, outside the key check: records the requests that never
+/// reached [`serve`] (no or bad key, body too large or not JSON, invalid fields, model
+/// listing), so that the log holds one record per request.
+pub async fn record_unrouted(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(audit) = state.audit.clone() else {
+        return next.run(req).await;
+    };
+    let started = std::time::Instant::now();
+    let request_id = request_id(req.headers());
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let resp = next.run(req).await;
+    if resp.extensions().get::<Audited>().is_some() {
+        return resp;
+    }
+    let key = resp.extensions().get::<Caller>().and_then(|c| c.0.as_ref());
+    let record = bulwark_audit::Record {
+        time_ms: now_ms(),
+        request_id,
+        key_id: key.map(|k| k.id().to_owned()),
+        tenant: key.map(|k| k.tenant().to_owned()),
+        target: "none".into(),
+        decision: what,
+        latency_ms: started.elapsed().as_millis() as u64,
+        status: resp.status().as_u16(),
+        error: resp
+            .extensions()
+            .get::<crate::error::ErrorCode>()
+            .map(|c| c.0.to_owned()),
+        ..Default::default()
+    };
+    match append(&audit, &record).await {
+        Ok(()) => resp,
+        Err(refused) => refused,
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(b))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A request that has its answer, on its way to the receipt and the audit log.
+struct Answered<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    headers: &'a HeaderMap,
+    model: String,
+    started: std::time::Instant,
+    /// Present when receipts are signed.
+    request_sha256: Option<String>,
+    tokens: Tokens,
+}
+
+impl Answered<'_> {
+    /// A non-streamed answer is read once: its digest goes into the receipt and the
+    /// record, its usage (counted by the meter as it passed) into the record.
+    async fn whole(self, resp: Response) -> Response {
+        let (mut parts, body) = resp.into_parts();
+        let bytes = match axum::body::to_bytes(body, 64 << 20).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "answer body failed before it was recorded");
+                let resp = Error(
+                    ApiError::new(ErrorKind::BadGateway, "The answer could not be read.")
+                        .with_code("upstream_unavailable"),
+                )
+                .into_response();
+                return Box::pin(self.whole(resp)).await;
+            }
+        };
+        let digest = sha256_hex(&bytes);
+        self.sign(&mut parts, Some(digest.clone()));
+        if let Some(audit) = &self.state.audit {
+            let mut r = self.record(&parts);
+            r.response_sha256 = Some(digest);
+            if !parts.status.is_success() {
+                r.error = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+            }
+            if let Err(refused) = append(audit, &r).await {
+                return refused;
+            }
+        }
+        Response::from_parts(parts, axum::body::Body::from(bytes))
+    }
+
+    /// A stream is recorded before its first byte leaves (`stream_start`) and again
+    /// when it ends or the client leaves (`stream_end`, with tokens and the digest of
+    /// every byte sent). A completed stream ends with an SSE comment carrying a receipt
+    /// over those bytes; clients ignore comments.
+    async fn stream(self, resp: Response) -> Response {
+        use futures_util::StreamExt;
+        let (mut parts, body) = resp.into_parts();
+        self.sign(&mut parts, None);
+        let start = match &self.state.audit {
+            None => None,
+            Some(audit) => {
+                let mut r = self.record(&parts);
+                r.event = bulwark_audit::Event::StreamStart;
+                if let Err(refused) = append(audit, &r).await {
+                    return refused;
+                }
+                Some((std::sync::Arc::clone(audit), r))
+            }
+        };
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(StreamTail {
+            hasher: sha2::Sha256::default(),
+            start,
+            tokens: self.tokens.clone(),
+            started: self.started,
+            receipt: self.state.receipts.clone().zip(self.claims(&parts, None)),
+        }));
+        let seen = std::sync::Arc::clone(&tail);
+        let data = body.into_data_stream().map(move |chunk| {
+            if let Ok(b) = &chunk {
+                sha2::Digest::update(&mut lock(&seen).hasher, b);
+            }
+            chunk
+        });
+        let end = futures_util::stream::once(async move {
+            let (pending, trailer) = lock(&tail).finish(true);
+            if let Some((audit, record)) = pending {
+                // A failed end record is logged; the stream itself was already sent.
+                let _ = append(&audit, &record).await;
+            }
+            trailer.map(Ok::<_, axum::Error>)
+        })
+        .filter_map(|t| async move { t });
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        Response::from_parts(parts, axum::body::Body::from_stream(data.chain(end)))
+    }
+
+    fn claims(
+        &self,
+        parts: &http::response::Parts,
+        response_sha256: Option<String>,
+    ) -> Option<bulwark_audit::receipt::Claims> {
+        let request_sha256 = self.request_sha256.clone()?;
+        let route = parts
+            .headers
+            .get(ROUTE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let target = route
+            .split("; ")
+            .find_map(|p| p.strip_prefix("target="))
+            .unwrap_or("");
+        Some(bulwark_audit::receipt::Claims {
+            v: 1,
+            time_ms: now_ms(),
+            request_id: request_id(self.headers),
+            request_sha256,
+            response_sha256,
+            model: self.model.clone(),
+            model_sha256: self
+                .state
+                .models
+                .local
+                .get(target)
+                .and_then(|m| m.config.sha256.clone()),
+            route,
+            status: parts.status.as_u16(),
+        })
+    }
+
+    /// Puts `x-bulwark-receipt` on the answer when receipts are on.
+    fn sign(&self, parts: &mut http::response::Parts, response_sha256: Option<String>) {
+        let Some(signer) = &self.state.receipts else {
+            return;
+        };
+        let Some(claims) = self.claims(parts, response_sha256) else {
+            return;
+        };
+        match signer.sign(&claims).map(|r| HeaderValue::from_str(&r)) {
+            Ok(Ok(v)) => {
+                parts.headers.insert("x-bulwark-receipt", v);
+            }
+            _ => tracing::error!("could not sign a receipt"),
+        }
+    }
+
+    /// What the audit log keeps about the request, from the request and its answer's
+    /// headers.
+    fn record(&self, parts: &http::response::Parts) -> bulwark_audit::Record {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let decision = header(ROUTE_HEADER).unwrap_or_default();
+        let field = |k: &str| {
+            decision
+                .split("; ")
+                .find_map(|p| p.strip_prefix(k))
+                .map(str::to_owned)
+        };
+        let target = field("target=").unwrap_or_else(|| "none".into());
+        let key = self.caller.0.as_ref();
+        let tokens = self.tokens.get();
+        bulwark_audit::Record {
+            time_ms: now_ms(),
+            request_id: request_id(self.headers),
+            key_id: key.map(|k| k.id().to_owned()),
+            tenant: key.map(|k| k.tenant().to_owned()),
+            model: self.model.clone(),
+            jurisdiction: self
+                .state
+                .models
+                .residency(&target)
+                .and_then(|r| r.jurisdiction.clone()),
+            target,
+            class: field("class="),
+            decision,
+            guard: header(guard::GUARD_HEADER),
+            prompt_tokens: tokens.map(|t| t.0),
+            completion_tokens: tokens.map(|t| t.1),
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            status: parts.status.as_u16(),
+            cache: header(cache::CACHE_HEADER),
+            ..Default::default()
+        }
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The end of a stream: its `stream_end` record and its closing receipt.
+struct StreamTail {
+    hasher: sha2::Sha256,
+    /// The audit log and the stream's `stream_start` record; taken when the end is
+    /// recorded.
+    start: Option<(
+        std::sync::Arc<bulwark_audit::AuditLog>,
+        bulwark_audit::Record,
+    )>,
+    tokens: Tokens,
+    started: std::time::Instant,
+    receipt: Option<(
+        std::sync::Arc<bulwark_audit::receipt::Signer>,
+        bulwark_audit::receipt::Claims,
+    )>,
+}
+
+type PendingRecord = (
+    std::sync::Arc<bulwark_audit::AuditLog>,
+    bulwark_audit::Record,
+);
+
+impl StreamTail {
+    /// The `stream_end` record to write and, for a completed stream, the receipt comment.
+    fn finish(&mut self, completed: bool) -> (Option<PendingRecord>, Option<bytes::Bytes>) {
+        let digest = hex(&sha2::Digest::finalize_reset(&mut self.hasher));
+        let pending = self.start.take().map(|(audit, mut r)| {
+            let tokens = self.tokens.get();
+            r.event = bulwark_audit::Event::StreamEnd;
+            r.time_ms = now_ms();
+            r.latency_ms = self.started.elapsed().as_millis() as u64;
+            r.prompt_tokens = tokens.map(|t| t.0);
+            r.completion_tokens = tokens.map(|t| t.1);
+            r.response_sha256 = Some(digest.clone());
+            r.completed = Some(completed);
+            (audit, r)
+        });
+        let trailer = match self.receipt.take() {
+            Some((signer, mut claims)) if completed => {
+                claims.time_ms = now_ms();
+                claims.response_sha256 = Some(digest);
+                match signer.sign(&claims) {
+                    Ok(r) => Some(bytes::Bytes::from(format!(": x-bulwark-receipt {r}\n\n"))),
+                    Err(_) => {
+                        tracing::error!("could not sign a stream's closing receipt");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        (pending, trailer)
+    }
+}
+
+impl Drop for StreamTail {
+    /// The client left (or the target failed) before the end: record that, without
+    /// waiting for the disk (nobody is waiting for this answer any more).
+    fn drop(&mut self) {
+        if let (Some((audit, record)), _) = self.finish(false) {
+            if let Err(e) = audit.append(&record) {
+                tracing::error!(error = %e, "audit record for a cut stream not written");
+            }
+        }
+    }
+}
+
+/// Appends a record; with `sync` durability waits until it is on disk. When the log
+/// cannot take it, the answer is withheld: returns the 503 to send instead.
+async fn append(
+    audit: &bulwark_audit::AuditLog,
+    record: &bulwark_audit::Record,
+) -> Result<(), Response> {
     let unavailable = || {
         Error(
             ApiError::new(
@@ -176,147 +517,20 @@ pub async fn serve(
         )
         .into_response()
     };
-    match audit.append(&record) {
-        Ok(None) => resp,
+    match audit.append(record) {
+        Ok(None) => Ok(()),
         Ok(Some(ack)) => match ack.await {
-            Ok(Ok(())) => resp,
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "audit record not written");
-                unavailable()
+                Err(unavailable())
             }
-            Err(_) => unavailable(),
+            Err(_) => Err(unavailable()),
         },
         Err(e) => {
             tracing::error!(error = %e, "audit log unavailable");
-            unavailable()
+            Err(unavailable())
         }
-    }
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-/// Signs a receipt for the answer. A non-streamed answer is read whole first so that its
-/// digest is in the receipt; a stream's receipt leaves the response digest out.
-async fn with_receipt(
-    state: &AppState,
-    signer: &bulwark_audit::receipt::Signer,
-    headers: &HeaderMap,
-    resp: Response,
-    model: &str,
-    request_sha256: String,
-) -> Response {
-    let streamed = crate::sse::is_event_stream(resp.headers());
-    let (mut parts, body) = resp.into_parts();
-    let (body, response_sha256) = if streamed {
-        (body, None)
-    } else {
-        match axum::body::to_bytes(body, 64 << 20).await {
-            Ok(b) => {
-                let d = sha256_hex(&b);
-                (axum::body::Body::from(b), Some(d))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "answer body failed before its receipt");
-                return Error(
-                    ApiError::new(ErrorKind::BadGateway, "The answer could not be read.")
-                        .with_code("upstream_unavailable"),
-                )
-                .into_response();
-            }
-        }
-    };
-    let route = parts
-        .headers
-        .get(ROUTE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let target = route
-        .split("; ")
-        .find_map(|p| p.strip_prefix("target="))
-        .unwrap_or("");
-    let claims = bulwark_audit::receipt::Claims {
-        v: 1,
-        time_ms: now_ms(),
-        request_id: headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned(),
-        request_sha256,
-        response_sha256,
-        model: model.to_owned(),
-        model_sha256: state
-            .models
-            .local
-            .get(target)
-            .and_then(|m| m.config.sha256.clone()),
-        route,
-        status: parts.status.as_u16(),
-    };
-    match signer.sign(&claims).map(|r| HeaderValue::from_str(&r)) {
-        Ok(Ok(v)) => {
-            parts.headers.insert("x-bulwark-receipt", v);
-            parts.headers.remove(http::header::CONTENT_LENGTH);
-        }
-        _ => tracing::error!("could not sign a receipt"),
-    }
-    Response::from_parts(parts, body)
-}
-
-/// What the audit log keeps about a request, from the request and its answer's headers.
-fn audit_record(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    resp: &Response,
-    model: String,
-    started: std::time::Instant,
-) -> bulwark_audit::Record {
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let decision = header(ROUTE_HEADER).unwrap_or_default();
-    let field = |k: &str| {
-        decision
-            .split("; ")
-            .find_map(|p| p.strip_prefix(k))
-            .map(str::to_owned)
-    };
-    let target = field("target=").unwrap_or_else(|| "none".into());
-    let key = caller.0.as_ref();
-    bulwark_audit::Record {
-        time_ms: now_ms(),
-        request_id: headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned(),
-        key_id: key.map(|k| k.id().to_owned()),
-        tenant: key.map(|k| k.tenant().to_owned()),
-        model,
-        jurisdiction: state
-            .models
-            .residency(&target)
-            .and_then(|r| r.jurisdiction.clone()),
-        target,
-        class: field("class="),
-        decision,
-        guard: header(guard::GUARD_HEADER),
-        prompt_tokens: None,
-        completion_tokens: None,
-        latency_ms: started.elapsed().as_millis() as u64,
-        status: resp.status().as_u16(),
-        cache: header(cache::CACHE_HEADER),
     }
 }
 
@@ -437,12 +651,13 @@ async fn serve_inner(
             return resp;
         }
     }
-    // A keyed request's tokens are counted: a stream must then carry its usage chunk.
-    let meter = key.map(|k| Meter {
-        keys: std::sync::Arc::clone(&state.keys),
-        key: std::sync::Arc::clone(k),
+    // Tokens are counted for a key that pays and for the audit log: a stream must then
+    // carry its usage chunk.
+    let meter = (key.is_some() || state.audit.is_some()).then(|| Meter {
+        payer: key.map(|k| (std::sync::Arc::clone(&state.keys), std::sync::Arc::clone(k))),
         model: body.model.clone(),
         strip_usage_chunk: stream && !include_usage,
+        seen: Default::default(),
     });
     if meter.is_some() && stream && !include_usage {
         parsed.want_usage();

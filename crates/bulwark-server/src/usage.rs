@@ -1,5 +1,6 @@
-//! Token accounting for requests made with an API key: the answer's `usage` is read as
-//! the body passes through, and recorded against the key's limits, budget and usage.
+//! Token accounting: the answer's `usage` is read as the body passes through, and
+//! recorded against the key's limits, budget and usage (requests made with an API key)
+//! and for the audit log (when it is on).
 //!
 //! Non-streamed answers carry `usage` in their JSON. For streams, the router asks the
 //! target for the usage chunk (`stream_options.include_usage`) whatever the client
@@ -22,14 +23,26 @@ use crate::sse::{self, Framer, Piece};
 /// Largest SSE event or JSON answer inspected for usage.
 const MAX_INSPECTED: usize = 8 << 20;
 
-/// Who pays for an answer.
+/// The token counts an answer reported (prompt, completion), once it has passed. The
+/// meter puts one in the response's extensions for the audit record to read.
+#[derive(Clone, Default, Debug)]
+pub struct Tokens(Arc<Mutex<Option<(u64, u64)>>>);
+
+impl Tokens {
+    pub fn get(&self) -> Option<(u64, u64)> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts an answer's tokens: against a key when one pays, and for the audit log.
 #[derive(Clone)]
 pub struct Meter {
-    pub keys: Arc<Keys>,
-    pub key: Arc<Key>,
+    /// The key database and the key that pays, when the request had one.
+    pub payer: Option<(Arc<Keys>, Arc<Key>)>,
     pub model: String,
     /// The client did not ask for the usage chunk: remove it from the stream.
     pub strip_usage_chunk: bool,
+    pub seen: Tokens,
 }
 
 impl Meter {
@@ -38,8 +51,11 @@ impl Meter {
         let n = |k: &str| usage.get(k).and_then(Value::as_u64);
         match (n("prompt_tokens"), n("completion_tokens")) {
             (Some(p), c) => {
-                self.keys
-                    .record_tokens(&self.key, &self.model, p, c.unwrap_or(0), now_ms());
+                let c = c.unwrap_or(0);
+                *self.seen.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((p, c));
+                if let Some((keys, key)) = &self.payer {
+                    keys.record_tokens(key, &self.model, p, c, now_ms());
+                }
                 true
             }
             _ => false,
@@ -47,10 +63,11 @@ impl Meter {
     }
 
     /// Wraps a successful answer so that its usage is recorded as it passes.
-    pub fn account(self, resp: Response) -> Response {
+    pub fn account(self, mut resp: Response) -> Response {
         if resp.status() != StatusCode::OK {
             return resp;
         }
+        resp.extensions_mut().insert(self.seen.clone());
         if sse::is_event_stream(resp.headers()) {
             self.account_stream(resp)
         } else {

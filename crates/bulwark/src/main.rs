@@ -329,13 +329,17 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                     }
                 }
                 "csv" => {
-                    writeln!(out, "time_ms,request_id,key_id,tenant,model,target,jurisdiction,class,status,latency_ms,cache,guard,decision")?;
+                    writeln!(out, "time_ms,event,request_id,key_id,tenant,model,target,jurisdiction,class,status,error,latency_ms,prompt_tokens,completion_tokens,cache,guard,decision,response_sha256,completed")?;
                     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+                    fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+                        v.map(|v| v.to_string()).unwrap_or_default()
+                    }
                     for r in records {
                         writeln!(
                             out,
-                            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                             r.time_ms,
+                            r.event.as_str(),
                             q(&r.request_id),
                             q(r.key_id.as_deref().unwrap_or("")),
                             q(r.tenant.as_deref().unwrap_or("")),
@@ -344,10 +348,15 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                             q(r.jurisdiction.as_deref().unwrap_or("")),
                             q(r.class.as_deref().unwrap_or("")),
                             r.status,
+                            q(r.error.as_deref().unwrap_or("")),
                             r.latency_ms,
+                            opt(r.prompt_tokens),
+                            opt(r.completion_tokens),
                             q(r.cache.as_deref().unwrap_or("")),
                             q(r.guard.as_deref().unwrap_or("")),
-                            q(&r.decision)
+                            q(&r.decision),
+                            r.response_sha256.as_deref().unwrap_or(""),
+                            opt(r.completed)
                         )?;
                     }
                 }

@@ -41,7 +41,7 @@ fn setup(tag: &str, mock: &MockUpstream) -> Setup {
     let cfg = dir.write(
         "bulwark.toml",
         &format!(
-            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\njurisdiction = \"FR\"\ntrust = \"private\"\nmodels = {{ \"m\" = \"m\" }}\n\
+            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\njurisdiction = \"FR\"\ntrust = \"private\"\nmodels = {{ \"m\" = \"m\", \"drip\" = \"drip-100\" }}\n\
              [audit]\npublic_key = \"auditor/audit.pub\"\ndurability = \"sync\"\nsegment_max_mib = 1\n",
             mock.base_url()
         ),
@@ -362,4 +362,182 @@ async fn answers_carry_receipts_that_verify() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("\"response_sha256\": null"), "{out}");
+    // ...and ends with a comment carrying a receipt over every byte before it.
+    let text = r.text().await.unwrap_or_default();
+    let (streamed, trailer) = text
+        .rsplit_once(": x-bulwark-receipt ")
+        .unwrap_or_else(|| panic!("no closing receipt in {text:?}"));
+    assert!(streamed.ends_with("data: [DONE]\n\n"), "{streamed:?}");
+    let streamed = dir.write("stream.txt", streamed);
+    let (ok, out, err) = run(&[
+        "receipt",
+        "verify",
+        "--key",
+        public.to_str().unwrap_or(""),
+        "--response",
+        streamed.to_str().unwrap_or(""),
+        trailer.trim(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("\"response_sha256\": null"), "{out}");
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_refusals_and_token_counts_are_recorded() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = setup("audit-detail", &mock);
+    let out = Command::new(BIN)
+        .args(["keys", "create", "team"])
+        .arg("--config")
+        .arg(&s.cfg)
+        .env("BULWARK_DATA_DIR", &s.data)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let b = s.start().await;
+    let client = reqwest::Client::new();
+    let chat = |model: &str, stream: bool| {
+        client
+            .post(b.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "count my tokens"}]}))
+    };
+    let id = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    let r = chat("m", false)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let whole_id = id(&r);
+    let whole = r.bytes().await.unwrap_or_default();
+    let r = chat("m", true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stream_id = id(&r);
+    let streamed = r.bytes().await.unwrap_or_default();
+    // A client that leaves after the first chunk of a slow stream.
+    let mut r = chat("drip", true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cut_id = id(&r);
+    assert!(r.chunk().await.ok().flatten().is_some());
+    drop(r);
+    // Refused before routing: no key, not JSON, invalid fields.
+    let r = client
+        .post(b.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 401);
+    let no_key_id = id(&r);
+    let r = client
+        .post(b.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 415);
+    let not_json_id = id(&r);
+    let r = client
+        .post(b.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "m", "messages": "not a list"}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 400);
+    let invalid_id = id(&r);
+
+    // The cut stream's end is recorded when the gateway notices the client left.
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = s.export();
+        if records
+            .iter()
+            .any(|r| r["request_id"] == cut_id.as_str() && r["event"] == "stream_end")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let find = |rid: &str, event: &str| {
+        records
+            .iter()
+            .find(|r| r["request_id"] == rid && r["event"] == event)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {event} record for {rid} in {records:#?}"))
+    };
+    let r = find(&whole_id, "request");
+    assert!(r["prompt_tokens"].as_u64().is_some_and(|n| n > 0), "{r}");
+    assert!(r["completion_tokens"].as_u64().is_some(), "{r}");
+    assert_eq!(
+        r["response_sha256"].as_str(),
+        Some(sha256_hex(&whole).as_str())
+    );
+    assert_eq!(r["key_id"].as_str(), Some(&key[3..15]));
+
+    let start = find(&stream_id, "stream_start");
+    assert_eq!(start["status"], 200);
+    let end = find(&stream_id, "stream_end");
+    assert_eq!(end["completed"], true, "{end}");
+    assert!(
+        end["prompt_tokens"].as_u64().is_some_and(|n| n > 0),
+        "{end}"
+    );
+    assert_eq!(
+        end["response_sha256"].as_str(),
+        Some(sha256_hex(&streamed).as_str())
+    );
+    // The usage chunk the gateway asked for was not passed to this client.
+    assert!(!String::from_utf8_lossy(&streamed).contains("\"usage\""));
+
+    assert_eq!(find(&cut_id, "stream_end")["completed"], false);
+
+    let r = find(&no_key_id, "request");
+    assert_eq!(
+        (
+            r["status"].as_u64(),
+            r["error"].as_str(),
+            r["key_id"].as_str()
+        ),
+        (Some(401), Some("missing_api_key"), None)
+    );
+    let r = find(&not_json_id, "request");
+    assert_eq!(r["status"], 415);
+    assert!(r["error"].as_str().is_some(), "{r}");
+    let r = find(&invalid_id, "request");
+    assert_eq!(
+        (r["status"].as_u64(), r["key_id"].as_str()),
+        (Some(400), Some(&key[3..15]))
+    );
+
+    let (ok, out, _) = run(&["audit", "verify", "--dir", &s.log_dir()]);
+    assert!(ok, "{out}");
 }
