@@ -143,6 +143,10 @@ pub struct ModelObject {
     /// `ready`, `loading` or `failed` (local models only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<&'static str>,
+    /// How the weights were vouched for before loading (local models only):
+    /// `registry+signature`, `registry`, `pinned-digest`, or `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]

@@ -106,15 +106,29 @@ impl Signer {
     /// The header value for `claims`.
     pub fn sign(&self, claims: &Claims) -> Result<String, AuditError> {
         let payload = serde_json::to_vec(claims).map_err(|e| bad(&e.to_string()))?;
-        let ed = self.ed.sign(&payload);
+        let sig = self.sign_detached(&payload, CONTEXT)?;
+        Ok(format!("{}.{sig}", B64U.encode(&payload)))
+    }
+
+    /// Both signatures over `payload`, as `base64url(Ed25519).base64url(ML-DSA-65)`;
+    /// `context` separates what is signed (receipts, model manifests) so that a
+    /// signature made for one can never pass as the other.
+    pub fn sign_detached(&self, payload: &[u8], context: &[u8]) -> Result<String, AuditError> {
+        let mut ed_msg = context.to_vec();
+        ed_msg.extend_from_slice(payload);
+        // Receipts (v1) sign the bare payload with Ed25519; kept for compatibility.
+        let ed = if context == CONTEXT {
+            self.ed.sign(payload)
+        } else {
+            self.ed.sign(&ed_msg)
+        };
         let pq = self
             .mldsa
             .signing_key()
-            .sign_deterministic(&payload, CONTEXT)
+            .sign_deterministic(payload, context)
             .map_err(|_| bad("ML-DSA signing"))?;
         Ok(format!(
-            "{}.{}.{}",
-            B64U.encode(&payload),
+            "{}.{}",
             B64U.encode(ed.to_bytes()),
             B64U.encode(pq.encode())
         ))
@@ -123,15 +137,33 @@ impl Signer {
 
 /// Checks both signatures of a receipt and returns what it says.
 pub fn verify(vk: &VerifyingKey, receipt: &str) -> Result<Claims, AuditError> {
-    let mut parts = receipt.trim().split('.');
-    let (Some(p), Some(e), Some(m), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let mut parts = receipt.trim().splitn(2, '.');
+    let (Some(p), Some(sig)) = (parts.next(), parts.next()) else {
         return Err(bad("a receipt has three dot-separated parts"));
     };
     let payload = B64U
         .decode(p)
         .map_err(|_| bad("receipt payload encoding"))?;
+    verify_detached(vk, &payload, CONTEXT, sig)?;
+    serde_json::from_slice(&payload).map_err(|e| bad(&format!("receipt payload: {e}")))
+}
+
+/// Checks a signature made by [`Signer::sign_detached`]: both halves must verify.
+pub fn verify_detached(
+    vk: &VerifyingKey,
+    payload: &[u8],
+    context: &[u8],
+    signature: &str,
+) -> Result<(), AuditError> {
+    let mut parts = signature.trim().split('.');
+    let (Some(e), Some(m), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad(
+            "a signature has two dot-separated parts (Ed25519, ML-DSA-65)",
+        ));
+    };
+    let mut ed_msg = context.to_vec();
+    ed_msg.extend_from_slice(payload);
+    let ed_payload: &[u8] = if context == CONTEXT { payload } else { &ed_msg };
     let ed_sig = ed25519_dalek::Signature::from_slice(
         &B64U
             .decode(e)
@@ -146,7 +178,7 @@ pub fn verify(vk: &VerifyingKey, receipt: &str) -> Result<Claims, AuditError> {
     )
     .map_err(|_| bad("Ed25519 verifying key"))?;
     ed_vk
-        .verify(&payload, &ed_sig)
+        .verify(ed_payload, &ed_sig)
         .map_err(|_| bad("the Ed25519 signature does not verify"))?;
     let pq_bytes = B64U
         .decode(m)
@@ -159,10 +191,10 @@ pub fn verify(vk: &VerifyingKey, receipt: &str) -> Result<Claims, AuditError> {
     let enc = ml_dsa::EncodedVerifyingKey::<MlDsa65>::try_from(vk_bytes.as_slice())
         .map_err(|_| bad("ML-DSA verifying key size"))?;
     let pq_vk = ml_dsa::VerifyingKey::<MlDsa65>::decode(&enc);
-    if !pq_vk.verify_with_context(&payload, CONTEXT, &pq_sig) {
+    if !pq_vk.verify_with_context(payload, context, &pq_sig) {
         return Err(bad("the ML-DSA-65 signature does not verify"));
     }
-    serde_json::from_slice(&payload).map_err(|e| bad(&format!("receipt payload: {e}")))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -91,6 +91,23 @@ pub struct RawConfig {
     /// Signed receipts on answers. On when `signing_key` is set.
     #[serde(default)]
     pub receipts: RawReceipts,
+    /// What local model files must prove before they are loaded.
+    #[serde(default)]
+    pub models: RawModels,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModels {
+    /// Load only models in the registry (`bulwark models add`) whose files still match
+    /// their digests and whose scan has no high-severity finding. Default false.
+    pub require_verified: Option<bool>,
+    /// Also require a valid manifest signature (`bulwark models sign`) by
+    /// `signing_public_key`. Default false.
+    pub require_signature: Option<bool>,
+    /// The public key (`signing.pub` from `bulwark keys gen-signing`) that manifest
+    /// signatures are checked with. Relative paths resolve against the config file.
+    pub signing_public_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -368,6 +385,15 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// The receipt signing key file, when receipts are on.
     pub receipts: Option<PathBuf>,
+    pub models: ModelsConfig,
+}
+
+/// `[models]`: the load policy for local model files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelsConfig {
+    pub require_verified: bool,
+    pub require_signature: bool,
+    pub signing_public_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -571,6 +597,7 @@ impl Config {
             guard: Some(GuardConfig::default()),
             audit: None,
             receipts: None,
+            models: ModelsConfig::default(),
         }
     }
 
@@ -931,6 +958,21 @@ impl RawConfig {
                 .receipts
                 .signing_key
                 .map(|k| if k.is_relative() { base.join(k) } else { k }),
+            models: {
+                let m = self.models;
+                let require_signature = m.require_signature.unwrap_or(false);
+                if require_signature && m.signing_public_key.is_none() {
+                    return Err(invalid(
+                        "models.require_signature needs models.signing_public_key (the `signing.pub` from `bulwark keys gen-signing`)",
+                    ));
+                }
+                ModelsConfig {
+                    // Signatures are checked on verified models only.
+                    require_verified: m.require_verified.unwrap_or(false) || require_signature,
+                    require_signature,
+                    signing_public_key: m.signing_public_key.map(|k| base.join(k)),
+                }
+            },
         })
     }
 }

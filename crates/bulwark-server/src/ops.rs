@@ -61,6 +61,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
             } else {
                 "loading"
             }),
+            verification: m.verification.get().copied(),
         })
         .collect();
     out.extend(models.upstream.iter().map(|(name, r)| ModelObject {
@@ -71,6 +72,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
         served_by: r.upstream.name().to_owned(),
         verified: None,
         status: None,
+        verification: None,
     }));
     out.extend(models.routes.keys().map(|name| ModelObject {
         id: name.clone(),
@@ -80,6 +82,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
         served_by: "route".into(),
         verified: None,
         status: None,
+        verification: None,
     }));
     out
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_api::{ApiError, ErrorKind};
-use bulwark_config::{Config, LocalModelConfig, RouteConfig};
+use bulwark_config::{Config, LocalModelConfig, ModelsConfig, RouteConfig};
 use bulwark_engine::{Engine, EngineConfig};
 use bulwark_policy::{DataClass, Policy, Residency};
 use bulwark_upstream::{Upstream, UpstreamError};
@@ -32,6 +32,8 @@ pub struct LocalModel {
     pub config: LocalModelConfig,
     pub engine: OnceLock<Arc<Engine>>,
     pub residency: Residency,
+    /// How its weights were vouched for, once loaded (see `ModelObject::verification`).
+    pub verification: OnceLock<&'static str>,
 }
 
 /// A client-facing model name served by an upstream.
@@ -52,6 +54,10 @@ pub struct Models {
     pub policies: BTreeMap<String, Policy>,
     pub default_class: DataClass,
     pub created: u64,
+    /// `[models]`: what local model files must prove before loading.
+    pub load_policy: ModelsConfig,
+    /// Where the model registry lives.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Where a request goes.
@@ -71,6 +77,7 @@ impl Models {
                     config: m.clone(),
                     engine: OnceLock::new(),
                     residency: host.clone(),
+                    verification: OnceLock::new(),
                 };
                 (m.name.clone(), model)
             })
@@ -102,6 +109,8 @@ impl Models {
             policies: config.policies.clone(),
             default_class: config.default_class,
             created,
+            load_policy: config.models.clone(),
+            data_dir: config.server.data_dir.clone(),
         })
     }
 
@@ -154,18 +163,73 @@ impl Models {
     pub async fn load_local(self: Arc<Self>) -> Result<(), String> {
         for (name, m) in &self.local {
             let cfg = m.config.clone();
+            let (policy, data_dir) = (self.load_policy.clone(), self.data_dir.clone());
             let started = std::time::Instant::now();
-            let engine = tokio::task::spawn_blocking(move || load_one(cfg))
-                .await
-                .map_err(|e| format!("loading `{name}` panicked: {e}"))??;
-            tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
+            let (engine, how) =
+                tokio::task::spawn_blocking(move || load_one(cfg, &policy, &data_dir))
+                    .await
+                    .map_err(|e| format!("loading `{name}` panicked: {e}"))??;
+            tracing::info!(model = %name, verification = how, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
+            let _ = m.verification.set(how);
             let _ = m.engine.set(Arc::new(engine));
         }
         Ok(())
     }
 }
 
-fn load_one(cfg: LocalModelConfig) -> Result<Engine, String> {
+/// Checks a model file against the registry as `[models]` requires: its digests, its
+/// scan, and its manifest signature. Returns how it was vouched for.
+fn check_registry(
+    cfg: &LocalModelConfig,
+    policy: &ModelsConfig,
+    data_dir: &std::path::Path,
+) -> Result<&'static str, String> {
+    use bulwark_supply::registry::{self, Registry, Signatures};
+    let registry = Registry::load(data_dir).map_err(|e| format!("model `{}`: {e}", cfg.name))?;
+    let Some(entry) = registry.by_file(&cfg.path) else {
+        return Err(format!(
+            "model `{}`: {} is not in the model registry ({}), and [models] require_verified is on. \
+             Register it with `bulwark models add {}`{}.",
+            cfg.name,
+            cfg.path.display(),
+            Registry::path(data_dir).display(),
+            cfg.path.display(),
+            if policy.require_signature { " and sign it with `bulwark models sign NAME --key signing.key`" } else { "" }
+        ));
+    };
+    let key: Option<bulwark_audit::receipt::VerifyingKey> = match &policy.signing_public_key {
+        None => None,
+        Some(p) => Some(
+            bulwark_audit::read_key(p)
+                .map_err(|e| format!("model `{}`: signing public key: {e}", cfg.name))?,
+        ),
+    };
+    let sigs = match (&key, policy.require_signature) {
+        (Some(k), true) => Signatures::Required(k),
+        (Some(k), false) => Signatures::IfPresent(k),
+        (None, _) => Signatures::Ignore,
+    };
+    let problems = registry::verify(entry, &sigs, &|_, _| {});
+    if !problems.is_empty() {
+        return Err(format!(
+            "model `{}` (registry entry `{}`) failed verification, so it is not loaded: {}",
+            cfg.name,
+            entry.name,
+            problems.join("; ")
+        ));
+    }
+    Ok(if key.is_some() && entry.signature.is_some() {
+        "registry+signature"
+    } else {
+        "registry"
+    })
+}
+
+fn load_one(
+    cfg: LocalModelConfig,
+    policy: &ModelsConfig,
+    data_dir: &std::path::Path,
+) -> Result<(Engine, &'static str), String> {
     if !cfg.path.exists() {
         return Err(format!(
             "model `{}`: file {} does not exist (for the default model, run scripts/fetch-model.sh)",
@@ -173,12 +237,17 @@ fn load_one(cfg: LocalModelConfig) -> Result<Engine, String> {
             cfg.path.display()
         ));
     }
+    let mut how = "none";
     if let Some(expected) = &cfg.sha256 {
         bulwark_supply::verify_sha256(&cfg.path, expected)
             .map_err(|e| format!("model `{}`: {e}", cfg.name))?;
         tracing::info!(model = %cfg.name, "model digest verified");
+        how = "pinned-digest";
     }
-    Engine::load(EngineConfig {
+    if policy.require_verified {
+        how = check_registry(&cfg, policy, data_dir)?;
+    }
+    let engine = Engine::load(EngineConfig {
         name: cfg.name.clone(),
         path: cfg.path.clone(),
         ctx_size: cfg.ctx_size,
@@ -188,5 +257,6 @@ fn load_one(cfg: LocalModelConfig) -> Result<Engine, String> {
         queue_depth: cfg.queue_depth,
         unified_kv: cfg.unified_kv,
     })
-    .map_err(|e| format!("model `{}`: {e}", cfg.name))
+    .map_err(|e| format!("model `{}`: {e}", cfg.name))?;
+    Ok((engine, how))
 }

@@ -1,7 +1,29 @@
-//! Model supply chain: nothing is loaded that does not match its pinned digest.
+//! Model supply chain: Bulwark refuses weights it cannot vouch for.
 //!
-//! Today this holds the digest check that guards every local model load; the model
-//! registry, file scanners and signatures grow here. Model files are untrusted input.
+//! - [`registry`]: the manifest of known models (digests, provenance, scan results,
+//!   signatures) and their verification;
+//! - scanners for untrusted model files, each defensive and bounded: [`gguf`] (with the
+//!   chat [`template`]), [`safetensors`], [`pickle`] (raw and in zip archives) and
+//!   [`lora`] adapters, dispatched by content in [`scan`];
+//! - [`hash`]: SHA-256 and BLAKE3 in one read; [`bom`]: the CycloneDX AI-BOM;
+//!   [`sigstore`]: OpenSSF model-signing bundles.
+//!
+//! Model files are untrusted input: no scanner executes, allocates by a declared size,
+//! or trusts an offset before checking it against the file.
+
+pub mod bom;
+pub mod finding;
+pub mod gguf;
+pub mod hash;
+pub mod lora;
+pub mod pickle;
+pub mod registry;
+pub mod safetensors;
+pub mod scan;
+pub mod sigstore;
+pub mod template;
+
+pub use finding::{Finding, Severity};
 
 use std::fs::File;
 use std::io::Read;
@@ -47,7 +69,7 @@ pub fn sha256_file(path: &Path) -> Result<String, VerifyError> {
     Ok(hex(&hasher.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -70,6 +92,9 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), VerifyError> {
         })
     }
 }
+
+#[cfg(test)]
+mod supply_tests;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,9 @@ use bulwark_config::{Config, DataClass};
 use bulwark_keys::{KeyRecord, KeySpec, Keys, Period, Store};
 use clap::{Parser, Subcommand};
 
+mod models;
+use models::ModelsCommand;
+
 #[derive(Parser)]
 #[command(name = "bulwark", version, about = "The sovereign AI gateway")]
 struct Cli {
@@ -31,7 +34,7 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Inspect the models the config declares.
+    /// The models: the config's, and the registry of verified model files.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
@@ -112,6 +115,12 @@ enum KeysCommand {
     Show { id: String },
     /// Revoke a key; a running gateway refuses it from its next request.
     Revoke { id: String },
+    /// Make the key pair that signs model manifests (`bulwark models sign`):
+    /// OUT/signing.key (keep it offline), OUT/signing.pub ([models] signing_public_key).
+    GenSigning {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -376,15 +385,6 @@ fn parse_period(s: &str) -> Result<Period, String> {
     Period::parse(s).ok_or_else(|| format!("`{s}` is not a budget period; use day or month"))
 }
 
-#[derive(Subcommand)]
-enum ModelsCommand {
-    /// List local and upstream models, checking local files against their pinned digests.
-    List {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
-}
-
 fn model_dir() -> PathBuf {
     std::env::var_os("BULWARK_MODEL_DIR").map_or_else(|| PathBuf::from("models"), PathBuf::from)
 }
@@ -508,10 +508,35 @@ fn models_list(config: Option<PathBuf>) -> Result<()> {
             );
         }
     }
+    let reg = bulwark_supply::registry::Registry::load(&config.server.data_dir)?;
+    if !reg.models.is_empty() {
+        println!(
+            "\nregistry ({}):",
+            bulwark_supply::registry::Registry::path(&config.server.data_dir).display()
+        );
+        println!(
+            "{:<28} {:<12} {:<10} {:<14} {:<8} SOURCE",
+            "NAME", "STATE", "SIGNED", "FORMAT", "FINDINGS"
+        );
+        for e in reg.models.values() {
+            println!(
+                "{:<28} {:<12} {:<10} {:<14} {:<8} {}",
+                e.name,
+                e.state(),
+                if e.signature.is_some() { "yes" } else { "no" },
+                e.format,
+                e.findings.len(),
+                e.source
+            );
+        }
+    }
     Ok(())
 }
 
 fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> Result<()> {
+    if let KeysCommand::GenSigning { out } = &command {
+        return models::gen_signing(out);
+    }
     let config = load_config(config.as_deref())?;
     let keys = open_keys(&config)?;
     match command {
@@ -593,6 +618,7 @@ fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> Result<()> {
             let record = keys.revoke(&id)?;
             eprintln!("Revoked key {} ({}).", record.id, record.spec.name);
         }
+        KeysCommand::GenSigning { .. } => {}
     }
     Ok(())
 }
@@ -664,9 +690,7 @@ fn main() -> Result<()> {
                 .build()?;
             rt.block_on(serve(config, listen))
         }
-        Command::Models {
-            command: ModelsCommand::List { config },
-        } => models_list(config),
+        Command::Models { command } => models::run(command),
         Command::Keys { config, command } => keys_command(config, command),
         Command::Audit { command } => audit_command(command),
         Command::Receipt { command } => receipt_command(command),
