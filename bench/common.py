@@ -12,12 +12,12 @@ MODEL = ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def start_printing(argv, env=None, cwd=None):
-    """Starts a process that prints `... http://ADDR` as its first stdout line."""
+    """Starts a process that prints `... http(s)://ADDR` as its first stdout line."""
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                          text=True, env=env, cwd=cwd)
     line = p.stdout.readline().strip()
     url = line.rsplit(" ", 1)[-1]
-    if not url.startswith("http://"):
+    if not url.startswith(("http://", "https://")):
         p.kill()
         raise RuntimeError(f"{argv[0]} did not start: {line!r}")
     return p, url

@@ -92,17 +92,28 @@ def main():
                                   env={**quiet, "BULWARK_DATA_DIR": str(adata)})
     ggw, ggw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(gcfg)],
                                   env={**quiet, "BULWARK_DATA_DIR": str(tmp / "guard-data")})
+    # The plain gateway behind its TLS listener (wrk negotiates TLS 1.3 with X25519;
+    # keep-alive connections, so this is the record layer's cost, not handshakes').
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "1", "-subj", "/CN=localhost", "-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")],
+                   check=True, capture_output=True)
+    tcfg = tmp / "bulwark-tls.toml"
+    tcfg.write_text(f'[server.tls]\ncert = "{tmp / "cert.pem"}"\nkey = "{tmp / "key.pem"}"\n' + cfg.read_text())
+    tgw, tgw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(tcfg)],
+                                  env={**quiet, "BULWARK_DATA_DIR": str(tmp / "tls-data")})
     targets = {"direct": f"{mock_url}/v1/chat/completions", "bulwark": f"{gw_url}/v1/chat/completions",
                "bulwark_guard": f"{ggw_url}/v1/chat/completions",
                "bulwark_audit": f"{agw_url}/v1/chat/completions",
+               "bulwark_tls": f"{tgw_url}/v1/chat/completions",
                "bulwark_keys_policy": f"{kgw_url}/v1/chat/completions",
                "bulwark_cache_hit": f"{cgw_url}/v1/chat/completions"}
     bodies = {"bulwark_cache_hit": GREEDY_BODY}
     keys = {"bulwark_keys_policy": key}
     # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
     pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_guard": ggw.pid, "bulwark_audit": agw.pid,
+            "bulwark_tls": tgw.pid,
             "bulwark_keys_policy": kgw.pid, "bulwark_cache_hit": cgw.pid}
-    procs = [mock, gw, ggw, agw, kgw, cgw]
+    procs = [mock, gw, ggw, agw, tgw, kgw, cgw]
     if LITELLM:
         port = free_port()
         lcfg = tmp / "litellm.yaml"

@@ -6,6 +6,7 @@
 #   bench/run.sh logic      # the gateway's per-request logic, no network
 #   bench/run.sh guard      # the guard: quality on the dev split (vs prompt-guardrail), PII, speed
 #   bench/run.sh audit      # the audit log: records per second, crypto cost
+#   bench/run.sh supply     # model hashing/scanning GB/s; pickle scan vs picklescan, modelscan
 # Set-up (first run only): wrk from Debian, a venv in bench/.venv with the pinned
 # llama-cpp-python (built from source with the same CPU flags as Bulwark) and LiteLLM.
 set -euo pipefail
@@ -23,6 +24,7 @@ cargo build --release --locked -p bulwark-engine --example batch_throughput
 cargo build --release --locked -p bulwark-server --example hot_path_cost
 cargo build --release --locked -p bulwark-guard --example scan_cost --example eval_pii
 cargo build --release --locked -p bulwark-audit --example throughput
+cargo build --release --locked -p bulwark-supply --example supply_throughput
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 what=${1:-all}
@@ -47,5 +49,11 @@ if [ "$what" = all ] || [ "$what" = guard ]; then
 fi
 if [ "$what" = all ] || [ "$what" = audit ]; then
   ../target/release/examples/throughput ../target | tee -a "../$out"
+fi
+if [ "$what" = all ] || [ "$what" = supply ]; then
+  SVENV=.venv-supply
+  [ -x "$SVENV/bin/python" ] || python3 -m venv "$SVENV"
+  "$SVENV/bin/pip" install --quiet modelscan==0.8.8 picklescan==1.0.5
+  "$SVENV/bin/python" supply.py | tee -a "../$out"
 fi
 echo "results: $out"

