@@ -165,6 +165,11 @@ pub struct RawGuard {
     /// the system message, and withhold any answer that repeats it: the system prompt
     /// is leaking. Default false (it changes the system prompt the model sees).
     pub canary: Option<bool>,
+    /// Named variants of these settings (`[guard.profiles.NAME]`), chosen per API key
+    /// (`bulwark keys create --guard NAME`) or per route (`guard = "NAME"` in
+    /// `[[routes]]`; a key's choice wins). Unset fields inherit from `[guard]`.
+    #[serde(default)]
+    pub profiles: std::collections::BTreeMap<String, RawGuard>,
 }
 
 /// What the guard does with a kind of finding.
@@ -261,6 +266,9 @@ pub struct RawRoute {
     /// within this many ms, the same request also goes to the next allowed candidate and
     /// the first answer wins; the other is cancelled. Absent: no hedging.
     pub hedge_after_ms: Option<u64>,
+    /// A guard profile from `[guard.profiles]` for requests to this route (unless the
+    /// API key names its own).
+    pub guard: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -381,6 +389,8 @@ pub struct Config {
     pub policies: std::collections::BTreeMap<String, Policy>,
     /// `None` when the guard is off.
     pub guard: Option<GuardConfig>,
+    /// `[guard.profiles.NAME]`; `None` for a profile that turns the guard off.
+    pub guard_profiles: std::collections::BTreeMap<String, Option<GuardConfig>>,
     /// `None` when there is no audit log.
     pub audit: Option<AuditConfig>,
     /// The receipt signing key file, when receipts are on.
@@ -466,6 +476,8 @@ pub struct RouteConfig {
     /// Candidate model names, in order of preference.
     pub candidates: Vec<String>,
     pub hedge_after: Option<Duration>,
+    /// The guard profile for this route, if it names one.
+    pub guard: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -595,6 +607,7 @@ impl Config {
             keys: KeysConfig::default(),
             policies: std::collections::BTreeMap::new(),
             guard: Some(GuardConfig::default()),
+            guard_profiles: Default::default(),
             audit: None,
             receipts: None,
             models: ModelsConfig::default(),
@@ -816,39 +829,21 @@ impl RawConfig {
                 }
             },
         };
-        let guard = if self.guard.enabled.unwrap_or(true) {
-            let g = &self.guard;
-            if matches!(
-                g.injection,
-                Some(GuardAction::Redact | GuardAction::Pseudonymise)
-            ) {
-                return Err(invalid(
-                    "guard.injection: an injection cannot be redacted or pseudonymised; use block, flag or allow",
-                ));
+        let guard = guard_config(&self.guard, &GuardConfig::default(), "guard")?;
+        let mut guard_profiles = std::collections::BTreeMap::new();
+        for (name, raw) in &self.guard.profiles {
+            let what = format!("guard.profiles.{name}");
+            if !raw.profiles.is_empty() {
+                return Err(invalid(format!("{what}: profiles cannot have profiles")));
             }
-            if let Some(t) = g.block_threshold {
-                if !(0.0..=1.0).contains(&t) {
-                    return Err(invalid("guard.block_threshold must be between 0 and 1"));
-                }
+            let base = guard.clone().unwrap_or_default();
+            // A profile of a disabled [guard] is on unless it says otherwise.
+            let mut raw_on = raw.clone_settings();
+            if raw_on.enabled.is_none() {
+                raw_on.enabled = Some(true);
             }
-            let d = GuardConfig::default();
-            Some(GuardConfig {
-                injection: g.injection.unwrap_or(d.injection),
-                pii: g.pii.unwrap_or(d.pii),
-                secrets: g.secrets.unwrap_or(d.secrets),
-                block_threshold: g.block_threshold,
-                pii_class: g.pii_class.unwrap_or(d.pii_class),
-                secret_class: g.secret_class.unwrap_or(d.secret_class),
-                output: match g.output {
-                    None => d.output,
-                    Some(a @ (GuardAction::Redact | GuardAction::Flag | GuardAction::Allow)) => a,
-                    Some(_) => return Err(invalid("guard.output: use redact, flag or allow")),
-                },
-                canary: g.canary.unwrap_or(false),
-            })
-        } else {
-            None
-        };
+            guard_profiles.insert(name.clone(), guard_config(&raw_on, &base, &what)?);
+        }
         let audit = match &self.audit.public_key {
             None => None,
             Some(pk) => Some(AuditConfig {
@@ -906,10 +901,18 @@ impl RawConfig {
                     r.model
                 )));
             }
+            if let Some(p) = &r.guard {
+                if !guard_profiles.contains_key(p) {
+                    return Err(invalid(format!(
+                        "{what}: guard profile `{p}` is not defined in [guard.profiles]"
+                    )));
+                }
+            }
             routes.push(RouteConfig {
                 model: r.model,
                 candidates: r.candidates,
                 hedge_after: r.hedge_after_ms.map(Duration::from_millis),
+                guard: r.guard,
             });
         }
 
@@ -953,6 +956,7 @@ impl RawConfig {
             },
             policies,
             guard,
+            guard_profiles,
             audit,
             receipts: self
                 .receipts
@@ -975,6 +979,65 @@ impl RawConfig {
             },
         })
     }
+}
+
+impl RawGuard {
+    /// The settings without the profiles.
+    fn clone_settings(&self) -> RawGuard {
+        RawGuard {
+            enabled: self.enabled,
+            injection: self.injection,
+            pii: self.pii,
+            secrets: self.secrets,
+            block_threshold: self.block_threshold,
+            pii_class: self.pii_class,
+            secret_class: self.secret_class,
+            output: self.output,
+            canary: self.canary,
+            profiles: Default::default(),
+        }
+    }
+}
+
+/// Guard settings from `[guard]` or a profile, unset fields taken from `base`; `None`
+/// when they turn the guard off.
+fn guard_config(
+    g: &RawGuard,
+    base: &GuardConfig,
+    what: &str,
+) -> Result<Option<GuardConfig>, ConfigError> {
+    if !g.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    if matches!(
+        g.injection,
+        Some(GuardAction::Redact | GuardAction::Pseudonymise)
+    ) {
+        return Err(invalid(format!(
+            "{what}.injection: an injection cannot be redacted or pseudonymised; use block, flag or allow"
+        )));
+    }
+    if let Some(t) = g.block_threshold {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(invalid(format!(
+                "{what}.block_threshold must be between 0 and 1"
+            )));
+        }
+    }
+    Ok(Some(GuardConfig {
+        injection: g.injection.unwrap_or(base.injection),
+        pii: g.pii.unwrap_or(base.pii),
+        secrets: g.secrets.unwrap_or(base.secrets),
+        block_threshold: g.block_threshold.or(base.block_threshold),
+        pii_class: g.pii_class.unwrap_or(base.pii_class),
+        secret_class: g.secret_class.unwrap_or(base.secret_class),
+        output: match g.output {
+            None => base.output,
+            Some(a @ (GuardAction::Redact | GuardAction::Flag | GuardAction::Allow)) => a,
+            Some(_) => return Err(invalid(format!("{what}.output: use redact, flag or allow"))),
+        },
+        canary: g.canary.unwrap_or(base.canary),
+    }))
 }
 
 /// A policy from its per-class rules.
@@ -1195,7 +1258,7 @@ mod policy_tests {
     fn policy_and_routes() {
         check(
             &format!("[server]\njurisdiction='de'\n[policy]\ndefault_class='internal'\n[policy.rules.confidential]\ntrust=['host','private']\njurisdictions=['eu']\n[[routes]]\nmodel='chat'\ncandidates=['a']\n{UP}"),
-            expect![[r#"ok host=Some("DE") default=internal routes=[RouteConfig { model: "chat", candidates: ["a"], hedge_after: None }] confidential=Some(Rule { trust: {Host, Private}, jurisdictions: Some({"EU"}) }) up=[Residency { jurisdiction: Some("FR"), operator: None, trust: Some(Private) }]"#]],
+            expect![[r#"ok host=Some("DE") default=internal routes=[RouteConfig { model: "chat", candidates: ["a"], hedge_after: None, guard: None }] confidential=Some(Rule { trust: {Host, Private}, jurisdictions: Some({"EU"}) }) up=[Residency { jurisdiction: Some("FR"), operator: None, trust: Some(Private) }]"#]],
         );
     }
 

@@ -40,6 +40,8 @@ const MIGRATIONS: &[&str] = &[
         completion_tokens INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (key_id, model, day)
     );",
+    // 2: a guard profile per key.
+    "ALTER TABLE keys ADD COLUMN guard TEXT;",
 ];
 
 /// What a key may do; given when it is created.
@@ -75,6 +77,9 @@ pub struct KeySpec {
     /// `day` or `month` (UTC calendar). Default `month` when a budget is set.
     #[serde(default)]
     pub budget_period: Option<Period>,
+    /// A guard profile from the config (`[guard.profiles.NAME]`) for this key's requests.
+    #[serde(default)]
+    pub guard: Option<String>,
 }
 
 impl KeySpec {
@@ -90,6 +95,7 @@ impl KeySpec {
             tpm: None,
             budget_tokens: None,
             budget_period: None,
+            guard: None,
         }
     }
 
@@ -245,8 +251,8 @@ impl Store {
             serde_json::to_string(&spec.models).map_err(|e| KeysError::Invalid(e.to_string()))?;
         self.conn.execute(
             "INSERT INTO keys (id, name, tenant, hash, models, max_class, default_class, policy,
-                               rpm, tpm, budget_tokens, budget_period, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                               rpm, tpm, budget_tokens, budget_period, created_ms, guard)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 id,
                 spec.name,
@@ -261,6 +267,7 @@ impl Store {
                 spec.budget_tokens.map(to_i64),
                 spec.budget().map(|(_, p)| p.as_str()),
                 to_i64(now),
+                spec.guard,
             ],
         )?;
         self.get(id)?
@@ -290,6 +297,7 @@ impl Store {
                 budget_period: r
                     .get::<_, Option<String>>("budget_period")?
                     .and_then(|p| Period::parse(&p)),
+                guard: r.get("guard")?,
             },
             created_ms: to_u64(r.get("created_ms")?),
             revoked_ms: r.get::<_, Option<i64>>("revoked_ms")?.map(to_u64),

@@ -91,11 +91,41 @@ fn migrations_are_versioned_and_reopening_keeps_keys() {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, 2);
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = Store::open(&path).err().unwrap().to_string();
     assert!(err.contains("newer than this Bulwark knows"), "{err}");
+}
+
+#[test]
+fn a_version_1_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.db");
+    // A database as the first release wrote it, with one key.
+    let (_, plaintext) = Keys::new(Store::open(&path).unwrap(), false)
+        .unwrap()
+        .create(&KeySpec::named("old"))
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("ALTER TABLE keys DROP COLUMN guard; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let keys = Keys::new(Store::open(&path).unwrap(), false).unwrap();
+    let key = keys.authenticate(Some(&plaintext)).unwrap().unwrap();
+    assert_eq!(
+        (
+            key.record.spec.name.as_str(),
+            key.record.spec.guard.as_deref()
+        ),
+        ("old", None)
+    );
+    let spec = KeySpec {
+        guard: Some("strict".into()),
+        ..KeySpec::named("new")
+    };
+    let (record, _) = keys.create(&spec).unwrap();
+    assert_eq!(record.spec.guard.as_deref(), Some("strict"));
 }
 
 #[test]

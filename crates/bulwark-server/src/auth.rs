@@ -128,8 +128,20 @@ fn keys_error(e: KeysError) -> Error {
     }
 }
 
-/// A key spec is valid against this gateway's config: its policy must exist.
+/// A key spec is valid against this gateway's config: its policy and guard profile must
+/// exist.
 pub fn check_spec(state: &AppState, spec: &KeySpec) -> Result<(), Error> {
+    if let Some(g) = &spec.guard {
+        if !state.models.guard_profiles.contains_key(g) {
+            return Err(Error(
+                ApiError::invalid(
+                    "guard",
+                    format!("No guard profile named `{g}` is configured ([guard.profiles.NAME])."),
+                )
+                .with_code("invalid_key_spec"),
+            ));
+        }
+    }
     if let Some(p) = &spec.policy {
         if !state.models.policies.contains_key(p) {
             let known: Vec<&str> = state.models.policies.keys().map(String::as_str).collect();

@@ -30,8 +30,8 @@ pub const GUARD_HEADER: &str = "x-bulwark-guard";
 const MAX_ANSWER: usize = 16 << 20;
 
 pub struct EdgeGuard {
+    /// The scanner, with the thresholds of `[guard]` (used as is by `/v1/guard/scan`).
     pub guard: Guard,
-    pub config: GuardConfig,
     /// Keys the canaries: the same request gets the same canary (so caching still
     /// works), and nobody outside this process can predict it.
     canary_secret: [u8; 16],
@@ -96,25 +96,31 @@ fn kinds<'a>(f: impl Iterator<Item = &'a Finding>) -> Vec<&'static str> {
     k
 }
 
-impl EdgeGuard {
-    pub fn new(config: GuardConfig) -> Self {
-        let mut thresholds = Thresholds::default();
-        if let Some(t) = config.block_threshold {
-            thresholds.block = t;
-            thresholds.flag = thresholds.flag.min(t);
-        }
-        EdgeGuard {
-            guard: Guard::new(thresholds),
-            config,
-            canary_secret: *uuid::Uuid::new_v4().as_bytes(),
-        }
+/// The injection thresholds a configuration asks for: the model's, or its own block
+/// threshold (flagging starts no later than blocking).
+fn thresholds(cfg: &GuardConfig) -> Thresholds {
+    let mut t = Thresholds::default();
+    if let Some(b) = cfg.block_threshold {
+        t.block = b;
+        t.flag = t.flag.min(b);
     }
+    t
+}
 
-    fn action(&self, c: Category) -> GuardAction {
-        match c {
-            Category::Pii => self.config.pii,
-            Category::Secret => self.config.secrets,
-            _ => self.config.injection,
+fn action(cfg: &GuardConfig, c: Category) -> GuardAction {
+    match c {
+        Category::Pii => cfg.pii,
+        Category::Secret => cfg.secrets,
+        _ => cfg.injection,
+    }
+}
+
+impl EdgeGuard {
+    /// A guard whose scanner uses the thresholds of `default` (`[guard]`), when on.
+    pub fn new(default: Option<&GuardConfig>) -> Self {
+        EdgeGuard {
+            guard: Guard::new(default.map_or_else(Thresholds::default, thresholds)),
+            canary_secret: *uuid::Uuid::new_v4().as_bytes(),
         }
     }
 
@@ -147,10 +153,10 @@ impl EdgeGuard {
         }
     }
 
-    /// Scans and, as configured, rewrites `body`. An error is the 400 to answer with.
-    pub fn screen(&self, body: &mut Value) -> Result<Screened, ApiError> {
-        let mut screened = self.screen_texts(body)?;
-        if self.config.canary {
+    /// Scans and, as `cfg` says, rewrites `body`. An error is the 400 to answer with.
+    pub fn screen(&self, body: &mut Value, cfg: &GuardConfig) -> Result<Screened, ApiError> {
+        let mut screened = self.screen_texts(body, cfg)?;
+        if cfg.canary {
             if let Some(token) = self.place_canary(body) {
                 screened.canary = Some(token);
                 screened.changed = true;
@@ -159,7 +165,7 @@ impl EdgeGuard {
         Ok(screened)
     }
 
-    fn screen_texts(&self, body: &mut Value) -> Result<Screened, ApiError> {
+    fn screen_texts(&self, body: &mut Value, cfg: &GuardConfig) -> Result<Screened, ApiError> {
         let mut slots = slots(body);
         let reports: Vec<Report> = slots.iter().map(|s| self.guard.scan(s)).collect();
         let mut injection = reports
@@ -189,10 +195,10 @@ impl EdgeGuard {
         let all = || reports.iter().flat_map(|r| r.findings.iter());
         let smuggled = kinds(all().filter(|f| f.category == Category::Smuggling));
         let mut notes = Vec::new();
-        let thresholds = self.guard.thresholds;
+        let thresholds = thresholds(cfg);
         if injection >= thresholds.flag || !smuggled.is_empty() {
             let blocking = injection >= thresholds.block;
-            if blocking && self.config.injection == GuardAction::Block {
+            if blocking && cfg.injection == GuardAction::Block {
                 why.dedup();
                 return Err(ApiError::new(
                     ErrorKind::InvalidRequest,
@@ -203,7 +209,7 @@ impl EdgeGuard {
                 )
                 .with_code("prompt_injection_detected"));
             }
-            if self.config.injection != GuardAction::Allow {
+            if cfg.injection != GuardAction::Allow {
                 notes.push(format!("injection={injection:.2}"));
                 if !smuggled.is_empty() {
                     notes.push(format!("smuggling={}", smuggled.join(",")));
@@ -213,18 +219,14 @@ impl EdgeGuard {
 
         let mut screened = Screened::default();
         for (cat, class, code) in [
-            (Category::Pii, self.config.pii_class, "pii_detected"),
-            (
-                Category::Secret,
-                self.config.secret_class,
-                "secret_detected",
-            ),
+            (Category::Pii, cfg.pii_class, "pii_detected"),
+            (Category::Secret, cfg.secret_class, "secret_detected"),
         ] {
             let found = kinds(all().filter(|f| f.category == cat));
             if found.is_empty() {
                 continue;
             }
-            let action = self.action(cat);
+            let action = action(cfg, cat);
             match action {
                 GuardAction::Block => {
                     return Err(ApiError::new(
@@ -260,7 +262,7 @@ impl EdgeGuard {
                     .filter(|f| {
                         matches!(f.category, Category::Pii | Category::Secret)
                             && matches!(
-                                self.action(f.category),
+                                action(cfg, f.category),
                                 GuardAction::Redact | GuardAction::Pseudonymise
                             )
                     })
@@ -270,7 +272,7 @@ impl EdgeGuard {
                     continue;
                 }
                 **slot = vault.rewrite(slot, &spans, |f| {
-                    self.action(f.category) == GuardAction::Redact
+                    action(cfg, f.category) == GuardAction::Redact
                 });
             }
             if !vault.is_empty() {

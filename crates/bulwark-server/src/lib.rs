@@ -220,10 +220,9 @@ pub async fn serve(
             .admin_token
             .as_ref()
             .map(|t| auth::hash_admin_token(secrecy::ExposeSecret::expose_secret(t))),
-        guard: config
-            .guard
-            .clone()
-            .map(|g| Arc::new(guard::EdgeGuard::new(g))),
+        // The scanner exists when [guard] or any profile has the guard on.
+        guard: (config.guard.is_some() || config.guard_profiles.values().any(Option::is_some))
+            .then(|| Arc::new(guard::EdgeGuard::new(config.guard.as_ref()))),
         audit: audit.clone(),
         receipts,
     };

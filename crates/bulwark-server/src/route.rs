@@ -563,8 +563,18 @@ async fn serve_inner(
     let mut vault = None;
     let mut guard_note = None;
     let mut canary = None;
-    if let Some(g) = &state.guard {
-        match g.screen(&mut body.value) {
+    let guard_config = match state.models.guard_for(key.map(|k| &k.record.spec), &body.model) {
+        Ok(c) => c,
+        Err(name) => {
+            return denied(
+                "guard_profile_unknown",
+                format!("The guard profile `{name}` this request is bound to is not configured; ask the gateway's operator."),
+            )
+        }
+    };
+    let guard = state.guard.as_ref().zip(guard_config);
+    if let Some((g, cfg)) = guard {
+        match g.screen(&mut body.value, cfg) {
             Err(e) => {
                 tracing::warn!(model = %body.model, code = e.code.unwrap_or(""), "request blocked by the guard");
                 return Error(e).into_response();
@@ -635,8 +645,8 @@ async fn serve_inner(
     if let Some((cache, key)) = &cached {
         if let Some(answer) = cache.get(key) {
             let mut resp = cache::replay(&answer, stream, include_usage);
-            if let Some(g) = &state.guard {
-                resp = guard::finish(resp, vault, g.config.output, canary).await;
+            if let Some((_, cfg)) = guard {
+                resp = guard::finish(resp, vault, cfg.output, canary).await;
             }
             if let Some(note) = &guard_note {
                 resp.headers_mut()
@@ -685,8 +695,8 @@ async fn serve_inner(
         (Err(e), _) => e.into_response(),
     };
     // Cached answers keep their placeholders; the originals go back in on the way out.
-    if let Some(g) = &state.guard {
-        resp = guard::finish(resp, vault, g.config.output, canary).await;
+    if let Some((_, cfg)) = guard {
+        resp = guard::finish(resp, vault, cfg.output, canary).await;
     }
     if let Some(meter) = meter {
         resp = meter.account(resp);

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulwark_api::{ApiError, ErrorKind};
-use bulwark_config::{Config, LocalModelConfig, ModelsConfig, RouteConfig};
+use bulwark_config::{Config, GuardConfig, LocalModelConfig, ModelsConfig, RouteConfig};
 use bulwark_engine::{Engine, EngineConfig};
 use bulwark_policy::{DataClass, Policy, Residency};
 use bulwark_upstream::{Upstream, UpstreamError};
@@ -56,6 +56,9 @@ pub struct Models {
     pub created: u64,
     /// `[models]`: what local model files must prove before loading.
     pub load_policy: ModelsConfig,
+    /// `[guard]` (`None`: off) and its named profiles.
+    pub guard_default: Option<GuardConfig>,
+    pub guard_profiles: BTreeMap<String, Option<GuardConfig>>,
     /// Where the model registry lives.
     pub data_dir: std::path::PathBuf,
 }
@@ -110,8 +113,27 @@ impl Models {
             default_class: config.default_class,
             created,
             load_policy: config.models.clone(),
+            guard_default: config.guard.clone(),
+            guard_profiles: config.guard_profiles.clone(),
             data_dir: config.server.data_dir.clone(),
         })
+    }
+
+    /// The guard settings for a request: the key's profile, else the route's, else
+    /// `[guard]`; `None` when they turn the guard off. `Err` names a profile the key
+    /// refers to that the config no longer has.
+    pub fn guard_for<'a>(
+        &'a self,
+        key: Option<&'a bulwark_keys::KeySpec>,
+        model: &str,
+    ) -> Result<Option<&'a GuardConfig>, &'a str> {
+        let profile = key
+            .and_then(|k| k.guard.as_deref())
+            .or_else(|| self.routes.get(model).and_then(|r| r.guard.as_deref()));
+        match profile {
+            None => Ok(self.guard_default.as_ref()),
+            Some(p) => self.guard_profiles.get(p).map(Option::as_ref).ok_or(p),
+        }
     }
 
     /// The models a request for `model` may be served by, in order: a route's

@@ -104,6 +104,9 @@ enum KeysCommand {
         /// Budget period: day or month (UTC). Default month.
         #[arg(long, value_parser = parse_period)]
         budget_period: Option<Period>,
+        /// A guard profile from the config's [guard.profiles.NAME] for this key.
+        #[arg(long)]
+        guard: Option<String>,
     },
     /// List keys (never their secrets).
     List {
@@ -551,11 +554,19 @@ fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> Result<()> {
             tpm,
             budget_tokens,
             budget_period,
+            guard,
         } => {
             if let Some(p) = &policy {
                 if !config.policies.contains_key(p) {
                     anyhow::bail!(
                         "no policy named `{p}` in the config (pass the config with --config; it declares [policies.NAME])"
+                    );
+                }
+            }
+            if let Some(g) = &guard {
+                if !config.guard_profiles.contains_key(g) {
+                    anyhow::bail!(
+                        "no guard profile named `{g}` in the config (pass the config with --config; it declares [guard.profiles.NAME])"
                     );
                 }
             }
@@ -570,6 +581,7 @@ fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> Result<()> {
                 tpm,
                 budget_tokens,
                 budget_period,
+                guard,
             };
             let (record, plaintext) = keys.create(&spec)?;
             println!("{plaintext}");
