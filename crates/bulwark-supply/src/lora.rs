@@ -15,6 +15,7 @@ use std::path::Path;
 
 use crate::finding::{Finding, Severity};
 use crate::gguf::{Gguf, Tensor};
+use crate::safetensors::{SafeTensors, Tensor as StTensor};
 
 /// One adapted module: `blk.0.attn_q.weight` with its A and B tensors.
 struct Pair<'a> {
@@ -37,26 +38,64 @@ fn pairs(g: &Gguf) -> BTreeMap<&str, Pair<'_>> {
         .collect()
 }
 
-/// Reads an F32 or F16 tensor's values; `None` for other types.
-fn values(path: &Path, g: &Gguf, t: &Tensor) -> Option<Vec<f32>> {
-    let size = t.size?;
-    if size > 1 << 30 || !(t.ggml_type == 0 || t.ggml_type == 1) {
+/// Element encodings the norm checks can read.
+#[derive(Clone, Copy)]
+enum Float {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// Reads `size` bytes at `offset` as floats; `None` when unreadable or over 1 GiB.
+fn read_floats(path: &Path, offset: u64, size: u64, ty: Float) -> Option<Vec<f32>> {
+    if size > 1 << 30 {
         return None;
     }
     let mut f = std::fs::File::open(path).ok()?;
-    f.seek(SeekFrom::Start(g.data_offset.checked_add(t.offset)?))
-        .ok()?;
+    f.seek(SeekFrom::Start(offset)).ok()?;
     let mut buf = vec![0u8; size as usize];
     f.read_exact(&mut buf).ok()?;
-    Some(if t.ggml_type == 0 {
-        buf.chunks_exact(4)
+    Some(match ty {
+        Float::F32 => buf
+            .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    } else {
-        buf.chunks_exact(2)
+            .collect(),
+        Float::F16 => buf
+            .chunks_exact(2)
             .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-            .collect()
+            .collect(),
+        Float::Bf16 => buf
+            .chunks_exact(2)
+            .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+            .collect(),
     })
+}
+
+/// An F32, F16 or BF16 GGUF tensor's values; `None` for other types.
+fn values(path: &Path, g: &Gguf, t: &Tensor) -> Option<Vec<f32>> {
+    let ty = match t.ggml_type {
+        0 => Float::F32,
+        1 => Float::F16,
+        30 => Float::Bf16,
+        _ => return None,
+    };
+    read_floats(path, g.data_offset.checked_add(t.offset)?, t.size?, ty)
+}
+
+/// An F32, F16 or BF16 safetensors tensor's values.
+fn st_values(path: &Path, st: &SafeTensors, t: &StTensor) -> Option<Vec<f32>> {
+    let ty = match t.dtype.as_str() {
+        "F32" => Float::F32,
+        "F16" => Float::F16,
+        "BF16" => Float::Bf16,
+        _ => return None,
+    };
+    read_floats(
+        path,
+        st.data_offset.checked_add(t.begin)?,
+        t.end.checked_sub(t.begin)?,
+        ty,
+    )
 }
 
 fn f16_to_f32(h: u16) -> f32 {
@@ -261,6 +300,227 @@ pub fn check_binding(
             values(base_path, base, w),
         ) {
             let (bound, base_norm) = (norm(&a) * norm(&b), norm(&wv));
+            if base_norm > 0.0 && bound > base_norm {
+                out.push(Finding::new(
+                    Severity::High,
+                    "lora.update_exceeds_base",
+                    &at,
+                    format!("the update's norm bound {bound:.3e} exceeds the base weight's norm {base_norm:.3e}"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// PEFT adapters (`adapter_model.safetensors`): `X.lora_A.weight` is [r, in] and
+/// `X.lora_B.weight` is [out, r]. Checked alone, and against `adapter_config.json`
+/// beside the file when there is one.
+pub fn check_safetensors(st: &SafeTensors, path: &Path) -> Vec<Finding> {
+    let file = path.display().to_string();
+    let mut out = Vec::new();
+    let mut a = BTreeMap::new();
+    let mut b = BTreeMap::new();
+    for t in &st.tensors {
+        if let Some(m) = t.name.strip_suffix(".lora_A.weight") {
+            a.insert(m, t);
+        } else if let Some(m) = t.name.strip_suffix(".lora_B.weight") {
+            b.insert(m, t);
+        } else if !t.name.ends_with("lora_magnitude_vector") {
+            out.push(Finding::new(
+                Severity::High,
+                "lora.unpaired_tensor",
+                format!("{file}: tensor `{}`", t.name),
+                "not part of a LoRA pair: an adapter should carry nothing else",
+            ));
+        }
+    }
+    let mut ranks = BTreeSet::new();
+    let mut bounds = Vec::new();
+    for (module, ta) in &a {
+        let at = format!("{file}: `{module}`");
+        let Some(tb) = b.get(module) else {
+            out.push(Finding::new(
+                Severity::High,
+                "lora.unpaired_tensor",
+                &at,
+                "lora_A without its lora_B",
+            ));
+            continue;
+        };
+        if ta.shape.len() != 2 || tb.shape.len() != 2 || ta.shape[0] != tb.shape[1] {
+            out.push(Finding::new(
+                Severity::High,
+                "lora.shape_mismatch",
+                &at,
+                format!("A {:?} and B {:?} do not multiply", ta.shape, tb.shape),
+            ));
+            continue;
+        }
+        let r = ta.shape[0];
+        ranks.insert(r);
+        let smaller = ta.shape[1].min(tb.shape[0]);
+        if r > 256 || (smaller > 0 && r * 2 > smaller) {
+            out.push(Finding::new(
+                Severity::Medium,
+                "lora.high_rank",
+                &at,
+                format!(
+                    "rank {r} for a {}x{} weight: close to a full replacement",
+                    tb.shape[0], ta.shape[1]
+                ),
+            ));
+        }
+        if let (Some(va), Some(vb)) = (st_values(path, st, ta), st_values(path, st, tb)) {
+            if va.iter().chain(&vb).any(|x| !x.is_finite()) {
+                out.push(Finding::new(
+                    Severity::High,
+                    "lora.non_finite",
+                    &at,
+                    "NaN or infinite weights",
+                ));
+                continue;
+            }
+            bounds.push((*module, norm(&va) * norm(&vb)));
+        }
+    }
+    for m in b.keys().filter(|m| !a.contains_key(*m)) {
+        out.push(Finding::new(
+            Severity::High,
+            "lora.unpaired_tensor",
+            format!("{file}: `{m}`"),
+            "lora_B without its lora_A",
+        ));
+    }
+    if ranks.len() > 1 {
+        out.push(Finding::new(
+            Severity::Low,
+            "lora.mixed_ranks",
+            format!("{file}: tensors"),
+            format!("ranks {ranks:?} differ between modules"),
+        ));
+    }
+    let targets: BTreeSet<&str> = a
+        .keys()
+        .map(|m| m.rsplit('.').next().unwrap_or(m))
+        .collect();
+    let config: Option<serde_json::Value> = path
+        .parent()
+        .map(|d| d.join("adapter_config.json"))
+        .and_then(|c| std::fs::read(c).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(c) = &config {
+        let at = format!("{file}: adapter_config.json");
+        if let Some(r) = c["r"].as_u64() {
+            if !ranks.is_empty() && !ranks.contains(&r) {
+                out.push(Finding::new(
+                    Severity::Medium,
+                    "lora.config_mismatch",
+                    &at,
+                    format!("says rank {r}, the tensors have {ranks:?}"),
+                ));
+            }
+        }
+        if let Some(declared) = c["target_modules"].as_array() {
+            let declared: BTreeSet<&str> = declared
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+            let undeclared: Vec<&&str> =
+                targets.iter().filter(|t| !declared.contains(**t)).collect();
+            if !undeclared.is_empty() {
+                out.push(Finding::new(
+                    Severity::Medium,
+                    "lora.config_mismatch",
+                    &at,
+                    format!(
+                        "modules {undeclared:?} are adapted but not in target_modules {declared:?}"
+                    ),
+                ));
+            }
+        }
+    }
+    out.push(Finding::new(
+        Severity::Info,
+        "lora.summary",
+        file.clone(),
+        format!(
+            "{} adapted modules, rank {ranks:?}, targets {targets:?}, base {}",
+            a.len(),
+            config
+                .as_ref()
+                .and_then(|c| c["base_model_name_or_path"].as_str())
+                .unwrap_or("not stated")
+        ),
+    ));
+    out.extend(outliers(&bounds, &file));
+    out
+}
+
+/// A PEFT adapter against its base model's safetensors: every adapted module exists
+/// with matching shapes, and no update outweighs its base weight.
+pub fn check_safetensors_binding(
+    adapter: &SafeTensors,
+    adapter_path: &Path,
+    base: &SafeTensors,
+    base_path: &Path,
+) -> Vec<Finding> {
+    let file = adapter_path.display().to_string();
+    let mut out = Vec::new();
+    let weights: BTreeMap<&str, &StTensor> =
+        base.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    // PEFT prefixes `base_model.model.`; the base names the module without it.
+    let find = |module: &str| {
+        let mut m = module;
+        loop {
+            if let Some(w) = weights.get(format!("{m}.weight").as_str()) {
+                return Some(*w);
+            }
+            match m.split_once('.') {
+                Some((_, rest)) => m = rest,
+                None => return None,
+            }
+        }
+    };
+    for ta in &adapter.tensors {
+        let Some(module) = ta.name.strip_suffix(".lora_A.weight") else {
+            continue;
+        };
+        let at = format!("{file}: `{module}`");
+        let b_name = format!("{module}.lora_B.weight");
+        let Some(tb) = adapter.tensors.iter().find(|x| x.name == b_name) else {
+            continue;
+        };
+        let Some(w) = find(module) else {
+            out.push(Finding::new(
+                Severity::High,
+                "lora.unknown_target",
+                &at,
+                "the base model has no such weight",
+            ));
+            continue;
+        };
+        if w.shape.len() != 2
+            || ta.shape.get(1) != w.shape.get(1)
+            || tb.shape.first() != w.shape.first()
+        {
+            out.push(Finding::new(
+                Severity::High,
+                "lora.shape_mismatch",
+                &at,
+                format!(
+                    "B {:?} · A {:?} does not fit the base weight {:?}",
+                    tb.shape, ta.shape, w.shape
+                ),
+            ));
+            continue;
+        }
+        if let (Some(va), Some(vb), Some(vw)) = (
+            st_values(adapter_path, adapter, ta),
+            st_values(adapter_path, adapter, tb),
+            st_values(base_path, base, w),
+        ) {
+            let (bound, base_norm) = (norm(&va) * norm(&vb), norm(&vw));
             if base_norm > 0.0 && bound > base_norm {
                 out.push(Finding::new(
                     Severity::High,

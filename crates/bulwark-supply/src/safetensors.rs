@@ -36,6 +36,8 @@ pub struct SafeTensors {
     pub tensors: Vec<Tensor>,
     pub metadata: BTreeMap<String, String>,
     pub data_len: u64,
+    /// Absolute offset of the data section (8 + header length).
+    pub data_offset: u64,
 }
 
 /// Bits per element of a safetensors dtype.
@@ -86,7 +88,10 @@ pub fn scan(path: &Path) -> (Option<SafeTensors>, Vec<Finding>) {
         return malformed(8, "the header is cut short".into());
     }
     match parse_header(&header, size - 8 - n, &file) {
-        Ok((st, findings)) => (Some(st), findings),
+        Ok((mut st, findings)) => {
+            st.data_offset = 8 + n;
+            (Some(st), findings)
+        }
         Err(reason) => malformed(8, reason),
     }
 }

@@ -142,7 +142,16 @@ pub fn file(path: &Path) -> FileReport {
             (findings, info)
         }
         Format::Safetensors => {
-            let (st, findings) = safetensors::scan(path);
+            let (st, mut findings) = safetensors::scan(path);
+            if let Some(st) = &st {
+                if st
+                    .tensors
+                    .iter()
+                    .any(|t| t.name.contains(".lora_A.") || t.name.contains(".lora_B."))
+                {
+                    findings.extend(crate::lora::check_safetensors(st, path));
+                }
+            }
             let info = st.map(|st| ModelInfo {
                 parameters: Some(
                     st.tensors

@@ -805,3 +805,116 @@ proptest! {
         let _ = pickle::scan_zip(std::io::Cursor::new(zm), "x", 0);
     }
 }
+
+/// A safetensors file of F32 tensors `(name, shape, values)`.
+fn safetensors_f32(tensors: &[(&str, &[u64], Vec<f32>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, values) in tensors {
+        let begin = data.len();
+        for v in values {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert((*name).into(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [begin, data.len()]}));
+    }
+    let h = serde_json::to_string(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend(data);
+    out
+}
+
+fn peft(scale: f32) -> Vec<u8> {
+    let a: Vec<f32> = (0..16).map(|i| i as f32 * 0.01).collect();
+    let mut tensors = Vec::new();
+    let names: Vec<String> = (0..4)
+        .map(|i| format!("base_model.model.model.layers.{i}.self_attn.q_proj"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        let b: Vec<f32> = a
+            .iter()
+            .map(|x| if i == 3 { x * scale } else { *x })
+            .collect();
+        tensors.push((format!("{n}.lora_A.weight"), vec![2u64, 8], a.clone()));
+        tensors.push((format!("{n}.lora_B.weight"), vec![8u64, 2], b));
+    }
+    let refs: Vec<(&str, &[u64], Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.clone()))
+        .collect();
+    safetensors_f32(&refs)
+}
+
+#[test]
+fn peft_safetensors_adapters_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = put(dir.path(), "adapter_model.safetensors", &peft(1.0));
+    put(dir.path(), "adapter_config.json", br#"{"r": 2, "lora_alpha": 16, "target_modules": ["q_proj"], "base_model_name_or_path": "tiny"}"#);
+    let f = scan::file(&p).findings;
+    assert!(high(&f).is_empty(), "{f:?}");
+    assert!(
+        f.iter().any(|f| f.code == "lora.summary"
+            && f.reason.contains("rank {2}")
+            && f.reason.contains("base tiny")),
+        "{f:?}"
+    );
+    // The config disagrees with the tensors.
+    put(
+        dir.path(),
+        "adapter_config.json",
+        br#"{"r": 8, "target_modules": ["v_proj"]}"#,
+    );
+    let f = scan::file(&p).findings;
+    assert_eq!(
+        f.iter()
+            .filter(|f| f.code == "lora.config_mismatch")
+            .count(),
+        2,
+        "{f:?}"
+    );
+    // One module's update far above the others'.
+    let p = put(dir.path(), "adapter_model.safetensors", &peft(1e4));
+    let f = scan::file(&p).findings;
+    assert_eq!(high(&f), ["lora.norm_outlier"], "{f:?}");
+    assert!(f
+        .iter()
+        .any(|f| f.location.contains("layers.3.self_attn.q_proj")));
+    // Against a base with layers 0-2 only, layer 2 of another shape.
+    let w = vec![0.5f32; 64];
+    let base = safetensors_f32(&[
+        ("model.layers.0.self_attn.q_proj.weight", &[8, 8], w.clone()),
+        ("model.layers.1.self_attn.q_proj.weight", &[8, 8], w.clone()),
+        (
+            "model.layers.2.self_attn.q_proj.weight",
+            &[4, 8],
+            w[..32].to_vec(),
+        ),
+    ]);
+    let bp = put(dir.path(), "model.safetensors", &base);
+    let (a, _) = safetensors::scan(&p);
+    let (b, _) = safetensors::scan(&bp);
+    let f = crate::lora::check_safetensors_binding(&a.unwrap(), &p, &b.unwrap(), &bp);
+    let c = high(&f);
+    assert!(
+        c.contains(&"lora.unknown_target") && c.contains(&"lora.shape_mismatch"),
+        "{f:?}"
+    );
+    assert!(
+        !c.contains(&"lora.update_exceeds_base"),
+        "layers 0-1 are small updates: {f:?}"
+    );
+    // A tensor that is not part of any pair.
+    let mut extra = vec![(
+        "base_model.model.lm_head.weight",
+        [8u64, 8].as_slice(),
+        vec![0.0f32; 64],
+    )];
+    extra.push((
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+        &[2, 8],
+        vec![0.0; 16],
+    ));
+    let p = put(dir.path(), "x.safetensors", &safetensors_f32(&extra));
+    let c = high(&scan::file(&p).findings).join(",");
+    assert!(c.contains("lora.unpaired_tensor"), "{c}");
+}

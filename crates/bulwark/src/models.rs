@@ -440,24 +440,30 @@ fn scan_cmd(path: &Path, base: Option<&Path>, json: bool) -> Result<()> {
     let started = Instant::now();
     let mut reports = scan::path(path);
     if let Some(base) = base {
-        let (b, bf) = bulwark_supply::gguf::scan(base);
-        let b = b.with_context(|| {
-            format!(
-                "base model {}: {:?}",
-                base.display(),
-                bf.first().map(|f| &f.reason)
-            )
-        })?;
-        for r in reports
-            .iter_mut()
-            .filter(|r| r.format == scan::Format::Gguf)
-        {
-            if let (Some(a), _) = bulwark_supply::gguf::scan(&r.path) {
-                if a.str("general.type") == Some("adapter") {
-                    r.findings
-                        .extend(bulwark_supply::lora::check_binding(&a, &r.path, &b, base));
+        match scan::sniff(base)? {
+            scan::Format::Gguf => {
+                let (b, bf) = bulwark_supply::gguf::scan(base);
+                let b = b.with_context(|| format!("base model {}: {:?}", base.display(), bf.first().map(|f| &f.reason)))?;
+                for r in reports.iter_mut().filter(|r| r.format == scan::Format::Gguf) {
+                    if let (Some(a), _) = bulwark_supply::gguf::scan(&r.path) {
+                        if a.str("general.type") == Some("adapter") {
+                            r.findings.extend(bulwark_supply::lora::check_binding(&a, &r.path, &b, base));
+                        }
+                    }
                 }
             }
+            scan::Format::Safetensors => {
+                let (b, bf) = bulwark_supply::safetensors::scan(base);
+                let b = b.with_context(|| format!("base model {}: {:?}", base.display(), bf.first().map(|f| &f.reason)))?;
+                for r in reports.iter_mut().filter(|r| r.format == scan::Format::Safetensors) {
+                    if let (Some(a), _) = bulwark_supply::safetensors::scan(&r.path) {
+                        if a.tensors.iter().any(|t| t.name.ends_with(".lora_A.weight")) {
+                            r.findings.extend(bulwark_supply::lora::check_safetensors_binding(&a, &r.path, &b, base));
+                        }
+                    }
+                }
+            }
+            other => anyhow::bail!("--base {}: a {} file is not a base model Bulwark can bind adapters to (GGUF or safetensors)", base.display(), other.as_str()),
         }
     }
     let bytes: u64 = reports
