@@ -55,7 +55,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     }
 }
 
-/// What is recorded about one request. Never the prompt or the answer.
+/// What is recorded about one request. Never the prompt or the answer, unless the
+/// gateway is configured to record content.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     pub time_ms: u64,
@@ -90,6 +91,13 @@ pub struct Record {
     /// The error code of a refused request (`invalid_api_key`, `request_too_large`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `[audit] record_content`: the request body as the client sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<serde_json::Value>,
+    /// With `[audit] record_content`: the answer as the client received it (UTF-8,
+    /// lossy), cut at 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
 }
 
 /// Which moment of a request a record describes.
@@ -409,8 +417,9 @@ fn aad(seq: u64) -> [u8; 8] {
     seq.to_le_bytes()
 }
 
-/// Decrypts every intact record with the auditor's private key, in order.
-pub fn export(dir: &Path, sk: &SecretKey) -> Result<(Vec<Record>, Verified), AuditError> {
+/// Decrypts every intact record, in order, with the auditor's private keys (several
+/// when the key was rotated: each segment is opened with whichever key it was sealed to).
+pub fn export(dir: &Path, sks: &[SecretKey]) -> Result<(Vec<Record>, Verified), AuditError> {
     let mut keys: Vec<(Wrapped, [u8; 32])> = Vec::new();
     let mut out = Vec::new();
     let mut err = None;
@@ -420,13 +429,17 @@ pub fn export(dir: &Path, sk: &SecretKey) -> Result<(Vec<Record>, Verified), Aud
         }
         let key = match keys.iter().find(|(k, _)| k == w) {
             Some((_, k)) => *k,
-            None => match crypto::unwrap(sk, w) {
-                Ok(k) => {
+            // After a key rotation, older segments are sealed to an older key.
+            None => match sks.iter().find_map(|sk| crypto::unwrap(sk, w).ok()) {
+                Some(k) => {
                     keys.push((w.clone(), k));
                     k
                 }
-                Err(e) => {
-                    err = Some(e);
+                None => {
+                    err = Some(AuditError::Key(format!(
+                        "record {seq}: its segment's data key is sealed to none of the {} key(s) given; pass every auditor key the log was written to (--key old.key --key new.key)",
+                        sks.len()
+                    )));
                     return;
                 }
             },

@@ -59,11 +59,11 @@ fn round_trip_over_segments_and_only_the_private_key_reads() {
     let v = verify(dir.path()).unwrap();
     assert_eq!((v.records, v.problem), (60, None));
     assert!(v.segments > 2, "{} segments", v.segments);
-    let (records, _) = export(dir.path(), &sk).unwrap();
+    let (records, _) = export(dir.path(), std::slice::from_ref(&sk)).unwrap();
     assert_eq!(records, (0..60).map(record).collect::<Vec<_>>());
     // Another key opens nothing; the files never hold the plaintext.
     let (_, other) = keygen();
-    assert!(export(dir.path(), &other).is_err());
+    assert!(export(dir.path(), &[other]).is_err());
     for (_, p) in segments(dir.path()).unwrap() {
         let text = std::fs::read_to_string(p).unwrap();
         assert!(!text.contains("req-1"));
@@ -153,7 +153,13 @@ fn a_torn_last_record_is_cut_on_open_and_the_chain_goes_on() {
     drop(log2);
     let v = verify(dir.path()).unwrap();
     assert_eq!((v.records, v.problem), (11, None));
-    // The old segments open with the old key only; the new one with the new key.
-    assert!(export(dir.path(), &sk).is_err());
-    assert!(export(dir.path(), &sk2).is_err());
+    // The old segments open with the old key only, the new one with the new key: one
+    // key alone reads nothing, both read everything, in order.
+    let err = export(dir.path(), std::slice::from_ref(&sk))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sealed to none of the 1 key(s)"), "{err}");
+    assert!(export(dir.path(), std::slice::from_ref(&sk2)).is_err());
+    let (records, _) = export(dir.path(), &[sk2, sk]).unwrap();
+    assert_eq!(records, (0..11).map(record).collect::<Vec<_>>());
 }

@@ -135,6 +135,10 @@ pub struct RawAudit {
     pub segment_max_mib: Option<u64>,
     /// A new segment starts past this age, in seconds. Default 3600.
     pub segment_max_age_secs: Option<u64>,
+    /// Also record each request body as the client sent it and the answer as the client
+    /// received it (up to 1 MiB each; encrypted to the auditor like everything else).
+    /// Default false: records hold metadata only.
+    pub record_content: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,6 +419,8 @@ pub struct AuditConfig {
     pub batch: Option<Duration>,
     pub segment_max_bytes: u64,
     pub segment_max_age: Duration,
+    /// Records carry the request and answer bodies.
+    pub record_content: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -872,6 +878,7 @@ impl RawConfig {
                 segment_max_age: Duration::from_secs(
                     self.audit.segment_max_age_secs.unwrap_or(3600).max(1),
                 ),
+                record_content: self.audit.record_content.unwrap_or(false),
             }),
         };
         let data_dir = match self.server.data_dir {

@@ -224,6 +224,7 @@ pub async fn serve(
         guard: (config.guard.is_some() || config.guard_profiles.values().any(Option::is_some))
             .then(|| Arc::new(guard::EdgeGuard::new(config.guard.as_ref()))),
         audit: audit.clone(),
+        audit_content: config.audit.as_ref().is_some_and(|a| a.record_content),
         receipts,
     };
     // Usage reaches the database every `usage_flush`, and once more on the way out.

@@ -158,6 +158,8 @@ pub async fn serve(
         .receipts
         .as_ref()
         .map(|_| sha256_hex(&serde_json::to_vec(&body.value).unwrap_or_default()));
+    let request_content =
+        (state.audit.is_some() && state.audit_content).then(|| body.value.clone());
     let resp = serve_inner(state, caller, headers, body, parsed).await;
     let tokens = resp
         .extensions()
@@ -172,6 +174,7 @@ pub async fn serve(
         started,
         request_sha256,
         tokens,
+        request_content,
     };
     let mut resp = if crate::sse::is_event_stream(resp.headers()) {
         answered.stream(resp).await
@@ -245,6 +248,15 @@ struct Answered<'a> {
     /// Present when receipts are signed.
     request_sha256: Option<String>,
     tokens: Tokens,
+    /// The request body, when records carry content.
+    request_content: Option<serde_json::Value>,
+}
+
+/// Most bytes of an answer a record carries.
+const MAX_RECORDED_CONTENT: usize = 1 << 20;
+
+fn recorded(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_RECORDED_CONTENT)]).into_owned()
 }
 
 impl Answered<'_> {
@@ -269,6 +281,10 @@ impl Answered<'_> {
         if let Some(audit) = &self.state.audit {
             let mut r = self.record(&parts);
             r.response_sha256 = Some(digest);
+            if self.request_content.is_some() {
+                r.request = self.request_content.clone();
+                r.response = Some(recorded(&bytes));
+            }
             if !parts.status.is_success() {
                 r.error = serde_json::from_slice::<serde_json::Value>(&bytes)
                     .ok()
@@ -294,6 +310,7 @@ impl Answered<'_> {
             Some(audit) => {
                 let mut r = self.record(&parts);
                 r.event = bulwark_audit::Event::StreamStart;
+                r.request = self.request_content.clone();
                 if let Err(refused) = append(audit, &r).await {
                     return refused;
                 }
@@ -302,6 +319,7 @@ impl Answered<'_> {
         };
         let tail = std::sync::Arc::new(std::sync::Mutex::new(StreamTail {
             hasher: sha2::Sha256::default(),
+            content: self.request_content.is_some().then(Vec::new),
             start,
             tokens: self.tokens.clone(),
             started: self.started,
@@ -310,7 +328,12 @@ impl Answered<'_> {
         let seen = std::sync::Arc::clone(&tail);
         let data = body.into_data_stream().map(move |chunk| {
             if let Ok(b) = &chunk {
-                sha2::Digest::update(&mut lock(&seen).hasher, b);
+                let mut t = lock(&seen);
+                sha2::Digest::update(&mut t.hasher, b);
+                if let Some(c) = &mut t.content {
+                    let room = MAX_RECORDED_CONTENT.saturating_sub(c.len());
+                    c.extend_from_slice(&b[..b.len().min(room)]);
+                }
             }
             chunk
         });
@@ -437,6 +460,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The end of a stream: its `stream_end` record and its closing receipt.
 struct StreamTail {
     hasher: sha2::Sha256,
+    /// What was sent, when records carry content (up to the cap).
+    content: Option<Vec<u8>>,
     /// The audit log and the stream's `stream_start` record; taken when the end is
     /// recorded.
     start: Option<(
@@ -469,6 +494,8 @@ impl StreamTail {
             r.completion_tokens = tokens.map(|t| t.1);
             r.response_sha256 = Some(digest.clone());
             r.completed = Some(completed);
+            r.request = None;
+            r.response = self.content.take().map(|c| recorded(&c));
             (audit, r)
         });
         let trailer = match self.receipt.take() {

@@ -23,6 +23,8 @@ pub struct AppState {
     pub guard: Option<Arc<crate::guard::EdgeGuard>>,
     /// `None` when there is no audit log.
     pub audit: Option<Arc<bulwark_audit::AuditLog>>,
+    /// Audit records carry request and answer bodies (`[audit] record_content`).
+    pub audit_content: bool,
     /// `None` when answers carry no receipt.
     pub receipts: Option<Arc<bulwark_audit::receipt::Signer>>,
 }

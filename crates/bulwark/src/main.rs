@@ -144,9 +144,10 @@ enum AuditCommand {
     },
     /// Decrypt records with the auditor's private key.
     Export {
-        /// The auditor's private key (audit.key).
-        #[arg(long)]
-        key: PathBuf,
+        /// The auditor's private key (audit.key); repeat it for every key the log was
+        /// written to when the auditor's key was rotated.
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
         #[arg(long)]
         dir: Option<PathBuf>,
         #[arg(long, short)]
@@ -321,14 +322,17 @@ fn audit_command(command: AuditCommand) -> Result<()> {
             format,
         } => {
             let dir = audit_dir(dir, config)?;
-            let sk: bulwark_audit::SecretKey = bulwark_audit::read_key(&key)?;
+            let sks = key
+                .iter()
+                .map(|k| bulwark_audit::read_key::<bulwark_audit::SecretKey>(k))
+                .collect::<Result<Vec<_>, _>>()?;
             let since = since.as_deref().map(parse_time).transpose()?.unwrap_or(0);
             let until = until
                 .as_deref()
                 .map(parse_time)
                 .transpose()?
                 .unwrap_or(u64::MAX);
-            let (records, v) = bulwark_audit::export(&dir, &sk)?;
+            let (records, v) = bulwark_audit::export(&dir, &sks)?;
             let records = records
                 .into_iter()
                 .filter(|r| r.time_ms >= since && r.time_ms < until);

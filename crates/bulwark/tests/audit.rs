@@ -496,6 +496,11 @@ async fn streams_refusals_and_token_counts_are_recorded() {
     };
     let r = find(&whole_id, "request");
     assert!(r["prompt_tokens"].as_u64().is_some_and(|n| n > 0), "{r}");
+    // Metadata only, by default.
+    assert!(
+        r.get("request").is_none() && r.get("response").is_none(),
+        "{r}"
+    );
     assert!(r["completion_tokens"].as_u64().is_some(), "{r}");
     assert_eq!(
         r["response_sha256"].as_str(),
@@ -540,4 +545,70 @@ async fn streams_refusals_and_token_counts_are_recorded() {
 
     let (ok, out, _) = run(&["audit", "verify", "--dir", &s.log_dir()]);
     assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn record_content_keeps_what_was_asked_and_answered() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = setup("audit-content", &mock);
+    let cfg = std::fs::read_to_string(&s.cfg).unwrap_or_default() + "record_content = true\n";
+    std::fs::write(&s.cfg, cfg).unwrap_or_else(|e| panic!("{e}"));
+    let b = s.start().await;
+    let client = reqwest::Client::new();
+    for stream in [false, true] {
+        let r = client
+            .post(b.url("/v1/chat/completions"))
+            .json(&json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": format!("What is a good name for a cat? (stream: {stream})")}]}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+    }
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = s.export();
+        if records.iter().any(|r| r["event"] == "stream_end") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let whole = records
+        .iter()
+        .find(|r| r["event"] == "request")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        whole["request"]["messages"][0]["content"],
+        "What is a good name for a cat? (stream: false)",
+        "{whole}"
+    );
+    assert!(
+        whole["response"]
+            .as_str()
+            .unwrap_or("")
+            .contains("mock reply to: What is a good name for a cat? (stream: false)"),
+        "{whole}"
+    );
+    let start = records
+        .iter()
+        .find(|r| r["event"] == "stream_start")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        start["request"]["messages"][0]["content"], "What is a good name for a cat? (stream: true)",
+        "{start}"
+    );
+    let end = records
+        .iter()
+        .find(|r| r["event"] == "stream_end")
+        .cloned()
+        .unwrap_or_default();
+    let sent = end["response"].as_str().unwrap_or("");
+    assert!(
+        sent.starts_with("data: ") && sent.contains("[DONE]"),
+        "{end}"
+    );
 }
