@@ -108,22 +108,24 @@ fn model(e: &Entry) -> Value {
             })
             .collect();
     }
-    if let Some(l) = &e.license {
+    if let Some(l) = &e.info.license {
         c["licenses"] = json!([licence(l)]);
     }
     let mut params = json!({
-        "task": if e.kind.as_deref() == Some("adapter") { "adapter" } else { "text-generation" },
+        "task": if e.info.kind.as_deref() == Some("adapter") { "adapter" } else { "text-generation" },
         "inputs": [{"format": "text"}],
         "outputs": [{"format": "text"}],
     });
-    if let Some(a) = &e.architecture {
+    if let Some(a) = &e.info.architecture {
         params["architectureFamily"] = json!(a);
         params["modelArchitecture"] = json!(format!(
             "{a}{}{}",
-            e.parameters
+            e.info
+                .parameters
                 .map(|p| format!(", {p} parameters"))
                 .unwrap_or_default(),
-            e.quantisation
+            e.info
+                .quantisation
                 .as_ref()
                 .map(|q| format!(", {q}"))
                 .unwrap_or_default()
@@ -146,10 +148,13 @@ fn model(e: &Entry) -> Value {
             props.push(json!({"name": format!("bulwark:{k}"), "value": v}));
         }
     };
-    add("parameters", e.parameters.map(|p| p.to_string()));
-    add("quantisation", e.quantisation.clone());
-    add("context_length", e.context_length.map(|p| p.to_string()));
-    add("chat_template_sha256", e.chat_template_sha256.clone());
+    add("parameters", e.info.parameters.map(|p| p.to_string()));
+    add("quantisation", e.info.quantisation.clone());
+    add(
+        "context_length",
+        e.info.context_length.map(|p| p.to_string()),
+    );
+    add("chat_template_sha256", e.info.chat_template_sha256.clone());
     add("findings", Some(e.findings.len().to_string()));
     c["properties"] = json!(props);
     c

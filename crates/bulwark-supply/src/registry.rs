@@ -39,14 +39,10 @@ pub struct Entry {
     pub source: String,
     pub format: String,
     pub files: Vec<FileEntry>,
-    pub architecture: Option<String>,
-    pub parameters: Option<u64>,
-    pub quantisation: Option<String>,
-    pub context_length: Option<u64>,
-    pub license: Option<String>,
-    pub chat_template_sha256: Option<String>,
-    /// `model` or `adapter`.
-    pub kind: Option<String>,
+    /// Architecture, parameters, quantisation, context length, licence, chat-template
+    /// digest, kind: what the files say about the model.
+    #[serde(flatten)]
+    pub info: ModelInfo,
     pub added_ms: u64,
     /// Findings of the scanners at `added_ms` (info-level ones left out).
     pub findings: Vec<Finding>,
@@ -223,13 +219,7 @@ pub fn describe(
         source,
         format: formats.join("+"),
         files,
-        architecture: info.architecture,
-        parameters: info.parameters,
-        quantisation: info.quantisation,
-        context_length: info.context_length,
-        license: info.license,
-        chat_template_sha256: info.chat_template_sha256,
-        kind: info.kind,
+        info,
         added_ms: now_ms(),
         findings: reports
             .into_iter()

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::finding::{Finding, Severity};
 use crate::{gguf, pickle, safetensors};
@@ -33,9 +33,10 @@ impl Format {
 }
 
 /// What a model file says about the model, where the format says it.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ModelInfo {
-    pub name: Option<String>,
+    /// The name the file gives itself (`general.name`).
+    pub model_name: Option<String>,
     pub architecture: Option<String>,
     pub parameters: Option<u64>,
     pub quantisation: Option<String>,
@@ -56,6 +57,16 @@ pub struct FileReport {
 }
 
 impl FileReport {
+    /// A report on something that is not (or could not be read as) a model file.
+    fn other(path: &Path, findings: Vec<Finding>) -> Self {
+        FileReport {
+            path: path.to_owned(),
+            format: Format::Other,
+            findings,
+            info: None,
+        }
+    }
+
     pub fn worst(&self) -> Option<Severity> {
         crate::finding::worst(&self.findings)
     }
@@ -108,6 +119,10 @@ pub fn sniff(path: &Path) -> std::io::Result<Format> {
     })
 }
 
+fn unreadable(location: &str, e: &std::io::Error) -> Finding {
+    Finding::new(Severity::High, "file.unreadable", location, e.to_string())
+}
+
 /// Largest raw pickle read into memory for scanning.
 const MAX_PICKLE: u64 = 4 << 30;
 
@@ -116,19 +131,7 @@ pub fn file(path: &Path) -> FileReport {
     let loc = path.display().to_string();
     let format = match sniff(path) {
         Ok(f) => f,
-        Err(e) => {
-            return FileReport {
-                path: path.to_owned(),
-                format: Format::Other,
-                findings: vec![Finding::new(
-                    Severity::High,
-                    "file.unreadable",
-                    loc,
-                    e.to_string(),
-                )],
-                info: None,
-            }
-        }
+        Err(e) => return FileReport::other(path, vec![unreadable(&loc, &e)]),
     };
     let (findings, info) = match format {
         Format::Gguf => {
@@ -174,44 +177,29 @@ pub fn file(path: &Path) -> FileReport {
             });
             (findings, info)
         }
-        Format::Zip => match std::fs::File::open(path) {
-            Ok(f) => (pickle::scan_zip(std::io::BufReader::new(f), &loc, 0), None),
-            Err(e) => (
-                vec![Finding::new(
-                    Severity::High,
-                    "file.unreadable",
-                    loc,
-                    e.to_string(),
-                )],
-                None,
+        Format::Zip => (
+            std::fs::File::open(path).map_or_else(
+                |e| vec![unreadable(&loc, &e)],
+                |f| pickle::scan_zip(std::io::BufReader::new(f), &loc, 0),
             ),
-        },
+            None,
+        ),
         Format::Pickle => {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            if size > MAX_PICKLE {
-                (
-                    vec![Finding::new(
-                        Severity::High,
-                        "pickle.too_large",
-                        loc,
-                        format!("{size} bytes: too large to scan"),
-                    )],
-                    None,
-                )
+            let findings = if size > MAX_PICKLE {
+                vec![Finding::new(
+                    Severity::High,
+                    "pickle.too_large",
+                    loc.clone(),
+                    format!("{size} bytes: too large to scan"),
+                )]
             } else {
-                match std::fs::read(path) {
-                    Ok(b) => (pickle::scan_bytes(&b, &loc), None),
-                    Err(e) => (
-                        vec![Finding::new(
-                            Severity::High,
-                            "file.unreadable",
-                            loc,
-                            e.to_string(),
-                        )],
-                        None,
-                    ),
-                }
-            }
+                std::fs::read(path).map_or_else(
+                    |e| vec![unreadable(&loc, &e)],
+                    |b| pickle::scan_bytes(&b, &loc),
+                )
+            };
+            (findings, None)
         }
         Format::Other => (Vec::new(), None),
     };
@@ -257,7 +245,7 @@ pub fn licence_restriction(licence: &str) -> Option<&'static str> {
 
 pub fn gguf_info(g: &gguf::Gguf) -> ModelInfo {
     ModelInfo {
-        name: g.str("general.name").map(str::to_owned),
+        model_name: g.str("general.name").map(str::to_owned),
         architecture: g.architecture().map(str::to_owned),
         parameters: Some(g.parameters()),
         quantisation: Some(g.quantisation()),
@@ -280,17 +268,10 @@ fn walk(p: &Path, depth: u32, out: &mut Vec<FileReport>) {
     let meta = match std::fs::symlink_metadata(p) {
         Ok(m) => m,
         Err(e) => {
-            out.push(FileReport {
-                path: p.to_owned(),
-                format: Format::Other,
-                findings: vec![Finding::new(
-                    Severity::High,
-                    "file.unreadable",
-                    p.display().to_string(),
-                    e.to_string(),
-                )],
-                info: None,
-            });
+            out.push(FileReport::other(
+                p,
+                vec![unreadable(&p.display().to_string(), &e)],
+            ));
             return;
         }
     };
@@ -298,17 +279,15 @@ fn walk(p: &Path, depth: u32, out: &mut Vec<FileReport>) {
         let target = std::fs::read_link(p)
             .map(|t| t.display().to_string())
             .unwrap_or_default();
-        out.push(FileReport {
-            path: p.to_owned(),
-            format: Format::Other,
-            findings: vec![Finding::new(
+        out.push(FileReport::other(
+            p,
+            vec![Finding::new(
                 Severity::Medium,
                 "file.symlink",
                 p.display().to_string(),
                 format!("a symbolic link to `{target}`: not followed"),
             )],
-            info: None,
-        });
+        ));
     } else if meta.is_dir() {
         if depth > 16 {
             return;

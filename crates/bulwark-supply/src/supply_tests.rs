@@ -575,7 +575,7 @@ fn registry_detects_changed_files_and_checks_signatures() {
     );
     let mut e = registry::describe("tiny", &model, "file:test".into(), &|_, _| {}).unwrap();
     assert_eq!(
-        (e.format.as_str(), e.files.len(), e.parameters),
+        (e.format.as_str(), e.files.len(), e.info.parameters),
         ("gguf", 1, Some(32))
     );
     assert_eq!(e.files[0].sha256, crate::sha256_file(&model).unwrap());
@@ -601,7 +601,7 @@ fn registry_detects_changed_files_and_checks_signatures() {
             .contains("signature check failed")
     );
     let mut edited = e.clone();
-    edited.license = Some("MIT".into());
+    edited.info.license = Some("MIT".into());
     assert!(
         registry::verify(&edited, &registry::Signatures::Required(&vk), &|_, _| {})[0]
             .contains("signature check failed")

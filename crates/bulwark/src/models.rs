@@ -322,8 +322,8 @@ fn add(
     })?;
     bar.finish_and_clear();
     let bytes: u64 = entry.files.iter().map(|f| f.size).sum();
-    if entry.license.is_none() {
-        entry.license = license;
+    if entry.info.license.is_none() {
+        entry.info.license = license;
     }
     print_findings(&entry.findings);
     if entry.worst() == Some(Severity::High) && !force {
@@ -337,11 +337,12 @@ fn add(
         entry.files.len(),
         entry.format,
         entry
+            .info
             .architecture
             .as_deref()
             .unwrap_or("unknown architecture"),
-        entry.parameters.map_or("?".into(), |p| p.to_string()),
-        entry.quantisation.as_deref().unwrap_or("?"),
+        entry.info.parameters.map_or("?".into(), |p| p.to_string()),
+        entry.info.quantisation.as_deref().unwrap_or("?"),
         rate(bytes, started)
     );
     for f in &entry.files {

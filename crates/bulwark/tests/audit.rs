@@ -447,33 +447,31 @@ async fn streams_refusals_and_token_counts_are_recorded() {
     assert!(r.chunk().await.ok().flatten().is_some());
     drop(r);
     // Refused before routing: no key, not JSON, invalid fields.
-    let r = client
-        .post(b.url("/v1/chat/completions"))
-        .json(&json!({"model": "m", "messages": []}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status(), 401);
-    let no_key_id = id(&r);
-    let r = client
-        .post(b.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .header("content-type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status(), 415);
-    let not_json_id = id(&r);
-    let r = client
-        .post(b.url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({"model": "m", "messages": "not a list"}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.status(), 400);
-    let invalid_id = id(&r);
+    let refused = |key: Option<&str>, content_type: &str, body: String, status: u16| {
+        let mut req = client
+            .post(b.url("/v1/chat/completions"))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        async move {
+            let r = req.send().await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.status(), status);
+            id(&r)
+        }
+    };
+    let json = "application/json";
+    let no_key_id = refused(
+        None,
+        json,
+        json!({"model": "m", "messages": []}).to_string(),
+        401,
+    )
+    .await;
+    let not_json_id = refused(Some(&key), "text/plain", "hello".into(), 415).await;
+    let invalid = json!({"model": "m", "messages": "not a list"}).to_string();
+    let invalid_id = refused(Some(&key), json, invalid, 400).await;
 
     // The cut stream's end is recorded when the gateway notices the client left.
     let mut records = Vec::new();
