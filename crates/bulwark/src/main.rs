@@ -162,6 +162,24 @@ enum AuditCommand {
         #[arg(long, default_value = "jsonl")]
         format: String,
     },
+    /// Check receipts that clients kept (`x-bulwark-receipt` values, one per line)
+    /// against the log: each must be validly signed and have its record. A receipt
+    /// without a record means records were lost or removed, e.g. the log's tail cut
+    /// off, which the hash chain alone cannot show.
+    CheckReceipts {
+        /// File with one receipt per line.
+        receipts: PathBuf,
+        /// The gateway's receipt.pub.
+        #[arg(long)]
+        receipt_key: PathBuf,
+        /// The auditor's private key(s), to read the records.
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -311,6 +329,60 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                     println!("BROKEN at {p} ({} records verified before it)", v.records);
                     std::process::exit(1);
                 }
+            }
+        }
+        AuditCommand::CheckReceipts {
+            receipts,
+            receipt_key,
+            key,
+            dir,
+            config,
+        } => {
+            let dir = audit_dir(dir, config)?;
+            let vk: bulwark_audit::receipt::VerifyingKey = bulwark_audit::read_key(&receipt_key)?;
+            let sks = key
+                .iter()
+                .map(|k| bulwark_audit::read_key::<bulwark_audit::SecretKey>(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (records, v) = bulwark_audit::export(&dir, &sks)?;
+            let recorded: std::collections::HashSet<&str> =
+                records.iter().map(|r| r.request_id.as_str()).collect();
+            let text = std::fs::read_to_string(&receipts)
+                .with_context(|| format!("reading {}", receipts.display()))?;
+            let (mut ok, mut bad) = (0usize, 0usize);
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let line = line
+                    .trim()
+                    .trim_start_matches(": x-bulwark-receipt ")
+                    .trim();
+                match bulwark_audit::receipt::verify(&vk, line) {
+                    Err(e) => {
+                        bad += 1;
+                        println!("line {}: not a valid receipt: {e}", n + 1);
+                    }
+                    Ok(c) if !recorded.contains(c.request_id.as_str()) => {
+                        bad += 1;
+                        println!(
+                            "line {}: request {} (answered {}, status {}) has no record in the log",
+                            n + 1,
+                            c.request_id,
+                            c.time_ms,
+                            c.status
+                        );
+                    }
+                    Ok(_) => ok += 1,
+                }
+            }
+            if let Some(p) = &v.problem {
+                println!("the chain breaks at {p}; records after it were not read");
+            }
+            println!("{ok} receipt(s) have their record, {bad} do not");
+            if bad > 0 || v.problem.is_some() {
+                std::process::exit(1);
             }
         }
         AuditCommand::Export {

@@ -610,3 +610,82 @@ async fn record_content_keeps_what_was_asked_and_answered() {
         "{end}"
     );
 }
+
+/// The hash chain cannot show a log whose last records were cut off cleanly; the
+/// receipts clients kept can.
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_kept_by_clients_reveal_a_cut_off_tail() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = setup("audit-receipts", &mock);
+    let gw = s.dir.0.join("gw");
+    let (ok, _, err) = run(&["receipt", "keygen", "--out", gw.to_str().unwrap_or("")]);
+    assert!(ok, "{err}");
+    let cfg = std::fs::read_to_string(&s.cfg).unwrap_or_default();
+    std::fs::write(
+        &s.cfg,
+        format!("{cfg}[receipts]\nsigning_key = \"gw/receipt.key\"\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let b = s.start().await;
+    let client = reqwest::Client::new();
+    let mut receipts = String::new();
+    for i in 0..5 {
+        let r = client
+            .post(b.url("/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": format!("question {i}")}]}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status(), 200);
+        receipts += r
+            .headers()
+            .get("x-bulwark-receipt")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        receipts += "\n";
+    }
+    drop(b);
+    let file = s.dir.write("receipts.txt", &receipts);
+    let check = || {
+        run(&[
+            "audit",
+            "check-receipts",
+            file.to_str().unwrap_or(""),
+            "--receipt-key",
+            gw.join("receipt.pub").to_str().unwrap_or(""),
+            "--key",
+            s.dir.0.join("auditor/audit.key").to_str().unwrap_or(""),
+            "--dir",
+            &s.log_dir(),
+        ])
+    };
+    let (ok, out, err) = check();
+    assert!(
+        ok && out.contains("5 receipt(s) have their record, 0 do not"),
+        "{out}{err}"
+    );
+    // Cut the last two records off cleanly, at a line boundary.
+    let seg = std::fs::read_dir(s.log_dir())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .max()
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(&seg).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let kept = lines[..lines.len() - 2].join("\n") + "\n";
+    std::fs::write(&seg, kept).unwrap_or_else(|e| panic!("{e}"));
+    let (ok, out, _) = run(&["audit", "verify", "--dir", &s.log_dir()]);
+    assert!(
+        ok && out.starts_with("ok: 3 records"),
+        "the chain alone cannot tell: {out}"
+    );
+    let (ok, out, _) = check();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("3 receipt(s) have their record, 2 do not")
+            && out.contains("has no record in the log"),
+        "{out}"
+    );
+}
