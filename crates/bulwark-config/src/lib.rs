@@ -162,8 +162,9 @@ pub struct RawGuard {
     pub pii_class: Option<DataClass>,
     /// Class a request is raised to when credentials are sent as is. Default `secret`.
     pub secret_class: Option<DataClass>,
-    /// Answers (not streamed) with images or links whose URLs carry data out:
-    /// `redact` (default: the URL becomes `[BLOCKED_URL]`), `flag` or `allow`.
+    /// Answers, streamed or not, with images or links whose URLs carry data out, or with
+    /// credentials the request did not carry: `redact` (default: `[BLOCKED_URL]`,
+    /// `[REDACTED_<KIND>]`), `flag` (header only) or `allow`.
     pub output: Option<GuardAction>,
     /// Put a canary (an HTML comment with a token unique to the request) at the start of
     /// the system message, and withhold any answer that repeats it: the system prompt

@@ -345,3 +345,203 @@ mod canary_tests {
         assert!(!w.leaked);
     }
 }
+
+/// Credentials in an answer that the request did not carry (a model repeating a key
+/// from a document it was shown or from its training data): replaced with
+/// `[REDACTED_<KIND>]` when `redact`, else only named. `known` holds the credentials
+/// the request itself carried, which its sender may see again. `context` is text sent
+/// just before `text` (not rewritten, only read so that `password: ` and its value can
+/// be seen together across a cut).
+pub fn redact_secrets(
+    context: &str,
+    text: &str,
+    redact: bool,
+    known: &std::collections::HashSet<String>,
+) -> (String, Vec<&'static str>) {
+    let joined = format!("{context}{text}");
+    let mut f = Vec::new();
+    crate::secrets::scan(&joined, &mut f);
+    let mut f: Vec<Finding> = crate::resolve_overlaps(f)
+        .into_iter()
+        .filter(|x| x.end > context.len() && !known.contains(&joined[x.start..x.end]))
+        .collect();
+    f.sort_by_key(|x| x.start);
+    let kinds: Vec<&'static str> = f.iter().map(|x| x.kind).collect();
+    if f.is_empty() || !redact {
+        return (text.to_owned(), kinds);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = context.len();
+    for x in &f {
+        let start = x.start.max(context.len());
+        if start < at {
+            continue;
+        }
+        out.push_str(&joined[at..start]);
+        out.push_str(&format!("[REDACTED_{}]", x.kind.to_ascii_uppercase()));
+        at = x.end;
+    }
+    out.push_str(&joined[at..]);
+    (out, kinds)
+}
+
+/// Longest run without whitespace held back while a credential may still be arriving.
+pub const MAX_SECRET_HELD: usize = 512;
+/// Longest PEM block held back until its `-----END` line.
+pub const MAX_PEM_HELD: usize = 16 * 1024;
+/// Text already sent that is read again as context.
+const SECRET_CONTEXT: usize = 64;
+
+/// [`redact_secrets`] for a stream: holds back only the word being written (a
+/// credential has no spaces), or an unfinished PEM block.
+#[derive(Default)]
+pub struct SecretGate {
+    pending: String,
+    sent_tail: String,
+    known: std::sync::Arc<std::collections::HashSet<String>>,
+    pub redact: bool,
+    /// Kinds found so far.
+    pub found: Vec<&'static str>,
+}
+
+impl SecretGate {
+    pub fn new(redact: bool, known: std::sync::Arc<std::collections::HashSet<String>>) -> Self {
+        SecretGate {
+            redact,
+            known,
+            ..SecretGate::default()
+        }
+    }
+
+    fn release(&mut self, ready: &str) -> String {
+        if ready.is_empty() {
+            return String::new();
+        }
+        let (out, kinds) = redact_secrets(&self.sent_tail, ready, self.redact, &self.known);
+        self.found.extend(kinds);
+        self.sent_tail.push_str(ready);
+        let excess = self.sent_tail.len().saturating_sub(SECRET_CONTEXT);
+        let mut cut = excess;
+        while !self.sent_tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        self.sent_tail.drain(..cut);
+        out
+    }
+
+    /// Screened text that can be sent now.
+    pub fn push(&mut self, piece: &str) -> String {
+        self.pending.push_str(piece);
+        let pem = self.pending.rfind("-----BEGIN").filter(|&b| {
+            !self.pending[b..].contains("-----END") && self.pending.len() - b <= MAX_PEM_HELD
+        });
+        let word = match self.pending.rfind(char::is_whitespace) {
+            Some(i) => i + self.pending[i..].chars().next().map_or(1, char::len_utf8),
+            None => 0,
+        };
+        let mut cut = pem.unwrap_or(word);
+        if pem.is_none() && self.pending.len() - cut > MAX_SECRET_HELD {
+            cut = self.pending.len();
+        }
+        let ready: String = self.pending.drain(..cut).collect();
+        self.release(&ready)
+    }
+
+    /// Whatever is held back, at the end of the stream.
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        self.release(&rest)
+    }
+}
+
+#[cfg(test)]
+mod secret_gate_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    const KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+
+    fn stream(pieces: &[&str], known: HashSet<String>) -> (String, Vec<&'static str>) {
+        let mut g = SecretGate::new(true, Arc::new(known));
+        let mut out: String = pieces.iter().map(|p| g.push(p)).collect();
+        out.push_str(&g.finish());
+        (out, g.found)
+    }
+
+    #[test]
+    fn credentials_the_request_did_not_carry_are_redacted() {
+        let text = format!("Use the key {KEY} to sign in.");
+        let (out, kinds) = redact_secrets("", &text, true, &HashSet::new());
+        assert_eq!(out, "Use the key [REDACTED_AWS_ACCESS_KEY_ID] to sign in.");
+        assert_eq!(kinds, ["aws_access_key_id"]);
+        // The request's own key may be echoed back.
+        let known: HashSet<String> = [KEY.to_owned()].into();
+        assert_eq!(redact_secrets("", &text, true, &known).0, text);
+        // Flag only.
+        let (out, kinds) = redact_secrets("", &text, false, &HashSet::new());
+        assert_eq!((out.as_str(), kinds.len()), (text.as_str(), 1));
+    }
+
+    #[test]
+    fn a_streamed_key_split_anywhere_is_redacted_and_holds_back_one_word() {
+        let text = format!("Here: {KEY} done");
+        for cut in 0..=text.len() {
+            let (out, _) = stream(&[&text[..cut], &text[cut..]], HashSet::new());
+            assert_eq!(
+                out, "Here: [REDACTED_AWS_ACCESS_KEY_ID] done",
+                "cut at {cut}"
+            );
+        }
+        let mut g = SecretGate::new(true, Arc::new(HashSet::new()));
+        assert_eq!(g.push("Hello wor"), "Hello ");
+        assert_eq!(g.push("ld, how are you"), "world, how are ");
+        assert_eq!(g.finish(), "you");
+    }
+
+    #[test]
+    fn an_assignment_split_across_pieces_is_seen_whole() {
+        let (out, kinds) = stream(
+            &["the password: ", "hX9vQ2mZ7pL4kR8s", " ok"],
+            HashSet::new(),
+        );
+        assert_eq!(kinds, ["generic_secret"], "{out}");
+        assert!(!out.contains("hX9vQ2mZ7pL4kR8s"), "{out}");
+    }
+
+    #[test]
+    fn a_pem_block_is_held_until_it_ends() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----";
+        let mut g = SecretGate::new(true, Arc::new(HashSet::new()));
+        let mut out = g.push("key:\n");
+        for line in pem.split_inclusive('\n') {
+            out.push_str(&g.push(line));
+            if !line.contains("END") {
+                assert!(!out.contains("MIIE"), "{out}");
+            }
+        }
+        out.push_str(&g.finish());
+        assert!(!out.contains("MIIE") && out.contains("[REDACTED_"), "{out}");
+    }
+
+    proptest! {
+        /// Whatever the cuts, text without credentials passes unchanged.
+        #[test]
+        fn plain_text_passes_unchanged(text in "[a-zA-Z ,.\n]{0,200}", cuts in proptest::collection::vec(0usize..200, 0..6)) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                pieces.push(&text[at..c]);
+                at = c;
+            }
+            pieces.push(&text[at..]);
+            let (out, found) = stream(&pieces, HashSet::new());
+            prop_assert_eq!(out, text);
+            prop_assert!(found.is_empty());
+        }
+    }
+}

@@ -7,14 +7,14 @@
 //! or text parts) and the completion prompt, each alone and, for instructions split
 //! across messages, all of them joined. Nothing here sends anything anywhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_config::{GuardAction, GuardConfig};
-use bulwark_guard::output::{CanaryWatch, LinkGate};
+use bulwark_guard::output::{CanaryWatch, LinkGate, SecretGate};
 use bulwark_guard::{Category, Finding, Guard, Report, Restorer, Thresholds, Vault};
 use bulwark_policy::DataClass;
 use bytes::Bytes;
@@ -50,6 +50,9 @@ pub struct Screened {
     pub header: Option<String>,
     /// The canary placed in the system message, when there is one.
     pub canary: Option<String>,
+    /// Credentials and personal data the request itself carried: an answer may repeat
+    /// them to their sender; others in an answer are redacted or reported.
+    pub known: Arc<HashSet<String>>,
 }
 
 /// Every text slot of a request body, mutable.
@@ -168,6 +171,16 @@ impl EdgeGuard {
     fn screen_texts(&self, body: &mut Value, cfg: &GuardConfig) -> Result<Screened, ApiError> {
         let mut slots = slots(body);
         let reports: Vec<Report> = slots.iter().map(|s| self.guard.scan(s)).collect();
+        let known: HashSet<String> = slots
+            .iter()
+            .zip(&reports)
+            .flat_map(|(s, r)| {
+                r.findings
+                    .iter()
+                    .filter(|f| matches!(f.category, Category::Secret | Category::Pii))
+                    .filter_map(|f| s.get(f.start..f.end).map(str::to_owned))
+            })
+            .collect();
         let mut injection = reports
             .iter()
             .map(|r| r.injection_score)
@@ -217,7 +230,10 @@ impl EdgeGuard {
             }
         }
 
-        let mut screened = Screened::default();
+        let mut screened = Screened {
+            known: Arc::new(known),
+            ..Screened::default()
+        };
         for (cat, class, code) in [
             (Category::Pii, cfg.pii_class, "pii_detected"),
             (Category::Secret, cfg.secret_class, "secret_detected"),
@@ -295,12 +311,13 @@ pub async fn finish(
     vault: Option<Arc<Vault>>,
     output: GuardAction,
     canary: Option<String>,
+    known: Arc<HashSet<String>>,
 ) -> Response {
     if resp.status() != StatusCode::OK {
         return resp;
     }
     if !sse::is_event_stream(resp.headers()) {
-        return screen_answer(resp, vault, output, canary.as_deref()).await;
+        return screen_answer(resp, vault, output, canary.as_deref(), &known).await;
     }
     let gate = match output {
         GuardAction::Allow => None,
@@ -313,7 +330,7 @@ pub async fn finish(
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(
         parts,
-        Body::from_stream(filter_stream(body, vault, gate, canary)),
+        Body::from_stream(filter_stream(body, vault, gate, canary, known)),
     )
 }
 
@@ -322,6 +339,7 @@ pub async fn finish(
 struct ChoiceFilter {
     restorer: Option<Restorer>,
     gate: Option<LinkGate>,
+    secrets: Option<SecretGate>,
     canary: Option<CanaryWatch>,
 }
 
@@ -343,6 +361,16 @@ impl ChoiceFilter {
                 out.push_str(&g.finish());
                 if !g.found.is_empty() {
                     tracing::warn!(findings = ?g.found, redacted = g.redact, "exfiltration-shaped URLs in a streamed answer");
+                }
+            }
+            t = out;
+        }
+        if let Some(g) = &mut self.secrets {
+            let mut out = g.push(&t);
+            if last {
+                out.push_str(&g.finish());
+                if !g.found.is_empty() {
+                    tracing::warn!(findings = ?g.found, redacted = g.redact, "credentials the request did not carry in a streamed answer");
                 }
             }
             t = out;
@@ -378,6 +406,7 @@ fn filter_stream(
     vault: Option<Arc<Vault>>,
     gate: Option<bool>,
     canary: Option<String>,
+    known: Arc<HashSet<String>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> {
     struct State {
         framer: Framer,
@@ -385,6 +414,7 @@ fn filter_stream(
         vault: Option<Arc<Vault>>,
         gate: Option<bool>,
         canary: Option<String>,
+        known: Arc<HashSet<String>>,
         stopped: bool,
     }
     let state = Arc::new(Mutex::new(State {
@@ -393,6 +423,7 @@ fn filter_stream(
         vault,
         gate,
         canary,
+        known,
         stopped: false,
     }));
     let tail = Arc::clone(&state);
@@ -407,6 +438,7 @@ fn filter_stream(
                     vault,
                     gate,
                     canary,
+                    known,
                     stopped,
                 } = &mut *guard;
                 let mut pieces = Vec::new();
@@ -419,7 +451,7 @@ fn filter_stream(
                     match p {
                         Piece::Raw(b) => out.push(Ok(b)),
                         Piece::Event(b) => {
-                            let ev = filter_event(choices, vault, *gate, canary, b);
+                            let ev = filter_event(choices, vault, *gate, canary, known, b);
                             if choices.values().any(ChoiceFilter::leaked) {
                                 tracing::warn!("a streamed answer repeated the system prompt's canary; stream stopped");
                                 *stopped = true;
@@ -451,6 +483,7 @@ fn filter_event(
     vault: &Option<Arc<Vault>>,
     gate: Option<bool>,
     canary: &Option<String>,
+    known: &Arc<HashSet<String>>,
     event: Bytes,
 ) -> Bytes {
     let Some(mut v) = sse::data_json(&event) else {
@@ -466,6 +499,7 @@ fn filter_event(
         let f = choices.entry(index).or_insert_with(|| ChoiceFilter {
             restorer: vault.as_ref().map(|v| Restorer::new(Arc::clone(v))),
             gate: gate.map(LinkGate::new),
+            secrets: gate.map(|redact| SecretGate::new(redact, Arc::clone(known))),
             canary: canary.as_deref().map(CanaryWatch::new),
         });
         let slot = if c.pointer("/delta").is_some() {
@@ -508,6 +542,7 @@ async fn screen_answer(
     vault: Option<Arc<Vault>>,
     action: GuardAction,
     canary: Option<&str>,
+    known: &HashSet<String>,
 ) -> Response {
     let is_json = resp
         .headers()
@@ -556,6 +591,7 @@ async fn screen_answer(
         }
     }
     let mut found: Vec<&'static str> = Vec::new();
+    let mut pii_found: Vec<&'static str> = Vec::new();
     if screen {
         if let Some(token) = canary {
             let leaked = bytes.windows(token.len()).any(|w| w == token.as_bytes())
@@ -574,19 +610,35 @@ async fn screen_answer(
         }
         if action != GuardAction::Allow {
             for t in texts.iter_mut() {
-                let (out, kinds) = bulwark_guard::output::defuse(t, action == GuardAction::Redact);
-                if !kinds.is_empty() {
-                    found.extend(kinds);
-                    changed |= out != **t;
-                    **t = out;
-                }
+                let redact = action == GuardAction::Redact;
+                let (out, kinds) = bulwark_guard::output::defuse(t, redact);
+                let (out, secrets) = bulwark_guard::output::redact_secrets("", &out, redact, known);
+                found.extend(kinds);
+                found.extend(secrets);
+                let mut pii = Vec::new();
+                bulwark_guard::pii::scan(&out, &mut pii);
+                pii_found.extend(
+                    pii.iter()
+                        .filter(|f| !known.contains(&out[f.start..f.end]))
+                        .map(|f| f.kind),
+                );
+                changed |= out != **t;
+                **t = out;
             }
         }
+    }
+    if !pii_found.is_empty() {
+        pii_found.sort_unstable();
+        pii_found.dedup();
+        parts.headers.insert(
+            "x-bulwark-guard-output-pii",
+            crate::route::header_value(&pii_found.join(",")),
+        );
     }
     if !found.is_empty() {
         found.sort_unstable();
         found.dedup();
-        tracing::warn!(findings = %found.join(","), action = action.as_str(), "exfiltration-shaped URLs in an answer");
+        tracing::warn!(findings = %found.join(","), action = action.as_str(), "exfiltration-shaped URLs or credentials the request did not carry in an answer");
         parts.headers.insert(
             "x-bulwark-guard-output",
             crate::route::header_value(&format!("{}:{}", action.as_str(), found.join(","))),

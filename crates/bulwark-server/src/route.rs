@@ -588,6 +588,7 @@ async fn serve_inner(
     // The guard reads every text before anything else looks at the content: it may
     // refuse the request, raise its class, or rewrite it (placeholders restored below).
     let mut vault = None;
+    let mut known = std::sync::Arc::default();
     let mut guard_note = None;
     let mut canary = None;
     let guard_config = match state.models.guard_for(key.map(|k| &k.record.spec), &body.model) {
@@ -623,6 +624,7 @@ async fn serve_inner(
                     }
                 }
                 vault = s.vault;
+                known = s.known;
                 guard_note = s.header;
                 canary = s.canary;
             }
@@ -673,7 +675,7 @@ async fn serve_inner(
         if let Some(answer) = cache.get(key) {
             let mut resp = cache::replay(&answer, stream, include_usage);
             if let Some((_, cfg)) = guard {
-                resp = guard::finish(resp, vault, cfg.output, canary).await;
+                resp = guard::finish(resp, vault, cfg.output, canary, known).await;
             }
             if let Some(note) = &guard_note {
                 resp.headers_mut()
@@ -723,7 +725,7 @@ async fn serve_inner(
     };
     // Cached answers keep their placeholders; the originals go back in on the way out.
     if let Some((_, cfg)) = guard {
-        resp = guard::finish(resp, vault, cfg.output, canary).await;
+        resp = guard::finish(resp, vault, cfg.output, canary, known).await;
     }
     if let Some(meter) = meter {
         resp = meter.account(resp);

@@ -28,8 +28,11 @@ struct Module<'a> {
     a: Option<(u64, u64)>,
     b: Option<(u64, u64)>,
     /// Both tensors' values, when their type can be read.
-    values: Box<dyn Fn() -> Option<(Vec<f32>, Vec<f32>)> + 'a>,
+    values: PairValues<'a>,
 }
+
+/// Reads a module's A and B values on demand (large adapters are read once, here).
+type PairValues<'a> = Box<dyn Fn() -> Option<(Vec<f32>, Vec<f32>)> + 'a>;
 
 /// A base weight as (input, output) and its values.
 struct BaseWeight<'a> {
@@ -478,7 +481,7 @@ pub fn check_safetensors_binding(
         let mut m = name;
         let w: &StTensor = loop {
             if let Some(w) = weights.get(format!("{m}.weight").as_str()) {
-                break *w;
+                break w;
             }
             m = m.split_once('.')?.1;
         };

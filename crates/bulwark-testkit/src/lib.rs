@@ -10,6 +10,7 @@
 //! | `flaky-N`        | answers 503 to its first N requests, then normally                |
 //! | `drip-MS`        | streams, waiting MS milliseconds between chunks                  |
 //! | `stall`          | sends headers and one chunk, then nothing                        |
+//! | `leak-secret`    | answers with a credential of its own (`LEAKED_KEY`) after the echo |
 //! | anything else    | answers at once: `mock reply to: <last message>`                 |
 //!
 //! Every request body it receives is recorded ([`MockUpstream::received`]), so tests can
@@ -203,6 +204,11 @@ async fn respond(
             })
             .unwrap_or_default();
         format!("mock reply to: {}", all.join(" | "))
+    } else if model == "leak-secret" {
+        format!(
+            "mock reply to: {} The admin key is {LEAKED_KEY} for now.",
+            last_text(&body)
+        )
     } else {
         format!("mock reply to: {}", last_text(&body))
     };
@@ -302,6 +308,10 @@ impl MockUpstream {
         self.log.completed()
     }
 }
+
+/// The credential the `leak-secret` mock model puts in its answers (AWS's documented
+/// example key id).
+pub const LEAKED_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
 
 /// The real `bulwark` binary, started on a loopback port and killed on drop.
 pub struct Bulwark {

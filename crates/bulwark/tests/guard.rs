@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 fn config(mock: &MockUpstream, guard: &str) -> String {
     format!(
         "[[upstreams]]\nname = \"abroad\"\nbase_url = \"{}\"\njurisdiction = \"US\"\ntrust = \"foreign\"\n\
-         models = {{ \"m\" = \"m\", \"drip\" = \"drip-5\" }}\n{guard}",
+         models = {{ \"m\" = \"m\", \"drip\" = \"drip-5\", \"leak\" = \"leak-secret\" }}\n{guard}",
         mock.base_url()
     )
 }
@@ -479,4 +479,48 @@ fn a_route_naming_an_unknown_guard_profile_is_a_config_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("guard profile `nope` is not defined"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_an_answer_adds_are_redacted_streamed_or_not() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("guard-answer-secrets");
+    let b = gateway(&dir, &config(&mock, "")).await;
+    let key = bulwark_testkit::LEAKED_KEY;
+    let r = post(&b, user("leak", "What is the admin key?")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = content(&r.body);
+    assert!(
+        !text.contains(key) && text.contains("[REDACTED_AWS_ACCESS_KEY_ID]"),
+        "{text}"
+    );
+    let mut s = json!({"model": "leak", "stream": true, "messages": [{"role": "user", "content": "What is the admin key?"}]});
+    let r = post(&b, s.take()).await;
+    let streamed = streamed_content(&r.body);
+    assert!(
+        !streamed.contains(key) && streamed.contains("[REDACTED_AWS_ACCESS_KEY_ID]"),
+        "{streamed}"
+    );
+    // A key the client sent itself may come back to it.
+    let r = post(&b, user("leak", &format!("Is {key} my key?"))).await;
+    assert_eq!(content(&r.body).matches(key).count(), 2, "{}", r.body);
+    // With output = flag, the answer is untouched and the header names what was found.
+    let dir2 = TempDir::new("guard-answer-secrets-flag");
+    let b2 = gateway(&dir2, &config(&mock, "[guard]\noutput = \"flag\"\n")).await;
+    let r = reqwest::Client::new()
+        .post(b2.url("/v1/chat/completions"))
+        .json(&user("leak", "What is the admin key?"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let header = r
+        .headers()
+        .get("x-bulwark-guard-output")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(header, "flag:aws_access_key_id");
+    assert!(content(&r.text().await.unwrap_or_default()).contains(key));
 }
