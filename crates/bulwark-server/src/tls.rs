@@ -23,6 +23,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// A client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; beyond it, accepting waits (a flood of connections
+/// that never finish their handshake cannot grow memory without bound).
+const MAX_HANDSHAKES: usize = 1024;
 
 /// Builds the rustls server configuration from `[server.tls]`. Errors name the file and
 /// what is wrong with it.
@@ -83,8 +86,12 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let tls = TlsAcceptor::from(Arc::new(config));
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let acceptor = tokio::spawn(async move {
             loop {
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -100,6 +107,7 @@ impl TlsListener {
                 }
                 let (tls, tx) = (tls.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                         Ok(Ok(conn)) => {
                             let (_, session) = conn.get_ref();
