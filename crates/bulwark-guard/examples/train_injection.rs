@@ -211,10 +211,11 @@ fn main() {
             json!({"dev category": c, "attacks": tp + fnn, "recall": f64::from(tp) / f64::from((tp + fnn).max(1))})
         );
     }
-    // Misses and false alarms on dev, a few of each, to read.
-    for (e, (s, _)) in dev
+    // Misses and false alarms on the tuning split, a few of each, to read: the place to
+    // look for what training lacks. Dev stays unread, so that its figures stay honest.
+    for (e, (s, _)) in tune
         .iter()
-        .zip(&dev_both)
+        .zip(&tune_scores)
         .filter(|(e, (s, _))| e.label != (*s >= threshold))
         .take(12)
     {
