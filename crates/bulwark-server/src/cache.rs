@@ -6,16 +6,15 @@
 //! or one larger than `max_answer_bytes` is never cached. A client that hangs up before
 //! the end stores nothing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bulwark_cache::{parse_answer, Answer, Cache, Key, Kind};
 use bulwark_config::CacheConfig;
 use bytes::Bytes;
-use futures_util::{stream, StreamExt};
-use http::{header, StatusCode};
+use futures_util::stream;
+use http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::sse;
@@ -54,76 +53,12 @@ impl ResponseCache {
             return resp;
         }
         let sse = crate::sse::is_event_stream(resp.headers());
-        // With a declared length, hyper may stop polling the body once it has written
-        // that many bytes, so the answer is also complete when the copy reaches it.
-        let declared = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let (parts, body) = resp.into_parts();
-        let copy = Arc::new(Copy {
-            buf: Mutex::new(Some(Vec::new())),
-            limit: self.config.max_answer_bytes,
-            declared,
-            cache: Arc::clone(self),
-            key,
-            kind,
-            sse,
-        });
-        let tap = Arc::clone(&copy);
-        let data = body.into_data_stream().map(move |chunk| {
-            tap.take(&chunk);
-            chunk
-        });
-        let at_end = stream::once(async move { copy.finish() })
-            .filter_map(|()| async { None::<Result<Bytes, axum::Error>> });
-        Response::from_parts(parts, Body::from_stream(data.chain(at_end)))
-    }
-}
-
-/// The copy of a response body on its way to the cache.
-struct Copy {
-    /// `None` once abandoned (too large, failed) or stored.
-    buf: Mutex<Option<Vec<u8>>>,
-    limit: usize,
-    declared: Option<usize>,
-    cache: Arc<ResponseCache>,
-    key: Key,
-    kind: Kind,
-    sse: bool,
-}
-
-impl Copy {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
-        self.buf.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn take(&self, chunk: &Result<Bytes, axum::Error>) {
-        let complete = {
-            let mut guard = self.lock();
-            match (chunk, guard.as_mut()) {
-                (Ok(bytes), Some(buf)) if buf.len() + bytes.len() <= self.limit => {
-                    buf.extend_from_slice(bytes);
-                    Some(buf.len()) == self.declared
-                }
-                _ => {
-                    *guard = None;
-                    false
-                }
+        let cache = Arc::clone(self);
+        crate::tap::on_whole_body(resp, self.config.max_answer_bytes, move |body| {
+            if let Some(answer) = parse_answer(kind, sse, &body) {
+                cache.cache.put(key, answer);
             }
-        };
-        if complete {
-            self.finish();
-        }
-    }
-
-    /// Stores the answer if the copy is whole; runs at most once.
-    fn finish(&self) {
-        let full = self.lock().take();
-        if let Some(answer) = full.and_then(|b| parse_answer(self.kind, self.sse, &b)) {
-            self.cache.cache.put(self.key, answer);
-        }
+        })
     }
 }
 

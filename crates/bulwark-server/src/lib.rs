@@ -18,6 +18,7 @@ mod proxy;
 pub mod route;
 pub mod sse;
 pub mod state;
+mod tap;
 pub mod tls;
 mod usage;
 

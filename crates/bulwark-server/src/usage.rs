@@ -130,46 +130,12 @@ impl Meter {
     }
 
     fn account_json(self, resp: Response) -> Response {
-        let declared = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let (parts, body) = resp.into_parts();
-        // `None` once the usage has been read or the body given up on.
-        let buf = Arc::new(Mutex::new(Some(Vec::new())));
-        let meter = Arc::new(self);
-        let (tap, tap_meter) = (Arc::clone(&buf), Arc::clone(&meter));
-        let data = body.into_data_stream().map(move |chunk| {
-            let complete = {
-                let mut guard = tap.lock().unwrap_or_else(|p| p.into_inner());
-                match (&chunk, guard.as_mut()) {
-                    (Ok(bytes), Some(b)) if b.len() + bytes.len() <= MAX_INSPECTED => {
-                        b.extend_from_slice(bytes);
-                        Some(b.len()) == declared
-                    }
-                    _ => {
-                        *guard = None;
-                        false
-                    }
+        crate::tap::on_whole_body(resp, MAX_INSPECTED, move |body| {
+            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                if let Some(u) = v.get("usage") {
+                    self.record(u);
                 }
-            };
-            if complete {
-                finish_json(&tap, &tap_meter);
             }
-            chunk
-        });
-        let at_end = stream::once(async move { finish_json(&buf, &meter) })
-            .filter_map(|()| async { None::<Result<Bytes, axum::Error>> });
-        Response::from_parts(parts, Body::from_stream(data.chain(at_end)))
-    }
-}
-
-fn finish_json(buf: &Mutex<Option<Vec<u8>>>, meter: &Meter) {
-    let body = buf.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(v) = body.and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
-        if let Some(u) = v.get("usage") {
-            meter.record(u);
-        }
+        })
     }
 }
