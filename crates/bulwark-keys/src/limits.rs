@@ -108,7 +108,17 @@ impl Period {
             _ => None,
         }
     }
+}
 
+impl std::str::FromStr for Period {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Period::parse(s).ok_or_else(|| format!("`{s}` is not a budget period; use day or month"))
+    }
+}
+
+impl Period {
     /// The first day (UTC) of the period containing `day`.
     pub fn start(self, day: Day) -> Day {
         match self {

@@ -44,41 +44,53 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE keys ADD COLUMN guard TEXT;",
 ];
 
-/// What a key may do; given when it is created.
+/// What a key may do; given when it is created (as JSON by the admin API, as
+/// arguments by `bulwark keys create`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
     /// A label for people ("ci", "alice's laptop").
     pub name: String,
     /// Whose key this is; answers are never cached across tenants. Default: the name.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub tenant: Option<String>,
     /// Model names (or route names) this key may use; empty: all.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long = "model", value_name = "MODEL"))]
     pub models: Vec<String>,
     /// The highest data class this key may send. Default `secret` (no cap).
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub max_class: Option<DataClass>,
     /// The class of this key's requests that say nothing else. Default: the server's.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub default_class: Option<DataClass>,
     /// A named policy from the config (`[policies.NAME]`) replacing the server's.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub policy: Option<String>,
     /// Requests per minute (sliding window).
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub rpm: Option<u64>,
     /// Prompt + completion tokens per minute (sliding window).
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub tpm: Option<u64>,
     /// Tokens allowed per budget period.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub budget_tokens: Option<u64>,
     /// `day` or `month` (UTC calendar). Default `month` when a budget is set.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub budget_period: Option<Period>,
     /// A guard profile from the config (`[guard.profiles.NAME]`) for this key's requests.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub guard: Option<String>,
 }
 

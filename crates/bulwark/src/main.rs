@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bulwark_config::{Config, DataClass};
-use bulwark_keys::{KeyRecord, KeySpec, Keys, Period, Store};
+use bulwark_config::Config;
+use bulwark_keys::{KeyRecord, KeySpec, Keys, Store};
 use clap::{Parser, Subcommand};
 
 mod models;
@@ -74,40 +74,7 @@ enum Command {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key and print it once (stdout); only its hash is stored.
-    Create {
-        /// A label for people.
-        name: String,
-        /// Whose key this is (cached answers are never shared across tenants). Default: NAME.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// A model or route this key may use; repeat for more. Default: all.
-        #[arg(long = "model")]
-        models: Vec<String>,
-        /// Highest data class this key may send (public, internal, confidential, secret).
-        #[arg(long)]
-        max_class: Option<DataClass>,
-        /// Class of this key's requests that do not say (default: the server's).
-        #[arg(long)]
-        default_class: Option<DataClass>,
-        /// A policy from the config's [policies.NAME] instead of [policy].
-        #[arg(long)]
-        policy: Option<String>,
-        /// Requests per minute.
-        #[arg(long)]
-        rpm: Option<u64>,
-        /// Tokens (prompt + completion) per minute.
-        #[arg(long)]
-        tpm: Option<u64>,
-        /// Tokens per budget period.
-        #[arg(long)]
-        budget_tokens: Option<u64>,
-        /// Budget period: day or month (UTC). Default month.
-        #[arg(long, value_parser = parse_period)]
-        budget_period: Option<Period>,
-        /// A guard profile from the config's [guard.profiles.NAME] for this key.
-        #[arg(long)]
-        guard: Option<String>,
-    },
+    Create(KeySpec),
     /// List keys (never their secrets).
     List {
         /// One JSON object per line instead of a table.
@@ -460,10 +427,6 @@ fn audit_command(command: AuditCommand) -> Result<()> {
     Ok(())
 }
 
-fn parse_period(s: &str) -> Result<Period, String> {
-    Period::parse(s).ok_or_else(|| format!("`{s}` is not a budget period; use day or month"))
-}
-
 fn model_dir() -> PathBuf {
     std::env::var_os("BULWARK_MODEL_DIR").map_or_else(|| PathBuf::from("models"), PathBuf::from)
 }
@@ -619,46 +582,21 @@ fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> Result<()> {
     let config = load_config(config.as_deref())?;
     let keys = open_keys(&config)?;
     match command {
-        KeysCommand::Create {
-            name,
-            tenant,
-            models,
-            max_class,
-            default_class,
-            policy,
-            rpm,
-            tpm,
-            budget_tokens,
-            budget_period,
-            guard,
-        } => {
-            if let Some(p) = &policy {
+        KeysCommand::Create(spec) => {
+            if let Some(p) = &spec.policy {
                 if !config.policies.contains_key(p) {
                     anyhow::bail!(
                         "no policy named `{p}` in the config (pass the config with --config; it declares [policies.NAME])"
                     );
                 }
             }
-            if let Some(g) = &guard {
+            if let Some(g) = &spec.guard {
                 if !config.guard_profiles.contains_key(g) {
                     anyhow::bail!(
                         "no guard profile named `{g}` in the config (pass the config with --config; it declares [guard.profiles.NAME])"
                     );
                 }
             }
-            let spec = KeySpec {
-                name,
-                tenant,
-                models,
-                max_class,
-                default_class,
-                policy,
-                rpm,
-                tpm,
-                budget_tokens,
-                budget_period,
-                guard,
-            };
             let (record, plaintext) = keys.create(&spec)?;
             println!("{plaintext}");
             eprintln!(
