@@ -13,6 +13,9 @@ from common import BULWARK, MOCK, ROOT, start_printing, stop, wait_http
 
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64").split(",")]
+# Which targets to measure (comma-separated names, e.g. "direct,bulwark,bulwark_tls");
+# all by default. `direct` is always kept: it is the baseline.
+ONLY = {t for t in os.environ.get("BENCH_TARGETS", "").split(",") if t}
 LITELLM = os.environ.get("LITELLM_BIN")
 
 
@@ -128,6 +131,8 @@ def main():
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
         targets["litellm"] = f"http://127.0.0.1:{port}/v1/chat/completions"
         pids["litellm"] = lp.pid
+    if ONLY:
+        targets = {k: v for k, v in targets.items() if k == "direct" or k in ONLY}
     print(json.dumps({"targets": targets}), file=sys.stderr, flush=True)
     try:
         for name, url in targets.items():  # warm-up: connections, pools, the cache entry
