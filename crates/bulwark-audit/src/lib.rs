@@ -278,6 +278,19 @@ fn walk(
             seq,
             reason,
         };
+        // The chain breaks here: what was verified before this line, and why.
+        macro_rules! broken {
+            ($seq:expr, $reason:expr) => {
+                return Ok(Verified {
+                    segments: count,
+                    records,
+                    last_hash: prev,
+                    next_seq,
+                    problem: Some(problem(line_no, $seq, $reason.into())),
+                    torn_at: None,
+                })
+            };
+        }
         while offset < bytes.len() {
             line_no += 1;
             let Some(nl) = bytes[offset..].iter().position(|&b| b == b'\n') else {
@@ -298,40 +311,19 @@ fn walk(
             if key.is_none() {
                 let h: Header = match serde_json::from_slice(line) {
                     Ok(h) => h,
-                    Err(e) => {
-                        return Ok(broken(
-                            count,
-                            records,
-                            prev,
-                            next_seq,
-                            problem(line_no, None, format!("bad segment header: {e}")),
-                        ))
-                    }
+                    Err(e) => broken!(None, format!("bad segment header: {e}")),
                 };
                 if h.segment != *n {
-                    return Ok(broken(
-                        count,
-                        records,
-                        prev,
-                        next_seq,
-                        problem(
-                            line_no,
-                            None,
-                            format!("header says segment {}, file name says {n}", h.segment),
-                        ),
-                    ));
+                    broken!(
+                        None,
+                        format!("header says segment {}, file name says {n}", h.segment)
+                    );
                 }
                 if h.prev != prev {
-                    return Ok(broken(count, records, prev, next_seq, problem(line_no, None, "segment does not continue the previous one (a segment or records before it are missing or altered)".into())));
+                    broken!(None, "segment does not continue the previous one (a segment or records before it are missing or altered)");
                 }
                 if header_hash(&h.prev, h.segment, &h.key) != h.hash {
-                    return Ok(broken(
-                        count,
-                        records,
-                        prev,
-                        next_seq,
-                        problem(line_no, None, "segment header altered".into()),
-                    ));
+                    broken!(None, "segment header altered");
                 }
                 prev = h.hash;
                 key = Some(h.key);
@@ -339,45 +331,22 @@ fn walk(
             }
             let l: Line = match serde_json::from_slice(line) {
                 Ok(l) => l,
-                Err(e) => {
-                    return Ok(broken(
-                        count,
-                        records,
-                        prev,
-                        next_seq,
-                        problem(line_no, None, format!("unreadable record: {e}")),
-                    ))
-                }
+                Err(e) => broken!(None, format!("unreadable record: {e}")),
             };
             if l.seq != next_seq {
-                return Ok(broken(count, records, prev, next_seq, problem(line_no, Some(l.seq), format!("expected record {next_seq}, found {} (records deleted, inserted or reordered)", l.seq))));
+                broken!(
+                    Some(l.seq),
+                    format!("expected record {next_seq}, found {} (records deleted, inserted or reordered)", l.seq)
+                );
             }
             if l.prev != prev {
-                return Ok(broken(
-                    count,
-                    records,
-                    prev,
-                    next_seq,
-                    problem(
-                        line_no,
-                        Some(l.seq),
-                        "does not link to the record before it (deleted, inserted or reordered)"
-                            .into(),
-                    ),
-                ));
+                broken!(
+                    Some(l.seq),
+                    "does not link to the record before it (deleted, inserted or reordered)"
+                );
             }
             if link_hash(&l.prev, l.seq, &l.nonce, &l.ct) != l.hash {
-                return Ok(broken(
-                    count,
-                    records,
-                    prev,
-                    next_seq,
-                    problem(
-                        line_no,
-                        Some(l.seq),
-                        "record altered (its hash does not match)".into(),
-                    ),
-                ));
+                broken!(Some(l.seq), "record altered (its hash does not match)");
             }
             if let (Some(k), Ok(nonce), Ok(ct)) = (&key, B64.decode(&l.nonce), B64.decode(&l.ct)) {
                 visit(k, l.seq, &nonce, &ct);
@@ -395,17 +364,6 @@ fn walk(
         problem: None,
         torn_at: None,
     })
-}
-
-fn broken(segments: usize, records: u64, last_hash: String, next_seq: u64, p: Problem) -> Verified {
-    Verified {
-        segments,
-        records,
-        last_hash,
-        next_seq,
-        problem: Some(p),
-        torn_at: None,
-    }
 }
 
 /// Checks the whole chain; needs no key.
