@@ -111,14 +111,8 @@ enum AuditCommand {
     },
     /// Decrypt records with the auditor's private key.
     Export {
-        /// The auditor's private key (audit.key); repeat it for every key the log was
-        /// written to when the auditor's key was rotated.
-        #[arg(long, required = true)]
-        key: Vec<PathBuf>,
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        log: ReadLog,
         /// Only records at or after this time: Unix milliseconds or YYYY-MM-DD (UTC).
         #[arg(long)]
         since: Option<String>,
@@ -139,14 +133,36 @@ enum AuditCommand {
         /// The gateway's receipt.pub.
         #[arg(long)]
         receipt_key: PathBuf,
-        /// The auditor's private key(s), to read the records.
-        #[arg(long, required = true)]
-        key: Vec<PathBuf>,
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        log: ReadLog,
     },
+}
+
+/// A log and the auditor's keys that read it.
+#[derive(clap::Args)]
+struct ReadLog {
+    /// The auditor's private key (audit.key); repeat it for every key the log was
+    /// written to when the auditor's key was rotated.
+    #[arg(long, required = true)]
+    key: Vec<PathBuf>,
+    /// The log directory (default: the config's).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl ReadLog {
+    /// Every intact record, decrypted, and how far the chain verified.
+    fn records(self) -> Result<(Vec<bulwark_audit::Record>, bulwark_audit::Verified)> {
+        let dir = audit_dir(self.dir, self.config)?;
+        let keys = self
+            .key
+            .iter()
+            .map(|k| bulwark_audit::read_key::<bulwark_audit::SecretKey>(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(bulwark_audit::export(&dir, &keys)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -301,17 +317,10 @@ fn audit_command(command: AuditCommand) -> Result<()> {
         AuditCommand::CheckReceipts {
             receipts,
             receipt_key,
-            key,
-            dir,
-            config,
+            log,
         } => {
-            let dir = audit_dir(dir, config)?;
             let vk: bulwark_audit::receipt::VerifyingKey = bulwark_audit::read_key(&receipt_key)?;
-            let sks = key
-                .iter()
-                .map(|k| bulwark_audit::read_key::<bulwark_audit::SecretKey>(k))
-                .collect::<Result<Vec<_>, _>>()?;
-            let (records, v) = bulwark_audit::export(&dir, &sks)?;
+            let (records, v) = log.records()?;
             let recorded: std::collections::HashSet<&str> =
                 records.iter().map(|r| r.request_id.as_str()).collect();
             let text = std::fs::read_to_string(&receipts)
@@ -353,25 +362,18 @@ fn audit_command(command: AuditCommand) -> Result<()> {
             }
         }
         AuditCommand::Export {
-            key,
-            dir,
-            config,
+            log,
             since,
             until,
             format,
         } => {
-            let dir = audit_dir(dir, config)?;
-            let sks = key
-                .iter()
-                .map(|k| bulwark_audit::read_key::<bulwark_audit::SecretKey>(k))
-                .collect::<Result<Vec<_>, _>>()?;
             let since = since.as_deref().map(parse_time).transpose()?.unwrap_or(0);
             let until = until
                 .as_deref()
                 .map(parse_time)
                 .transpose()?
                 .unwrap_or(u64::MAX);
-            let (records, v) = bulwark_audit::export(&dir, &sks)?;
+            let (records, v) = log.records()?;
             let records = records
                 .into_iter()
                 .filter(|r| r.time_ms >= since && r.time_ms < until);
