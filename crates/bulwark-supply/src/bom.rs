@@ -58,29 +58,6 @@ fn licence(l: &str) -> Value {
     }
 }
 
-/// RFC 3339 UTC time of a Unix millisecond timestamp.
-pub fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 fn hashes(sha256: &str, blake3: &str) -> Value {
     json!([{"alg": "SHA-256", "content": sha256}, {"alg": "BLAKE3", "content": blake3}])
 }
@@ -160,8 +137,8 @@ fn model(e: &Entry) -> Value {
     c
 }
 
-/// The BOM for a registry, at `now_ms`, with `serial` as its UUID.
-pub fn build(reg: &Registry, now_ms: u64, serial: &str) -> Value {
+/// The BOM for a registry, made at `timestamp` (RFC 3339), with `serial` as its UUID.
+pub fn build(reg: &Registry, timestamp: &str, serial: &str) -> Value {
     let version = env!("CARGO_PKG_VERSION");
     let crates = locked_crates();
     let mut components: Vec<Value> = reg.models.values().map(model).collect();
@@ -181,7 +158,7 @@ pub fn build(reg: &Registry, now_ms: u64, serial: &str) -> Value {
         "serialNumber": format!("urn:uuid:{serial}"),
         "version": 1,
         "metadata": {
-            "timestamp": rfc3339(now_ms),
+            "timestamp": timestamp,
             "tools": {"components": [{"type": "application", "name": "bulwark", "version": version}]},
             "component": {
                 "type": "application",

@@ -652,7 +652,7 @@ fn bom_lists_models_and_crates() {
     );
     let bom = crate::bom::build(
         &reg,
-        1_795_000_000_000,
+        "2026-11-18T11:06:40Z",
         "6f2b3c1e-8d4a-4e5f-9a7b-1c2d3e4f5a6b",
     );
     assert_eq!(bom["specVersion"], "1.6");

@@ -158,7 +158,7 @@ pub fn run(command: ModelsCommand) -> Result<()> {
             let reg = Registry::load(&data_dir(config.as_deref())?)?;
             let bom = bulwark_supply::bom::build(
                 &reg,
-                registry::now_ms(),
+                &rfc3339(registry::now_ms()),
                 &uuid::Uuid::new_v4().to_string(),
             );
             let text = serde_json::to_string_pretty(&bom)?;
@@ -512,6 +512,18 @@ fn scan_cmd(path: &Path, base: Option<&Path>, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// RFC 3339 UTC time of a Unix millisecond timestamp.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000 % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        bulwark_keys::Day::of(ms).iso(),
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// `bulwark keys gen-signing`: the key pair that signs model manifests.
 pub fn gen_signing(out: &Path) -> Result<()> {
     let (vk, sk) = bulwark_audit::receipt::keygen();
@@ -523,4 +535,14 @@ pub fn gen_signing(out: &Path) -> Result<()> {
     )?;
     println!("{}", pub_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_timestamps() {
+        assert_eq!(super::rfc3339(1_795_000_000_000), "2026-11-18T11:06:40Z");
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_868_799_999), "2000-02-29T23:59:59Z");
+    }
 }
