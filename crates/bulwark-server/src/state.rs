@@ -242,6 +242,25 @@ fn check_registry(
             problems.join("; ")
         ));
     }
+    // The file now matches the registry's digest, which was just recomputed: a pinned
+    // digest is checked against it rather than by reading the file a second time.
+    if let Some(expected) = &cfg.sha256 {
+        let actual = std::fs::canonicalize(&cfg.path)
+            .ok()
+            .and_then(|p| entry.files.iter().find(|f| f.path == p))
+            .map_or("", |f| f.sha256.as_str());
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(format!(
+                "model `{}`: {}",
+                cfg.name,
+                bulwark_supply::VerifyError::Mismatch {
+                    path: cfg.path.clone(),
+                    expected: expected.clone(),
+                    actual: actual.to_owned(),
+                }
+            ));
+        }
+    }
     Ok(if key.is_some() && entry.signature.is_some() {
         "registry+signature"
     } else {
@@ -261,15 +280,18 @@ fn load_one(
             cfg.path.display()
         ));
     }
-    let mut how = "none";
-    if let Some(expected) = &cfg.sha256 {
+    // Each way reads the file once: the registry check also covers a pinned digest.
+    let how = if policy.require_verified {
+        check_registry(&cfg, policy, data_dir)?
+    } else if let Some(expected) = &cfg.sha256 {
         bulwark_supply::verify_sha256(&cfg.path, expected)
             .map_err(|e| format!("model `{}`: {e}", cfg.name))?;
-        tracing::info!(model = %cfg.name, "model digest verified");
-        how = "pinned-digest";
-    }
-    if policy.require_verified {
-        how = check_registry(&cfg, policy, data_dir)?;
+        "pinned-digest"
+    } else {
+        "none"
+    };
+    if how != "none" {
+        tracing::info!(model = %cfg.name, verification = how, "model digest verified");
     }
     let engine = Engine::load(EngineConfig {
         name: cfg.name.clone(),

@@ -152,6 +152,15 @@ async fn require_verified_serves_signed_models_and_refuses_changed_ones() {
     assert_eq!(status, 200, "{body}");
     drop(b);
 
+    // A digest pinned in the config must agree with the registry too.
+    let pinned = std::fs::read_to_string(&cfg).unwrap_or_default().replace(
+        "threads = 2",
+        &format!("threads = 2\nsha256 = \"{}\"", "0".repeat(64)),
+    );
+    let pinned_cfg = dir.write("pinned.toml", &pinned);
+    let logs = refused(&pinned_cfg, &data);
+    assert!(logs.contains("is pinned; refusing to load it"), "{logs}");
+
     // One byte changed in the weights: `models verify` and the server both refuse,
     // naming the file and the check.
     let mut bytes = std::fs::read(&model).unwrap_or_default();
