@@ -431,7 +431,7 @@ fn filter_stream(
         let out: Vec<Result<Bytes, axum::Error>> = match chunk {
             Err(e) => vec![Err(e)],
             Ok(bytes) => {
-                let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut guard = crate::lock(&state);
                 let State {
                     framer,
                     choices,
@@ -468,7 +468,7 @@ fn filter_stream(
         stream::iter(out)
     });
     let rest = stream::once(async move {
-        let mut st = tail.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = crate::lock(&tail);
         if st.stopped {
             return None;
         }

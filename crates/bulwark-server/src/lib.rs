@@ -47,6 +47,12 @@ use extract::JsonObject;
 use route::Parsed;
 use state::{AppState, Models};
 
+/// Locks a mutex, taking it over if a holder panicked: what these locks guard (buffers,
+/// framers, counters) stays usable between any two statements.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("{0}")]

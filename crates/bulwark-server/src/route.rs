@@ -328,7 +328,7 @@ impl Answered<'_> {
         let seen = std::sync::Arc::clone(&tail);
         let data = body.into_data_stream().map(move |chunk| {
             if let Ok(b) = &chunk {
-                let mut t = lock(&seen);
+                let mut t = crate::lock(&seen);
                 sha2::Digest::update(&mut t.hasher, b);
                 if let Some(c) = &mut t.content {
                     let room = MAX_RECORDED_CONTENT.saturating_sub(c.len());
@@ -338,7 +338,7 @@ impl Answered<'_> {
             chunk
         });
         let end = futures_util::stream::once(async move {
-            let (pending, trailer) = lock(&tail).finish(true);
+            let (pending, trailer) = crate::lock(&tail).finish(true);
             if let Some((audit, record)) = pending {
                 // A failed end record is logged; the stream itself was already sent.
                 let _ = append(&audit, &record).await;
@@ -451,10 +451,6 @@ fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned()
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The end of a stream: its `stream_end` record and its closing receipt.

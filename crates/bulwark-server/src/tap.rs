@@ -24,10 +24,6 @@ impl Tap {
     }
 }
 
-fn lock(t: &Mutex<Tap>) -> std::sync::MutexGuard<'_, Tap> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Calls `done` once with the whole body after it has passed through: when its declared
 /// `Content-Length` is reached (hyper may stop polling then) or when it ends. A body
 /// larger than `limit`, or one that fails, is given up on and `done` is not called.
@@ -49,7 +45,7 @@ pub fn on_whole_body(
     let seen = Arc::clone(&tap);
     let data = body.into_data_stream().map(move |chunk| {
         let whole = {
-            let mut t = lock(&seen);
+            let mut t = crate::lock(&seen);
             let grown = match (&chunk, t.buf.as_mut()) {
                 (Ok(bytes), Some(buf)) if buf.len() + bytes.len() <= limit => {
                     buf.extend_from_slice(bytes);
@@ -72,7 +68,7 @@ pub fn on_whole_body(
         chunk
     });
     let at_end = stream::once(async move {
-        let whole = lock(&tap).take();
+        let whole = crate::lock(&tap).take();
         if let Some((body, done)) = whole {
             done(body);
         }

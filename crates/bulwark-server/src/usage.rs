@@ -30,7 +30,7 @@ pub struct Tokens(Arc<Mutex<Option<(u64, u64)>>>);
 
 impl Tokens {
     pub fn get(&self) -> Option<(u64, u64)> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::lock(&self.0)
     }
 }
 
@@ -52,7 +52,7 @@ impl Meter {
         match (n("prompt_tokens"), n("completion_tokens")) {
             (Some(p), c) => {
                 let c = c.unwrap_or(0);
-                *self.seen.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((p, c));
+                *crate::lock(&self.seen.0) = Some((p, c));
                 if let Some((keys, key)) = &self.payer {
                     keys.record_tokens(key, &self.model, p, c, now_ms());
                 }
@@ -84,10 +84,7 @@ impl Meter {
                 Err(e) => vec![Err(e)],
                 Ok(bytes) => {
                     let mut pieces = Vec::new();
-                    framer
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(&bytes, &mut pieces);
+                    crate::lock(&framer).push(&bytes, &mut pieces);
                     pieces
                         .into_iter()
                         .filter_map(|p| match p {
@@ -99,13 +96,8 @@ impl Meter {
             };
             stream::iter(out)
         });
-        let rest = stream::once(async move {
-            tail.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .finish()
-                .map(Ok)
-        })
-        .filter_map(|b| async move { b });
+        let rest = stream::once(async move { crate::lock(&tail).finish().map(Ok) })
+            .filter_map(|b| async move { b });
         let mut resp = Response::from_parts(parts, Body::from_stream(data.chain(rest)));
         resp.headers_mut().remove(header::CONTENT_LENGTH);
         resp
