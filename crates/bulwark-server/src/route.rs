@@ -201,8 +201,9 @@ pub async fn record_unrouted(
         return next.run(req).await;
     };
     let started = std::time::Instant::now();
-    let request_id = request_id(req.headers());
-    let what = format!("{} {}", req.method(), req.uri().path());
+    // Cheap clones; the strings are made only for requests that get a record here.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let id = req.headers().get("x-request-id").cloned();
     let resp = next.run(req).await;
     if resp.extensions().get::<Audited>().is_some() {
         return resp;
@@ -210,11 +211,11 @@ pub async fn record_unrouted(
     let key = resp.extensions().get::<Caller>().and_then(|c| c.0.as_ref());
     let record = bulwark_audit::Record {
         time_ms: now_ms(),
-        request_id,
+        request_id: request_id(id.as_ref()),
         key_id: key.map(|k| k.id().to_owned()),
         tenant: key.map(|k| k.tenant().to_owned()),
         target: "none".into(),
-        decision: what,
+        decision: format!("{method} {}", uri.path()),
         latency_ms: started.elapsed().as_millis() as u64,
         status: resp.status().as_u16(),
         error: resp
@@ -369,7 +370,7 @@ impl Answered<'_> {
         Some(bulwark_audit::receipt::Claims {
             v: 1,
             time_ms: now_ms(),
-            request_id: request_id(self.headers),
+            request_id: request_id(self.headers.get("x-request-id")),
             request_sha256,
             response_sha256,
             model: self.model.clone(),
@@ -422,7 +423,7 @@ impl Answered<'_> {
         let tokens = self.tokens.get();
         bulwark_audit::Record {
             time_ms: now_ms(),
-            request_id: request_id(self.headers),
+            request_id: request_id(self.headers.get("x-request-id")),
             key_id: key.map(|k| k.id().to_owned()),
             tenant: key.map(|k| k.tenant().to_owned()),
             model: self.model.clone(),
@@ -445,12 +446,9 @@ impl Answered<'_> {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
+/// The request id (`x-request-id`, set by the outermost layer) as text.
+fn request_id(id: Option<&HeaderValue>) -> String {
+    id.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
 }
 
 /// The end of a stream: its `stream_end` record and its closing receipt.
