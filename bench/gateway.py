@@ -63,7 +63,8 @@ def main():
     # The guard on (its defaults), nothing else.
     gcfg = tmp / "bulwark-guard.toml"
     gcfg.write_text(f'[[upstreams]]\nname = "mock"\nbase_url = "{mock_url}/v1"\nmodels = {{ "bench" = "mock" }}\n')
-    quiet = {**os.environ, "BULWARK_LOG": "warn", "BULWARK_DATA_DIR": str(tmp / "data")}
+    quiet = {**os.environ, "BULWARK_LOG": "warn", "BULWARK_DATA_DIR": str(tmp / "data"),
+             "BULWARK_MODEL_DIR": str(ROOT / "models")}
     gw, gw_url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=quiet)
     # The same gateway with the response cache on, hit by a deterministic request that is
     # answered from memory after the first time.

@@ -43,9 +43,9 @@ if [ "$what" = all ] || [ "$what" = guard ]; then
   [ -x "$GVENV/bin/python" ] || python3 -m venv "$GVENV"
   "$GVENV/bin/pip" install --quiet pyarrow==26.0.1 prompt-guardrail==1.0.1 scikit-learn==1.7.2
   "$GVENV/bin/python" ../crates/bulwark-guard/train/prepare.py ../target/guard-data
-  "$GVENV/bin/python" guard.py ../target/guard-data/dev.jsonl ../target/release/bulwark | tee -a "../$out"
+  BULWARK_MODEL_DIR=../models "$GVENV/bin/python" guard.py ../target/guard-data/dev.jsonl ../target/release/bulwark | tee -a "../$out"
   ../target/release/examples/eval_pii | tee -a "../$out"
-  ../target/release/examples/scan_cost | tee -a "../$out"
+  ../target/release/examples/scan_cost ../models/all-MiniLM-L6-v2 | tee -a "../$out"
 fi
 if [ "$what" = all ] || [ "$what" = audit ]; then
   ../target/release/examples/throughput ../target | tee -a "../$out"

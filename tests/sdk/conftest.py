@@ -65,7 +65,8 @@ models = {{ "remote-model" = "mock-large" }}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = pathlib.Path(tmp) / "bulwark.toml"
         cfg.write_text(config)
-        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test", "BULWARK_DATA_DIR": f"{tmp}/data"}
+        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test", "BULWARK_DATA_DIR": f"{tmp}/data",
+               "BULWARK_MODEL_DIR": str(ROOT / "models")}
         proc, url = _start([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=env)
         _wait_ready(proc, url)
         yield url
@@ -114,7 +115,8 @@ models = {{ "remote-model" = "mock-large" }}
         data = f"{tmp}/data"
         keyed = Keyed(None, data)
         keyed.create_key("first")
-        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test", "BULWARK_DATA_DIR": data}
+        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test", "BULWARK_DATA_DIR": data,
+               "BULWARK_MODEL_DIR": str(ROOT / "models")}
         proc, url = _start([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=env)
         _wait_ready(proc, url)
         keyed.url = url

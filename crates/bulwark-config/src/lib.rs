@@ -170,6 +170,17 @@ pub struct RawGuard {
     /// the system message, and withhold any answer that repeats it: the system prompt
     /// is leaking. Default false (it changes the system prompt the model sees).
     pub canary: Option<bool>,
+    /// Run the second stage of injection detection, the fine-tuned sentence encoder
+    /// (all-MiniLM-L6-v2; milliseconds of CPU per text it reads). Default false: it finds
+    /// more attacks but also blocks more terse ordinary requests (BENCHMARKS.md).
+    pub encoder: Option<bool>,
+    /// Where the encoder's base weights are (`model.safetensors`, `tokenizer.json`).
+    /// `[guard]` only. Default: `all-MiniLM-L6-v2` in the model directory, where
+    /// `scripts/fetch-model.sh` puts them.
+    pub encoder_dir: Option<PathBuf>,
+    /// Tokens of one text the encoder reads (in overlapping windows of 128); the rest is
+    /// read by the first stage only. `[guard]` only. Default 1024 (about 4 KB of text).
+    pub encoder_max_tokens: Option<usize>,
     /// Named variants of these settings (`[guard.profiles.NAME]`), chosen per API key
     /// (`bulwark keys create --guard NAME`) or per route (`guard = "NAME"` in
     /// `[[routes]]`; a key's choice wins). Unset fields inherit from `[guard]`.
@@ -396,6 +407,8 @@ pub struct Config {
     pub guard: Option<GuardConfig>,
     /// `[guard.profiles.NAME]`; `None` for a profile that turns the guard off.
     pub guard_profiles: std::collections::BTreeMap<String, Option<GuardConfig>>,
+    /// The sentence encoder's files and budget (used by guards with `encoder`).
+    pub guard_encoder: EncoderConfig,
     /// `None` when there is no audit log.
     pub audit: Option<AuditConfig>,
     /// The receipt signing key file, when receipts are on.
@@ -434,6 +447,28 @@ pub struct GuardConfig {
     pub secret_class: DataClass,
     pub output: GuardAction,
     pub canary: bool,
+    /// Run the sentence encoder (second stage).
+    pub encoder: bool,
+}
+
+/// Where the guard's sentence encoder comes from, for every guard that runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderConfig {
+    pub dir: PathBuf,
+    pub max_tokens: usize,
+}
+
+impl EncoderConfig {
+    /// The encoder's directory inside the model directory.
+    pub const DIR: &str = "all-MiniLM-L6-v2";
+    pub const MAX_TOKENS: usize = 1024;
+
+    pub fn default_in(model_dir: &Path) -> Self {
+        EncoderConfig {
+            dir: model_dir.join(Self::DIR),
+            max_tokens: Self::MAX_TOKENS,
+        }
+    }
 }
 
 impl Default for GuardConfig {
@@ -447,6 +482,7 @@ impl Default for GuardConfig {
             secret_class: DataClass::Secret,
             output: GuardAction::Redact,
             canary: false,
+            encoder: false,
         }
     }
 }
@@ -615,6 +651,7 @@ impl Config {
             policies: std::collections::BTreeMap::new(),
             guard: Some(GuardConfig::default()),
             guard_profiles: Default::default(),
+            guard_encoder: EncoderConfig::default_in(model_dir),
             audit: None,
             receipts: None,
             models: ModelsConfig::default(),
@@ -837,11 +874,32 @@ impl RawConfig {
             },
         };
         let guard = guard_config(&self.guard, &GuardConfig::default(), "guard")?;
+        let guard_encoder = EncoderConfig {
+            dir: self
+                .guard
+                .encoder_dir
+                .as_ref()
+                .map_or_else(|| model_dir.join(EncoderConfig::DIR), |d| base.join(d)),
+            max_tokens: match self.guard.encoder_max_tokens {
+                None => EncoderConfig::MAX_TOKENS,
+                Some(n @ 1..=1_000_000) => n,
+                Some(_) => {
+                    return Err(invalid(
+                        "guard.encoder_max_tokens must be between 1 and 1000000".to_owned(),
+                    ))
+                }
+            },
+        };
         let mut guard_profiles = std::collections::BTreeMap::new();
         for (name, raw) in &self.guard.profiles {
             let what = format!("guard.profiles.{name}");
             if !raw.profiles.is_empty() {
                 return Err(invalid(format!("{what}: profiles cannot have profiles")));
+            }
+            if raw.encoder_dir.is_some() || raw.encoder_max_tokens.is_some() {
+                return Err(invalid(format!(
+                    "{what}: encoder_dir and encoder_max_tokens are set in [guard] only (a profile may set encoder = false)"
+                )));
             }
             let base = guard.clone().unwrap_or_default();
             // A profile of a disabled [guard] is on unless it says otherwise.
@@ -965,6 +1023,7 @@ impl RawConfig {
             policies,
             guard,
             guard_profiles,
+            guard_encoder,
             audit,
             receipts: self
                 .receipts
@@ -1002,6 +1061,9 @@ impl RawGuard {
             secret_class: self.secret_class,
             output: self.output,
             canary: self.canary,
+            encoder: self.encoder,
+            encoder_dir: self.encoder_dir.clone(),
+            encoder_max_tokens: self.encoder_max_tokens,
             profiles: Default::default(),
         }
     }
@@ -1045,6 +1107,7 @@ fn guard_config(
             Some(_) => return Err(invalid(format!("{what}.output: use redact, flag or allow"))),
         },
         canary: g.canary.unwrap_or(base.canary),
+        encoder: g.encoder.unwrap_or(base.encoder),
     }))
 }
 
@@ -1308,5 +1371,48 @@ mod policy_tests {
                 unknown variant `top-secret`, expected one of `public`, `internal`, `confidential`, `secret`
             "#]],
         );
+    }
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            toml,
+            Path::new("/etc/bulwark"),
+            &|_| None,
+            Path::new("/models"),
+        )
+    }
+
+    #[test]
+    fn the_guard_encoder_is_opt_in_and_found_in_the_model_directory() {
+        let c = parse("").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.guard.as_ref().is_some_and(|g| !g.encoder));
+        assert_eq!(
+            c.guard_encoder,
+            EncoderConfig {
+                dir: PathBuf::from("/models/all-MiniLM-L6-v2"),
+                max_tokens: 1024
+            }
+        );
+        let c = parse(
+            "[guard]\nencoder = true\nencoder_dir = \"enc\"\nencoder_max_tokens = 256\n[guard.profiles.fast]\nencoder = false\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.guard_encoder.dir, PathBuf::from("/etc/bulwark/enc"));
+        assert_eq!(c.guard_encoder.max_tokens, 256);
+        assert!(c.guard.as_ref().is_some_and(|g| g.encoder));
+        assert!(c.guard_profiles["fast"]
+            .as_ref()
+            .is_some_and(|g| !g.encoder));
+    }
+
+    #[test]
+    fn encoder_files_and_budget_are_set_in_guard_only() {
+        let err = |t: &str| parse(t).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err("[guard.profiles.p]\nencoder_dir = \"x\"\n").contains("set in [guard] only"),
+            "{}",
+            err("[guard.profiles.p]\nencoder_dir = \"x\"\n")
+        );
+        assert!(err("[guard]\nencoder_max_tokens = 0\n").contains("between 1 and 1000000"));
     }
 }

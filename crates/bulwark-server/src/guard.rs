@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_config::{GuardAction, GuardConfig};
+use bulwark_guard::encoder::Encoder;
 use bulwark_guard::output::{CanaryWatch, LinkGate, SecretGate};
 use bulwark_guard::{Category, Finding, Guard, Report, Restorer, Thresholds, Vault};
 use bulwark_policy::DataClass;
@@ -30,8 +31,13 @@ pub const GUARD_HEADER: &str = "x-bulwark-guard";
 const MAX_ANSWER: usize = 16 << 20;
 
 pub struct EdgeGuard {
-    /// The scanner, with the thresholds of `[guard]` (used as is by `/v1/guard/scan`).
+    /// The scanner, with the thresholds of `[guard]` and its second stage when `[guard]`
+    /// runs one (used as is by `/v1/guard/scan`).
     pub guard: Guard,
+    /// The scanner without the second stage, for configurations with `encoder = false`.
+    first_stage: Guard,
+    /// The scanner with the second stage, when it is loaded.
+    both_stages: Option<Guard>,
     /// Keys the canaries: the same request gets the same canary (so caching still
     /// works), and nobody outside this process can predict it.
     canary_secret: [u8; 16],
@@ -55,8 +61,9 @@ pub struct Screened {
     pub known: Arc<HashSet<String>>,
 }
 
-/// Every text slot of a request body, mutable.
-fn slots(body: &mut Value) -> Vec<&mut String> {
+/// Every text slot of a request body, mutable, and whether it is the operator's own
+/// instructions (a `system` or `developer` message).
+fn slots(body: &mut Value) -> Vec<(bool, &mut String)> {
     let mut out = Vec::new();
     let Some(obj) = body.as_object_mut() else {
         return out;
@@ -65,12 +72,16 @@ fn slots(body: &mut Value) -> Vec<&mut String> {
         match (k.as_str(), v) {
             ("messages", Value::Array(msgs)) => {
                 for m in msgs {
+                    let operator = matches!(
+                        m.get("role").and_then(Value::as_str),
+                        Some("system" | "developer")
+                    );
                     match m.get_mut("content") {
-                        Some(Value::String(s)) => out.push(s),
+                        Some(Value::String(s)) => out.push((operator, s)),
                         Some(Value::Array(parts)) => {
                             for p in parts {
                                 if let Some(Value::String(s)) = p.get_mut("text") {
-                                    out.push(s);
+                                    out.push((operator, s));
                                 }
                             }
                         }
@@ -78,11 +89,11 @@ fn slots(body: &mut Value) -> Vec<&mut String> {
                     }
                 }
             }
-            ("prompt", Value::String(s)) => out.push(s),
+            ("prompt", Value::String(s)) => out.push((false, s)),
             ("prompt", Value::Array(items)) => {
                 for i in items {
                     if let Value::String(s) = i {
-                        out.push(s);
+                        out.push((false, s));
                     }
                 }
             }
@@ -119,11 +130,58 @@ fn action(cfg: &GuardConfig, c: Category) -> GuardAction {
 }
 
 impl EdgeGuard {
-    /// A guard whose scanner uses the thresholds of `default` (`[guard]`), when on.
-    pub fn new(default: Option<&GuardConfig>) -> Self {
+    /// A guard whose scanner uses the thresholds of `default` (`[guard]`), when on, and
+    /// `encoder` for the configurations that ask for it.
+    pub fn new(default: Option<&GuardConfig>, encoder: Option<Arc<Encoder>>) -> Self {
+        let first_stage = Guard::new(default.map_or_else(Thresholds::default, thresholds));
+        let both_stages = encoder.map(|e| first_stage.clone().with_encoder(Some(e)));
         EdgeGuard {
-            guard: Guard::new(default.map_or_else(Thresholds::default, thresholds)),
+            guard: match (&both_stages, default) {
+                (Some(g), Some(d)) if d.encoder => g.clone(),
+                _ => first_stage.clone(),
+            },
+            first_stage,
+            both_stages,
             canary_secret: *uuid::Uuid::new_v4().as_bytes(),
+        }
+    }
+
+    /// The scanner a configuration needs: `None` when no guard is on (neither `[guard]`
+    /// nor any profile); the encoder is loaded when one of them runs it.
+    pub fn for_config(
+        config: &bulwark_config::Config,
+    ) -> Result<Option<Self>, bulwark_guard::encoder::EncoderError> {
+        let on: Vec<&GuardConfig> = config
+            .guard
+            .iter()
+            .chain(config.guard_profiles.values().flatten())
+            .collect();
+        if on.is_empty() {
+            return Ok(None);
+        }
+        let encoder = if on.iter().any(|g| g.encoder) {
+            let e = &config.guard_encoder;
+            let started = std::time::Instant::now();
+            let mut enc = Encoder::load(&e.dir)?;
+            enc.max_tokens = e.max_tokens;
+            tracing::info!(dir = %e.dir.display(), ms = started.elapsed().as_millis() as u64, "guard encoder loaded");
+            Some(Arc::new(enc))
+        } else {
+            None
+        };
+        Ok(Some(EdgeGuard::new(config.guard.as_ref(), encoder)))
+    }
+
+    /// Whether screening under `cfg` runs the second stage (and so takes milliseconds
+    /// of CPU: callers move it off the async workers).
+    pub fn runs_encoder(&self, cfg: &GuardConfig) -> bool {
+        cfg.encoder && self.both_stages.is_some()
+    }
+
+    fn scanner(&self, cfg: &GuardConfig) -> &Guard {
+        match &self.both_stages {
+            Some(g) if cfg.encoder => g,
+            _ => &self.first_stage,
         }
     }
 
@@ -169,8 +227,22 @@ impl EdgeGuard {
     }
 
     fn screen_texts(&self, body: &mut Value, cfg: &GuardConfig) -> Result<Screened, ApiError> {
-        let mut slots = slots(body);
-        let reports: Vec<Report> = slots.iter().map(|s| self.guard.scan(s)).collect();
+        let (operator, mut slots): (Vec<bool>, Vec<&mut String>) = slots(body).into_iter().unzip();
+        let scanner = self.scanner(cfg);
+        // The operator's own instructions ("You are the support bot of ACME...") read to
+        // the encoder like the role-play attacks it was trained on: the first stage
+        // alone reads them.
+        let reports: Vec<Report> = slots
+            .iter()
+            .zip(&operator)
+            .map(|(s, &op)| {
+                if op {
+                    scanner.scan_first_stage(s)
+                } else {
+                    scanner.scan(s)
+                }
+            })
+            .collect();
         let known: HashSet<String> = slots
             .iter()
             .zip(&reports)
@@ -196,7 +268,7 @@ impl EdgeGuard {
                 .map(|s| s.as_str())
                 .collect::<Vec<_>>()
                 .join("\n");
-            let r = self.guard.scan(&joined);
+            let r = scanner.scan_first_stage(&joined);
             if r.injection_score > injection {
                 injection = r.injection_score;
                 why.extend(

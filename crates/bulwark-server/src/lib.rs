@@ -65,6 +65,8 @@ pub enum ServeError {
     Audit(#[from] bulwark_audit::AuditError),
     #[error("{0}")]
     Tls(String),
+    #[error("guard encoder: {0}; fetch it with scripts/fetch-model.sh, or set encoder = false in [guard] and its profiles to run the first stage alone")]
+    Encoder(#[from] bulwark_guard::encoder::EncoderError),
 }
 
 async fn chat_completions(
@@ -214,6 +216,7 @@ pub async fn serve(
             Some(Arc::new(bulwark_audit::receipt::Signer::new(&sk)?))
         }
     };
+    let guard = guard::EdgeGuard::for_config(&config)?.map(Arc::new);
     let state = AppState {
         max_body_bytes: config.server.max_body_bytes,
         models: Arc::clone(&models),
@@ -227,9 +230,7 @@ pub async fn serve(
             .admin_token
             .as_ref()
             .map(|t| auth::hash_admin_token(secrecy::ExposeSecret::expose_secret(t))),
-        // The scanner exists when [guard] or any profile has the guard on.
-        guard: (config.guard.is_some() || config.guard_profiles.values().any(Option::is_some))
-            .then(|| Arc::new(guard::EdgeGuard::new(config.guard.as_ref()))),
+        guard,
         audit: audit.clone(),
         audit_content: config.audit.as_ref().is_some_and(|a| a.record_content),
         receipts,

@@ -232,12 +232,13 @@ pub async fn guard_scan(
     let bad = |m: String| Error(ApiError::invalid("text", m).with_code("invalid_scan_request"));
     let v: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| bad(format!("The body is not JSON: {e}.")))?;
-    let texts: Vec<&str> = match v.get("text") {
-        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+    let texts: Vec<String> = match v.get("text") {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
         Some(serde_json::Value::Array(a)) => a
             .iter()
             .map(|t| {
                 t.as_str()
+                    .map(str::to_owned)
                     .ok_or_else(|| bad("Every item of `text` must be a string.".into()))
             })
             .collect::<Result<_, _>>()?,
@@ -251,6 +252,23 @@ pub async fn guard_scan(
         .guard
         .as_ref()
         .map_or_else(bulwark_guard::Guard::default, |g| g.guard.clone());
-    let reports: Vec<bulwark_guard::Report> = texts.iter().map(|t| guard.scan(t)).collect();
+    let scan =
+        move || -> Vec<bulwark_guard::Report> { texts.iter().map(|t| guard.scan(t)).collect() };
+    let reports = if state
+        .guard
+        .as_ref()
+        .is_some_and(|g| g.guard.encoder.is_some())
+    {
+        // The encoder takes milliseconds of CPU per text: off the async workers.
+        tokio::task::spawn_blocking(scan).await.map_err(|e| {
+            tracing::error!(error = %e, "guard scan failed");
+            Error(ApiError::new(
+                bulwark_api::ErrorKind::Internal,
+                "The guard could not scan these texts.",
+            ))
+        })?
+    } else {
+        scan()
+    };
     Ok(Json(json!({"object": "list", "data": reports})).into_response())
 }

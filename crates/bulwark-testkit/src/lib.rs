@@ -343,6 +343,11 @@ impl Bulwark {
             cmd.env("BULWARK_DATA_DIR", dir.path());
             Some(dir)
         };
+        if !env.iter().any(|(k, _)| *k == "BULWARK_MODEL_DIR") {
+            // The repository's models (the guard's encoder among them), whatever the
+            // test's working directory.
+            cmd.env("BULWARK_MODEL_DIR", model_dir());
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -423,11 +428,16 @@ impl Drop for Bulwark {
     }
 }
 
+/// The repository's `models/`, where `scripts/fetch-model.sh` puts the default model and
+/// the guard's encoder.
+pub fn model_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+}
+
 /// The default model as `scripts/fetch-model.sh` puts it in the workspace; panics with
 /// the command to run when it is missing (a test must fail, never skip, without it).
 pub fn default_model_path() -> std::path::PathBuf {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = model_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         p.exists(),
         "default model missing at {}: run scripts/fetch-model.sh",

@@ -50,6 +50,13 @@ enum Command {
         /// Blocking threshold on the injection score (default: the model's).
         #[arg(long)]
         block_threshold: Option<f32>,
+        /// Also run the second stage, the sentence encoder (as `[guard] encoder = true`).
+        #[arg(long)]
+        encoder: bool,
+        /// The encoder's directory (default: `all-MiniLM-L6-v2` in the model directory,
+        /// where `scripts/fetch-model.sh` puts it); implies `--encoder`.
+        #[arg(long)]
+        encoder_dir: Option<PathBuf>,
     },
     /// The audit log: make the auditor's keys, check the chain, read the records.
     Audit {
@@ -651,7 +658,13 @@ fn keys_command(config: Option<PathBuf>, command: KeysCommand) -> Result<()> {
     Ok(())
 }
 
-fn scan(text: Option<String>, jsonl: bool, block_threshold: Option<f32>) -> Result<()> {
+fn scan(
+    text: Option<String>,
+    jsonl: bool,
+    block_threshold: Option<f32>,
+    encoder: bool,
+    encoder_dir: Option<PathBuf>,
+) -> Result<()> {
     use std::io::{BufRead, Write};
     let mut thresholds = bulwark_guard::Thresholds::default();
     if let Some(t) = block_threshold {
@@ -662,7 +675,17 @@ fn scan(text: Option<String>, jsonl: bool, block_threshold: Option<f32>) -> Resu
         thresholds.block = t;
         thresholds.flag = thresholds.flag.min(t);
     }
-    let guard = bulwark_guard::Guard::new(thresholds);
+    let encoder = if encoder || encoder_dir.is_some() {
+        let dir =
+            encoder_dir.unwrap_or_else(|| model_dir().join(bulwark_config::EncoderConfig::DIR));
+        let e = bulwark_guard::encoder::Encoder::load(&dir).with_context(|| {
+            "loading the guard's sentence encoder (fetch it with scripts/fetch-model.sh)"
+        })?;
+        Some(std::sync::Arc::new(e))
+    } else {
+        None
+    };
+    let guard = bulwark_guard::Guard::new(thresholds).with_encoder(encoder);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match (text, jsonl) {
@@ -726,6 +749,8 @@ fn main() -> Result<()> {
             text,
             jsonl,
             block_threshold,
-        } => scan(text, jsonl, block_threshold),
+            encoder,
+            encoder_dir,
+        } => scan(text, jsonl, block_threshold, encoder, encoder_dir),
     }
 }

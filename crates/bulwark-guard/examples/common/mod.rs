@@ -1,0 +1,71 @@
+//! Shared by the guard's training and evaluation examples: the data files
+//! (`train/prepare.py` writes them), the tuning split and the counts.
+
+#![allow(dead_code)]
+
+use bulwark_guard::normalise;
+use serde_json::{json, Value};
+
+pub struct Example {
+    pub text: String,
+    pub norm: String,
+    pub label: bool,
+    pub category: String,
+}
+
+pub fn read(path: &str) -> Vec<Example> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let text = v["text"].as_str().unwrap_or_default().to_owned();
+            let norm = normalise::normalise(&text, &mut Vec::new()).text;
+            Example {
+                norm,
+                label: v["label"].as_i64() == Some(1),
+                category: v["category"].as_str().unwrap_or("").to_owned(),
+                text,
+            }
+        })
+        .collect()
+}
+
+pub fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// One text in ten of train (by this hash of the text) is the tuning split.
+pub fn is_tuning(text: &str) -> bool {
+    fnv(text).is_multiple_of(10)
+}
+
+/// Counts at a threshold: (tp, fp, tn, fn).
+pub fn confusion(scores: &[(f32, bool)], t: f32) -> (u32, u32, u32, u32) {
+    let mut c = (0, 0, 0, 0);
+    for &(s, y) in scores {
+        match (s >= t, y) {
+            (true, true) => c.0 += 1,
+            (true, false) => c.1 += 1,
+            (false, false) => c.2 += 1,
+            (false, true) => c.3 += 1,
+        }
+    }
+    c
+}
+
+pub fn report(name: &str, scores: &[(f32, bool)], t: f32) -> Value {
+    let (tp, fp, tn, fnn) = confusion(scores, t);
+    let p = f64::from(tp) / f64::from((tp + fp).max(1));
+    let r = f64::from(tp) / f64::from((tp + fnn).max(1));
+    let fpr = f64::from(fp) / f64::from((fp + tn).max(1));
+    let f1 = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
+    json!({"detector": name, "threshold": t, "n": scores.len(), "tp": tp, "fp": fp, "tn": tn, "fn": fnn,
+           "precision": p, "recall": r, "fpr": fpr, "f1": f1})
+}
