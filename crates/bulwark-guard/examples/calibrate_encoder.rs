@@ -27,7 +27,7 @@ use bulwark_guard::{Guard, Thresholds};
 use serde_json::{json, Value};
 
 mod common;
-use common::{confusion, is_tuning, read, report, Example};
+use common::{categories, confusion, is_tuning, read, report, Example};
 
 const MAX_FPR: f64 = 0.01;
 const GATES: &[f32] = &[0.0, 0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];
@@ -237,14 +237,7 @@ fn main() {
         json!({"dev: ms per text": {"first stage": first_ms, "both stages": both_ms, "encoder on every text": enc_ms}})
     );
 
-    let mut cats: Vec<&str> = dev
-        .iter()
-        .filter(|e| e.label && !e.category.is_empty())
-        .map(|e| e.category.as_str())
-        .collect();
-    cats.sort_unstable();
-    cats.dedup();
-    for c in cats {
+    for c in categories(dev.iter().copied()) {
         let pick = |s: &[(f32, bool)]| -> Vec<(f32, bool)> {
             dev.iter()
                 .zip(s)

@@ -18,7 +18,7 @@ use bulwark_guard::{features, injection::Model, Guard, Thresholds};
 use serde_json::json;
 
 mod common;
-use common::{confusion, is_tuning, read, report, Example};
+use common::{categories, confusion, is_tuning, read, report, Example};
 
 /// The lowest threshold with at most `max_fpr` false positives among the negatives.
 fn pick(scores: &[(f32, bool)], max_fpr: f64) -> f32 {
@@ -136,14 +136,7 @@ fn main() {
     println!("{}", report("dev: model alone", &dev_model, threshold));
     println!("{}", report("dev: rules + model", &dev_both, threshold));
     // Recall per attack category on dev (neuralchemy labels them).
-    let mut cats: Vec<&str> = dev
-        .iter()
-        .filter(|e| e.label && !e.category.is_empty())
-        .map(|e| e.category.as_str())
-        .collect();
-    cats.sort_unstable();
-    cats.dedup();
-    for c in cats {
+    for c in categories(dev.iter()) {
         let s: Vec<(f32, bool)> = dev
             .iter()
             .zip(&dev_both)

@@ -471,16 +471,21 @@ fn a_route_naming_an_unknown_guard_profile_is_a_config_error() {
         "[[upstreams]]\nname = \"u\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = { m = \"m\" }\n\
          [[routes]]\nmodel = \"r\"\ncandidates = [\"m\"]\nguard = \"nope\"\n",
     );
+    let err = serve_fails(&dir, &path);
+    assert!(err.contains("guard profile `nope` is not defined"), "{err}");
+}
+
+/// Runs `bulwark serve` with `config`, which must fail; returns its stderr.
+fn serve_fails(dir: &TempDir, config: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
+        .arg(config)
         .env("BULWARK_DATA_DIR", dir.0.join("data"))
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("guard profile `nope` is not defined"), "{err}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -596,15 +601,7 @@ fn a_missing_encoder_stops_startup_and_says_how_to_fix_it() {
         "[[upstreams]]\nname = \"u\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = { m = \"m\" }\n\
          [guard]\nencoder = true\nencoder_dir = \"no-such-dir\"\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .env("BULWARK_DATA_DIR", dir.0.join("data"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_fails(&dir, &path);
     assert!(
         err.contains("no-such-dir")
             && err.contains("fetch-model.sh")

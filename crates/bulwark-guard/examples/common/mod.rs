@@ -69,3 +69,14 @@ pub fn report(name: &str, scores: &[(f32, bool)], t: f32) -> Value {
     json!({"detector": name, "threshold": t, "n": scores.len(), "tp": tp, "fp": fp, "tn": tn, "fn": fnn,
            "precision": p, "recall": r, "fpr": fpr, "f1": f1})
 }
+
+/// The attack categories present (neuralchemy labels them), sorted.
+pub fn categories<'a>(rows: impl Iterator<Item = &'a Example>) -> Vec<&'a str> {
+    let mut cats: Vec<&str> = rows
+        .filter(|e| e.label && !e.category.is_empty())
+        .map(|e| e.category.as_str())
+        .collect();
+    cats.sort_unstable();
+    cats.dedup();
+    cats
+}
