@@ -324,6 +324,9 @@ impl Encoder {
             Err(_) => return (0.0, 0),
         };
         let ids = &ids[..ids.len().min(self.max_tokens)];
+        if ids.is_empty() {
+            return (0.0, 0);
+        }
         let body = WINDOW - 2;
         let mut best = 0f32;
         let mut window = Vec::with_capacity(WINDOW);
