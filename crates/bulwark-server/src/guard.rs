@@ -413,6 +413,9 @@ struct ChoiceFilter {
     gate: Option<LinkGate>,
     secrets: Option<SecretGate>,
     canary: Option<CanaryWatch>,
+    /// The text sent so far, when the answer is screened for personal data the request
+    /// did not carry (named at the end of the stream).
+    sent: Option<String>,
 }
 
 impl ChoiceFilter {
@@ -453,6 +456,9 @@ impl ChoiceFilter {
                 out.push_str(&w.finish());
             }
             t = out;
+        }
+        if let Some(s) = &mut self.sent {
+            s.push_str(&t);
         }
         t
     }
@@ -539,15 +545,47 @@ fn filter_stream(
         };
         stream::iter(out)
     });
+    // Personal data the answer added, named in a comment line at the end (headers left
+    // long ago), as `x-bulwark-guard-output-pii` does for a JSON answer.
     let rest = stream::once(async move {
         let mut st = crate::lock(&tail);
         if st.stopped {
             return None;
         }
-        st.framer.finish().map(Ok)
+        let mut out = st.framer.finish().map(|b| b.to_vec()).unwrap_or_default();
+        let kinds = pii_added(
+            st.choices.values().filter_map(|c| c.sent.as_deref()),
+            &st.known,
+        );
+        if !kinds.is_empty() {
+            out.extend_from_slice(
+                format!(": x-bulwark-guard-output-pii {}\n\n", kinds.join(",")).as_bytes(),
+            );
+        }
+        (!out.is_empty()).then(|| Ok(Bytes::from(out)))
     })
     .filter_map(|b| async move { b });
     events.chain(rest)
+}
+
+/// The kinds of personal data in `texts` that the request did not carry, sorted.
+fn pii_added<'a>(
+    texts: impl Iterator<Item = &'a str>,
+    known: &HashSet<String>,
+) -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    for t in texts {
+        let mut pii = Vec::new();
+        bulwark_guard::pii::scan(t, &mut pii);
+        kinds.extend(
+            pii.iter()
+                .filter(|f| t.get(f.start..f.end).is_some_and(|v| !known.contains(v)))
+                .map(|f| f.kind),
+        );
+    }
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds
 }
 
 fn filter_event(
@@ -573,6 +611,7 @@ fn filter_event(
             gate: gate.map(LinkGate::new),
             secrets: gate.map(|redact| SecretGate::new(redact, Arc::clone(known))),
             canary: canary.as_deref().map(CanaryWatch::new),
+            sent: gate.map(|_| String::new()),
         });
         let slot = if c.pointer("/delta").is_some() {
             "/delta/content"
@@ -663,7 +702,7 @@ async fn screen_answer(
         }
     }
     let mut found: Vec<&'static str> = Vec::new();
-    let mut pii_found: Vec<&'static str> = Vec::new();
+    let mut screened: Vec<String> = Vec::new();
     if screen {
         if let Some(token) = canary {
             let leaked = bytes.windows(token.len()).any(|w| w == token.as_bytes())
@@ -687,21 +726,14 @@ async fn screen_answer(
                 let (out, secrets) = bulwark_guard::output::redact_secrets("", &out, redact, known);
                 found.extend(kinds);
                 found.extend(secrets);
-                let mut pii = Vec::new();
-                bulwark_guard::pii::scan(&out, &mut pii);
-                pii_found.extend(
-                    pii.iter()
-                        .filter(|f| !known.contains(&out[f.start..f.end]))
-                        .map(|f| f.kind),
-                );
+                screened.push(out.clone());
                 changed |= out != **t;
                 **t = out;
             }
         }
     }
+    let pii_found = pii_added(screened.iter().map(String::as_str), known);
     if !pii_found.is_empty() {
-        pii_found.sort_unstable();
-        pii_found.dedup();
         parts.headers.insert(
             "x-bulwark-guard-output-pii",
             crate::route::header_value(&pii_found.join(",")),

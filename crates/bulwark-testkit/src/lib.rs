@@ -11,6 +11,7 @@
 //! | `drip-MS`        | streams, waiting MS milliseconds between chunks                  |
 //! | `stall`          | sends headers and one chunk, then nothing                        |
 //! | `leak-secret`    | answers with a credential of its own (`LEAKED_KEY`) after the echo |
+//! | `leak-pii`       | answers with personal data of its own (`LEAKED_EMAIL`, a phone number) after the echo |
 //! | anything else    | answers at once: `mock reply to: <last message>`                 |
 //!
 //! Every request body it receives is recorded ([`MockUpstream::received`]), so tests can
@@ -209,6 +210,11 @@ async fn respond(
             "mock reply to: {} The admin key is {LEAKED_KEY} for now.",
             last_text(&body)
         )
+    } else if model == "leak-pii" {
+        format!(
+            "mock reply to: {} Ask {LEAKED_EMAIL} or call +44 20 7946 0958.",
+            last_text(&body)
+        )
     } else {
         format!("mock reply to: {}", last_text(&body))
     };
@@ -312,6 +318,9 @@ impl MockUpstream {
 /// The credential the `leak-secret` mock model puts in its answers (AWS's documented
 /// example key id).
 pub const LEAKED_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+
+/// The e-mail address the `leak-pii` mock model puts in its answers.
+pub const LEAKED_EMAIL: &str = "alice.smith@example.net";
 
 /// The real `bulwark` binary, started on a loopback port and killed on drop.
 pub struct Bulwark {

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 fn config(mock: &MockUpstream, guard: &str) -> String {
     format!(
         "[[upstreams]]\nname = \"abroad\"\nbase_url = \"{}\"\njurisdiction = \"US\"\ntrust = \"foreign\"\n\
-         models = {{ \"m\" = \"m\", \"drip\" = \"drip-5\", \"leak\" = \"leak-secret\" }}\n{guard}",
+         models = {{ \"m\" = \"m\", \"drip\" = \"drip-5\", \"leak\" = \"leak-secret\", \"pii\" = \"leak-pii\" }}\n{guard}",
         mock.base_url()
     )
 }
@@ -617,4 +617,45 @@ fn a_missing_encoder_stops_startup_and_says_how_to_fix_it() {
     let b = Bulwark::start(Path::new(env!("CARGO_BIN_EXE_bulwark")), Some(&path), &[])
         .unwrap_or_else(|e| panic!("{e}"));
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn personal_data_an_answer_adds_is_named_streamed_or_not() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("guard-answer-pii");
+    let b = gateway(&dir, &config(&mock, "")).await;
+    let email = bulwark_testkit::LEAKED_EMAIL;
+    // JSON: the header names the kinds; the answer itself is left as it is.
+    let r = reqwest::Client::new()
+        .post(b.url("/v1/chat/completions"))
+        .json(&user("pii", "Who handles refunds?"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let header = r
+        .headers()
+        .get("x-bulwark-guard-output-pii")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(header, "email,phone");
+    assert!(content(&body).contains(email), "{body}");
+    // A stream: the same names, in a comment line at its end.
+    let mut s = json!({"model": "pii", "stream": true, "messages": [{"role": "user", "content": "Who handles refunds?"}]});
+    let r = post(&b, s.take()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(streamed_content(&r.body).contains(email), "{}", r.body);
+    assert!(
+        r.body
+            .contains("\n: x-bulwark-guard-output-pii email,phone\n\n"),
+        "{}",
+        r.body
+    );
+    // Personal data the client sent itself is not news: nothing is named.
+    let mut s = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": format!("Is {email} right?")}]});
+    let r = post(&b, s.take()).await;
+    assert!(!r.body.contains("x-bulwark-guard-output-pii"), "{}", r.body);
 }
