@@ -61,6 +61,14 @@ pub struct Screened {
     pub known: Arc<HashSet<String>>,
 }
 
+/// A `system` or `developer` message: the operator's own instructions.
+fn is_operator(message: &Value) -> bool {
+    matches!(
+        message.get("role").and_then(Value::as_str),
+        Some("system" | "developer")
+    )
+}
+
 /// Every text slot of a request body, mutable, and whether it is the operator's own
 /// instructions (a `system` or `developer` message).
 fn slots(body: &mut Value) -> Vec<(bool, &mut String)> {
@@ -72,10 +80,7 @@ fn slots(body: &mut Value) -> Vec<(bool, &mut String)> {
         match (k.as_str(), v) {
             ("messages", Value::Array(msgs)) => {
                 for m in msgs {
-                    let operator = matches!(
-                        m.get("role").and_then(Value::as_str),
-                        Some("system" | "developer")
-                    );
+                    let operator = is_operator(m);
                     match m.get_mut("content") {
                         Some(Value::String(s)) => out.push((operator, s)),
                         Some(Value::Array(parts)) => {
@@ -197,12 +202,7 @@ impl EdgeGuard {
             .collect();
         let token = format!("bwc-{token}");
         let msgs = body.get_mut("messages")?.as_array_mut()?;
-        let system = msgs.iter_mut().find(|m| {
-            matches!(
-                m.get("role").and_then(Value::as_str),
-                Some("system" | "developer")
-            )
-        })?;
+        let system = msgs.iter_mut().find(|m| is_operator(m))?;
         match system.get_mut("content")? {
             Value::String(s) => {
                 // First, so that a model repeating its instructions emits the canary
