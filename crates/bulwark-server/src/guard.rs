@@ -31,9 +31,8 @@ pub const GUARD_HEADER: &str = "x-bulwark-guard";
 const MAX_ANSWER: usize = 16 << 20;
 
 pub struct EdgeGuard {
-    /// The scanner, with the thresholds of `[guard]` and its second stage when `[guard]`
-    /// runs one (used as is by `/v1/guard/scan`).
-    pub guard: Guard,
+    /// Whether `[guard]` runs the second stage (`/v1/guard/scan` scans as it says).
+    scan_with_encoder: bool,
     /// The scanner without the second stage, for configurations with `encoder = false`.
     first_stage: Guard,
     /// The scanner with the second stage, when it is loaded.
@@ -134,6 +133,25 @@ fn action(cfg: &GuardConfig, c: Category) -> GuardAction {
     }
 }
 
+/// Runs `work` here, or, when it runs the second stage (`heavy`: milliseconds of CPU per
+/// text), on a blocking thread so that the async workers stay free. `None` when that
+/// thread failed (logged).
+pub async fn off_workers<T: Send + 'static>(
+    heavy: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if !heavy {
+        return Some(work());
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "guard screening failed");
+            None
+        }
+    }
+}
+
 impl EdgeGuard {
     /// A guard whose scanner uses the thresholds of `default` (`[guard]`), when on, and
     /// `encoder` for the configurations that ask for it.
@@ -141,10 +159,7 @@ impl EdgeGuard {
         let first_stage = Guard::new(default.map_or_else(Thresholds::default, thresholds));
         let both_stages = encoder.map(|e| first_stage.clone().with_encoder(Some(e)));
         EdgeGuard {
-            guard: match (&both_stages, default) {
-                (Some(g), Some(d)) if d.encoder => g.clone(),
-                _ => first_stage.clone(),
-            },
+            scan_with_encoder: default.is_some_and(|d| d.encoder),
             first_stage,
             both_stages,
             canary_secret: *uuid::Uuid::new_v4().as_bytes(),
@@ -184,8 +199,18 @@ impl EdgeGuard {
     }
 
     fn scanner(&self, cfg: &GuardConfig) -> &Guard {
+        self.stages(cfg.encoder)
+    }
+
+    /// The scanner of `/v1/guard/scan`: the thresholds of `[guard]`, and its second stage
+    /// when `[guard]` runs one.
+    pub fn for_scan(&self) -> &Guard {
+        self.stages(self.scan_with_encoder)
+    }
+
+    fn stages(&self, encoder: bool) -> &Guard {
         match &self.both_stages {
-            Some(g) if cfg.encoder => g,
+            Some(g) if encoder => g,
             _ => &self.first_stage,
         }
     }

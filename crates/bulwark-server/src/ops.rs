@@ -251,24 +251,17 @@ pub async fn guard_scan(
     let guard = state
         .guard
         .as_ref()
-        .map_or_else(bulwark_guard::Guard::default, |g| g.guard.clone());
+        .map_or_else(bulwark_guard::Guard::default, |g| g.for_scan().clone());
+    let heavy = guard.encoder.is_some();
     let scan =
         move || -> Vec<bulwark_guard::Report> { texts.iter().map(|t| guard.scan(t)).collect() };
-    let reports = if state
-        .guard
-        .as_ref()
-        .is_some_and(|g| g.guard.encoder.is_some())
-    {
-        // The encoder takes milliseconds of CPU per text: off the async workers.
-        tokio::task::spawn_blocking(scan).await.map_err(|e| {
-            tracing::error!(error = %e, "guard scan failed");
+    let reports = crate::guard::off_workers(heavy, scan)
+        .await
+        .ok_or_else(|| {
             Error(ApiError::new(
                 bulwark_api::ErrorKind::Internal,
                 "The guard could not scan these texts.",
             ))
-        })?
-    } else {
-        scan()
-    };
+        })?;
     Ok(Json(json!({"object": "list", "data": reports})).into_response())
 }

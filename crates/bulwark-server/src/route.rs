@@ -596,32 +596,22 @@ async fn serve_inner(
     };
     let guard = state.guard.as_ref().zip(guard_config);
     if let Some((g, cfg)) = guard {
-        let screened = if g.runs_encoder(cfg) {
-            // Milliseconds of CPU: off the async workers.
-            let (g, cfg) = (std::sync::Arc::clone(g), cfg.clone());
-            let mut value = std::mem::take(&mut body.value);
-            match tokio::task::spawn_blocking(move || {
-                let r = g.screen(&mut value, &cfg);
-                (value, r)
-            })
-            .await
-            {
-                Ok((value, r)) => {
-                    body.value = value;
-                    r
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "guard screening failed");
-                    return Error(ApiError::new(
-                        ErrorKind::Internal,
-                        "The guard could not screen this request; it was not sent anywhere.",
-                    ))
-                    .into_response();
-                }
-            }
-        } else {
-            g.screen(&mut body.value, cfg)
+        let heavy = g.runs_encoder(cfg);
+        let (g, cfg) = (std::sync::Arc::clone(g), cfg.clone());
+        let mut value = std::mem::take(&mut body.value);
+        let Some((value, screened)) = crate::guard::off_workers(heavy, move || {
+            let r = g.screen(&mut value, &cfg);
+            (value, r)
+        })
+        .await
+        else {
+            return Error(ApiError::new(
+                ErrorKind::Internal,
+                "The guard could not screen this request; it was not sent anywhere.",
+            ))
+            .into_response();
         };
+        body.value = value;
         match screened {
             Err(e) => {
                 tracing::warn!(model = %body.model, code = e.code.unwrap_or(""), "request blocked by the guard");
