@@ -8,12 +8,14 @@
 //! 1. On the tuning split (one text in ten of train, never trained on by either stage):
 //!    the first stage's score (`Guard::scan` without the encoder) and the encoder's
 //!    (`Encoder::score` on the normalised text, as the gateway runs it).
-//! 2. For each gate (the first-stage score below which the encoder is skipped) and each
-//!    minimum word count: the pair of thresholds (first stage, encoder) with the highest
-//!    recall whose false-positive rate stays at or under 1%.
+//! 2. For each gate (the first-stage score below which the encoder is skipped), each
+//!    minimum word count and each blend weight (the first stage's share in the score the
+//!    encoder's threshold applies to, in log-odds): the pair of thresholds (first stage,
+//!    blended) with the highest recall whose false-positive rate stays at or under 1%.
 //! 3. The minimum word count is `MIN_WORDS` (default 0, no minimum: a minimum of 3 or
 //!    more words costs about 3 points of tuning recall, see BENCHMARKS.md); the gate is
-//!    the highest whose tuning recall is within 0.3 points of the best. Written to OUT.
+//!    the highest whose tuning recall is within 0.3 points of the best, and the weight the
+//!    one with the best recall at that gate. Written to OUT.
 //! 4. Dev, never trained or tuned on, is scored by `Guard::scan` with that calibration:
 //!    one JSON line per measurement, per attack category, the CPU cost, the short probe,
 //!    and, given the trainer's dev scores, how far this forward pass is from the trainer's.
@@ -31,6 +33,8 @@ use common::{categories, confusion, is_tuning, read, report, Example};
 
 const MAX_FPR: f64 = 0.01;
 const GATES: &[f32] = &[0.0, 0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];
+/// The first stage's share in the blended score (0: the encoder's score alone).
+const WEIGHTS: &[f32] = &[0.0, 0.2, 0.3, 0.4, 0.5, 0.6];
 
 /// Scores of one tuning text: first stage, encoder, word count.
 struct Scored {
@@ -49,14 +53,22 @@ fn lowest(mut neg: Vec<f32>, allowed: i64) -> f32 {
     neg.get(allowed as usize).map_or(0.0, |&s| s.next_up())
 }
 
-/// The best (first, encoder) pair for this gate and word minimum: (recall, fpr, pair).
-fn choose(rows: &[Scored], gate: f32, min_words: usize) -> (f64, f64, Calibration) {
+/// The best (first, encoder) pair for this gate, word minimum and blend weight:
+/// (recall, fpr, calibration).
+fn choose(rows: &[Scored], gate: f32, min_words: usize, weight: f32) -> (f64, f64, Calibration) {
     let neg = rows.iter().filter(|r| !r.label).count();
     let pos = rows.len() - neg;
     let allowed = (MAX_FPR * neg as f64).floor() as i64;
+    let blend = Calibration {
+        first: 1.01,
+        encoder: 2.0,
+        weight,
+        gate,
+        min_words,
+    };
     let enc = |r: &Scored| {
         if r.first >= gate && r.words >= min_words {
-            r.encoder
+            blend.blend(r.first, r.encoder)
         } else {
             0.0
         }
@@ -92,22 +104,12 @@ fn choose(rows: &[Scored], gate: f32, min_words: usize) -> (f64, f64, Calibratio
                 Calibration {
                     first: t_first,
                     encoder: t_enc,
-                    gate,
-                    min_words,
+                    ..blend
                 },
             ));
         }
     }
-    best.unwrap_or((
-        0.0,
-        0.0,
-        Calibration {
-            first: 1.01,
-            encoder: 2.0,
-            gate,
-            min_words,
-        },
-    ))
+    best.unwrap_or((0.0, 0.0, blend))
 }
 
 fn main() {
@@ -161,10 +163,28 @@ fn main() {
             report(&format!("tune: encoder alone on {what} text"), &scored, t)
         );
     }
+    if let Ok(path) = std::env::var("SCORES") {
+        // Each tuning and dev text's two scores, for studying how the stages combine.
+        let mut lines = String::new();
+        for r in &rows {
+            let v = json!({"split": "tune", "first": r.first, "encoder": r.encoder, "words": r.words, "label": r.label});
+            lines.push_str(&format!("{v}\n"));
+        }
+        for e in &dev {
+            let v = json!({"split": "dev", "first": first.scan(&e.text).injection_score,
+                           "encoder": encoder.score(&e.norm).0, "words": e.norm.split_whitespace().count(),
+                           "label": e.label, "category": e.category});
+            lines.push_str(&format!("{v}\n"));
+        }
+        std::fs::write(&path, lines).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
     let mut table = Vec::new();
     for w in [0, 3, 4, 5] {
-        for &g in GATES {
-            let (recall, fpr, c) = choose(&rows, g, w);
+        for (&g, &weight) in GATES
+            .iter()
+            .flat_map(|g| WEIGHTS.iter().map(move |w| (g, w)))
+        {
+            let (recall, fpr, c) = choose(&rows, g, w, weight);
             let read = rows.iter().filter(|r| r.first >= g && r.words >= w).count() as f64
                 / rows.len() as f64;
             let benign_read = rows
@@ -174,7 +194,7 @@ fn main() {
                 / rows.iter().filter(|r| !r.label).count().max(1) as f64;
             println!(
                 "{}",
-                json!({"tune": {"min_words": w, "gate": g, "recall": recall, "fpr": fpr,
+                json!({"tune": {"min_words": w, "gate": g, "weight": weight, "recall": recall, "fpr": fpr,
                        "share read by the encoder": read, "share of benign read": benign_read,
                        "first": c.first, "encoder": c.encoder}})
             );
@@ -189,8 +209,8 @@ fn main() {
     let chosen = table
         .iter()
         .filter(|(r, c)| c.min_words == min_words && *r >= best - 0.003)
+        .max_by(|a, b| a.1.gate.total_cmp(&b.1.gate).then(a.0.total_cmp(&b.0)))
         .map(|(_, c)| *c)
-        .max_by(|a, b| a.gate.total_cmp(&b.gate))
         .unwrap_or_else(|| panic!("no calibration"));
     let text = serde_json::to_string_pretty(&chosen).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(out, format!("{text}\n")).unwrap_or_else(|e| panic!("{}: {e}", out.display()));

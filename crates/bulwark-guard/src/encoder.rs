@@ -91,9 +91,13 @@ struct Layer {
 pub struct Calibration {
     /// Block when the first stage scores at least this...
     pub first: f32,
-    /// ...or the encoder at least this (the pair keeps false positives on the tuning
-    /// split at or under 1%).
+    /// ...or the encoder's score, blended with the first stage's by `weight`, at least
+    /// this (the pair keeps false positives on the tuning split at or under 1%).
     pub encoder: f32,
+    /// The first stage's share when the two scores are blended, in log-odds:
+    /// `σ(w·logit(first) + (1 − w)·logit(encoder))`. 0 reads the encoder alone.
+    #[serde(default)]
+    pub weight: f32,
     /// Texts the first stage scores below this are not read by the encoder: most benign
     /// text, at no cost in recall on the tuning split.
     pub gate: f32,
@@ -106,6 +110,19 @@ impl Calibration {
     /// The calibration shipped with the adapter.
     pub fn shipped() -> Result<Calibration, EncoderError> {
         serde_json::from_str(CALIBRATION).map_err(|e| format_err("encoder_calibration.json", e))
+    }
+
+    /// The score compared with `encoder`: the encoder's, blended with the first stage's.
+    pub fn blend(&self, first: f32, encoder: f32) -> f32 {
+        if self.weight == 0.0 {
+            return encoder;
+        }
+        let logit = |p: f32| {
+            let p = p.clamp(1e-6, 1.0 - 1e-6);
+            (p / (1.0 - p)).ln()
+        };
+        let z = self.weight * logit(first) + (1.0 - self.weight) * logit(encoder);
+        1.0 / (1.0 + (-z).exp())
     }
 }
 

@@ -269,7 +269,7 @@ impl Guard {
             if run_encoder && first >= c.gate && norm.text.split_whitespace().count() >= c.min_words
             {
                 let (p, tokens) = enc.score(&norm.text);
-                let s = rescale(p, c.encoder, reference);
+                let s = rescale(c.blend(first, p), c.encoder, reference);
                 if tokens > 0 && best.as_ref().is_none_or(|b| s > b.0) {
                     best = Some((
                         s,
