@@ -15,7 +15,7 @@
 //! 3. The minimum word count is `MIN_WORDS` (default 0, no minimum: a minimum of 3 or
 //!    more words costs about 3 points of tuning recall, see BENCHMARKS.md); the gate is
 //!    the highest whose tuning recall is within 0.3 points of the best, and the weight the
-//!    one with the best recall at that gate. Written to OUT.
+//!    one with the best recall at that gate (on a tie, the lowest). Written to OUT.
 //! 4. Dev, never trained or tuned on, is scored by `Guard::scan` with that calibration:
 //!    one JSON line per measurement, per attack category, the CPU cost, the short probe,
 //!    and, given the trainer's dev scores, how far this forward pass is from the trainer's.
@@ -209,7 +209,14 @@ fn main() {
     let chosen = table
         .iter()
         .filter(|(r, c)| c.min_words == min_words && *r >= best - 0.003)
-        .max_by(|a, b| a.1.gate.total_cmp(&b.1.gate).then(a.0.total_cmp(&b.0)))
+        .max_by(|a, b| {
+            // The highest gate, then the best recall, then the simplest rule (the
+            // lowest weight; 0 reads the encoder's score alone).
+            a.1.gate
+                .total_cmp(&b.1.gate)
+                .then(a.0.total_cmp(&b.0))
+                .then(b.1.weight.total_cmp(&a.1.weight))
+        })
         .map(|(_, c)| *c)
         .unwrap_or_else(|| panic!("no calibration"));
     let text = serde_json::to_string_pretty(&chosen).unwrap_or_else(|e| panic!("{e}"));
