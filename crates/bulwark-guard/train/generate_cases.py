@@ -157,20 +157,13 @@ def fill(t):
                     url=R.choice(URLS), token=R.choice(TOKENS), topic=R.choice(TOPICS), day=R.choice(DAYS))
 
 
+def filled(templates, copies, label):
+    """Each template filled `copies` times (duplicates dropped)."""
+    return [{"text": text, "label": label} for t in templates for text in {fill(t) for _ in range(copies)}]
+
+
 def main(out):
-    rows = []
-    for t in BENIGN:
-        for text in {fill(t) for _ in range(6)}:
-            rows.append({"text": text, "label": 0})
-    for t in ATTACK:
-        for text in {fill(t) for _ in range(6)}:
-            rows.append({"text": text, "label": 1})
-    for t in BENIGN_OTHER:
-        for text in {fill(t) for _ in range(4)}:
-            rows.append({"text": text, "label": 0})
-    for t in ATTACK_OTHER:
-        for text in {fill(t) for _ in range(4)}:
-            rows.append({"text": text, "label": 1})
+    rows = filled(BENIGN, 6, 0) + filled(ATTACK, 6, 1) + filled(BENIGN_OTHER, 4, 0) + filled(ATTACK_OTHER, 4, 1)
     for attack in (False, True):
         for _ in range(80):
             rows.append({"text": document(attack), "label": int(attack)})
