@@ -267,15 +267,20 @@ impl Encoder {
                 source,
             })
         };
-        let weights = read("model.safetensors")?;
-        let mut tokenizer = tokenizers::Tokenizer::from_bytes(read("tokenizer.json")?)
+        Self::from_bytes(&read("model.safetensors")?, &read("tokenizer.json")?)
+    }
+
+    /// As [`Encoder::load`], from the two files' bytes. Untrusted input: anything but
+    /// the expected tensors (names, shapes, f32 or f16) is an error naming the file.
+    pub fn from_bytes(weights: &[u8], tokenizer: &[u8]) -> Result<Encoder, EncoderError> {
+        let mut tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer)
             .map_err(|e| format_err("tokenizer.json", e))?;
         tokenizer
             .with_truncation(None)
             .map_err(|e| format_err("tokenizer.json", e))?;
         tokenizer.with_padding(None);
         let base =
-            SafeTensors::deserialize(&weights).map_err(|e| format_err("model.safetensors", e))?;
+            SafeTensors::deserialize(weights).map_err(|e| format_err("model.safetensors", e))?;
         Self::build(tokenizer, &base)
     }
 

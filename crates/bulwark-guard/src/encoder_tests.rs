@@ -225,6 +225,40 @@ fn missing_or_broken_files_are_errors_naming_the_file() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// A safetensors file holding one tensor of `dtype` and `shape`, zero-filled.
+fn one_tensor(name: &str, dtype: &str, shape: &[usize], width: usize) -> Vec<u8> {
+    let len = shape.iter().product::<usize>() * width;
+    let header =
+        serde_json::json!({name: {"dtype": dtype, "shape": shape, "data_offsets": [0, len]}})
+            .to_string();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.resize(out.len() + len, 0);
+    out
+}
+
+#[test]
+fn weights_of_the_wrong_shape_or_type_are_errors_naming_the_tensor() {
+    let tokenizer = std::fs::read(dir().join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
+    let word = "embeddings.word_embeddings.weight";
+    for (weights, expect) in [
+        // Well-formed files, wrong contents: the first missing tensor is named.
+        (one_tensor(word, "F32", &[2, 3], 4), "encoder.layer.0"),
+        (one_tensor("something.else", "F32", &[4], 4), word),
+        (one_tensor(word, "I64", &[200, 384], 8), "encoder.layer.0"),
+    ] {
+        let err = Encoder::from_bytes(&weights, &tokenizer)
+            .err()
+            .unwrap_or_else(|| panic!("loaded {expect}"));
+        let msg = err.to_string();
+        assert!(msg.contains(expect), "{msg}");
+    }
+    let err = Encoder::from_bytes(&[], b"{not json")
+        .err()
+        .unwrap_or_else(|| panic!("loaded"));
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
+
 #[test]
 fn rescale_maps_each_threshold_onto_the_reference() {
     assert!((rescale(0.97, 0.97, 0.919) - 0.919).abs() < 1e-6);
@@ -239,6 +273,13 @@ fn rescale_maps_each_threshold_onto_the_reference() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any bytes as the base weights: an error, never a panic.
+    #[test]
+    fn any_weight_bytes_are_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let tokenizer = std::fs::read(dir().join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
+        prop_assert!(Encoder::from_bytes(&bytes, &tokenizer).is_err());
+    }
 
     /// Any text: a score in [0, 1], no panic, the budget kept.
     #[test]
