@@ -64,7 +64,8 @@ fn format_err(what: &str, why: impl ToString) -> EncoderError {
 
 /// A dense layer: `out × in` weights and a bias.
 struct Linear {
-    w: Array2<f32>,
+    /// The weight transposed (in × out, row-major): the product reads it row by row.
+    wt: Array2<f32>,
     b: Array1<f32>,
 }
 
@@ -208,7 +209,10 @@ fn linear(
         // W += B·A (the trainer folds the scale into B).
         general_mat_mul(1.0, &bm, &a, 1.0, &mut w);
     }
-    Ok(Linear { w, b })
+    Ok(Linear {
+        wt: w.t().as_standard_layout().into_owned(),
+        b,
+    })
 }
 
 fn norm(
@@ -233,7 +237,7 @@ fn norm(
 impl Linear {
     /// `x (n×in) · Wᵀ + b`.
     fn apply(&self, x: &Array2<f32>) -> Array2<f32> {
-        let mut y = x.dot(&self.w.t());
+        let mut y = x.dot(&self.wt);
         y += &self.b;
         y
     }
