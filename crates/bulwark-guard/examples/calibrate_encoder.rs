@@ -163,21 +163,6 @@ fn main() {
             report(&format!("tune: encoder alone on {what} text"), &scored, t)
         );
     }
-    if let Ok(path) = std::env::var("SCORES") {
-        // Each tuning and dev text's two scores, for studying how the stages combine.
-        let mut lines = String::new();
-        for r in &rows {
-            let v = json!({"split": "tune", "first": r.first, "encoder": r.encoder, "words": r.words, "label": r.label});
-            lines.push_str(&format!("{v}\n"));
-        }
-        for e in &dev {
-            let v = json!({"split": "dev", "first": first.scan(&e.text).injection_score,
-                           "encoder": encoder.score(&e.norm).0, "words": e.norm.split_whitespace().count(),
-                           "label": e.label, "category": e.category});
-            lines.push_str(&format!("{v}\n"));
-        }
-        std::fs::write(&path, lines).unwrap_or_else(|e| panic!("{path}: {e}"));
-    }
     let mut table = Vec::new();
     for w in [0, 3, 4, 5] {
         for (&g, &weight) in GATES
@@ -259,6 +244,20 @@ fn main() {
         .collect();
     let enc_ms = started.elapsed().as_secs_f64() * 1e3 / dev.len().max(1) as f64;
     println!("{}", report("dev: encoder alone", &dev_enc, t_alone));
+    if let Ok(path) = std::env::var("SCORES") {
+        // Each tuning and dev text's two scores, for studying how the stages combine.
+        let mut lines = String::new();
+        for r in &rows {
+            let v = json!({"split": "tune", "first": r.first, "encoder": r.encoder, "words": r.words, "label": r.label});
+            lines.push_str(&format!("{v}\n"));
+        }
+        for ((e, f), x) in dev.iter().zip(&dev_first).zip(&dev_enc) {
+            let v = json!({"split": "dev", "first": f.0, "encoder": x.0,
+                           "words": e.norm.split_whitespace().count(), "label": e.label, "category": e.category});
+            lines.push_str(&format!("{v}\n"));
+        }
+        std::fs::write(&path, lines).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
     println!(
         "{}",
         json!({"dev: ms per text": {"first stage": first_ms, "both stages": both_ms, "encoder on every text": enc_ms}})

@@ -62,7 +62,7 @@ fn format_err(what: &str, why: impl ToString) -> EncoderError {
     }
 }
 
-/// A dense layer: `out × in` weights and a bias.
+/// A dense layer: weights (kept transposed) and a bias.
 struct Linear {
     /// The weight transposed (in × out, row-major): the product reads it row by row.
     wt: Array2<f32>,

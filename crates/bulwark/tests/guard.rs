@@ -623,8 +623,8 @@ async fn personal_data_an_answer_adds_is_named_streamed_or_not() {
     assert_eq!(r.header("x-bulwark-guard-output-pii"), "email,phone");
     assert!(content(&r.body).contains(email), "{}", r.body);
     // A stream: the same names, in a comment line at its end.
-    let mut s = json!({"model": "pii", "stream": true, "messages": [{"role": "user", "content": "Who handles refunds?"}]});
-    let r = post(&b, s.take()).await;
+    let s = json!({"model": "pii", "stream": true, "messages": [{"role": "user", "content": "Who handles refunds?"}]});
+    let r = post(&b, s).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(streamed_content(&r.body).contains(email), "{}", r.body);
     assert!(
@@ -634,7 +634,7 @@ async fn personal_data_an_answer_adds_is_named_streamed_or_not() {
         r.body
     );
     // Personal data the client sent itself is not news: nothing is named.
-    let mut s = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": format!("Is {email} right?")}]});
-    let r = post(&b, s.take()).await;
+    let s = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": format!("Is {email} right?")}]});
+    let r = post(&b, s).await;
     assert!(!r.body.contains("x-bulwark-guard-output-pii"), "{}", r.body);
 }
