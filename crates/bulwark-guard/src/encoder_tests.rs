@@ -22,6 +22,12 @@ fn encoder() -> Arc<Encoder> {
     }))
 }
 
+/// The real tokenizer file, read once for all the property test's cases.
+fn tokenizer_json() -> &'static [u8] {
+    static T: OnceLock<Vec<u8>> = OnceLock::new();
+    T.get_or_init(|| std::fs::read(dir().join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}")))
+}
+
 fn both() -> Guard {
     Guard::default().with_encoder(Some(encoder()))
 }
@@ -239,7 +245,6 @@ fn one_tensor(name: &str, dtype: &str, shape: &[usize], width: usize) -> Vec<u8>
 
 #[test]
 fn weights_of_the_wrong_shape_or_type_are_errors_naming_the_tensor() {
-    let tokenizer = std::fs::read(dir().join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
     let word = "embeddings.word_embeddings.weight";
     for (weights, expect) in [
         // Well-formed files, wrong contents: the first missing tensor is named.
@@ -247,7 +252,7 @@ fn weights_of_the_wrong_shape_or_type_are_errors_naming_the_tensor() {
         (one_tensor("something.else", "F32", &[4], 4), word),
         (one_tensor(word, "I64", &[200, 384], 8), "encoder.layer.0"),
     ] {
-        let err = Encoder::from_bytes(&weights, &tokenizer)
+        let err = Encoder::from_bytes(&weights, tokenizer_json())
             .err()
             .unwrap_or_else(|| panic!("loaded {expect}"));
         let msg = err.to_string();
@@ -277,8 +282,7 @@ proptest! {
     /// Any bytes as the base weights: an error, never a panic.
     #[test]
     fn any_weight_bytes_are_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let tokenizer = std::fs::read(dir().join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
-        prop_assert!(Encoder::from_bytes(&bytes, &tokenizer).is_err());
+        prop_assert!(Encoder::from_bytes(&bytes, tokenizer_json()).is_err());
     }
 
     /// Any text: a score in [0, 1], no panic, the budget kept.
