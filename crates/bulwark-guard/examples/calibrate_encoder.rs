@@ -8,14 +8,18 @@
 //! 1. On the tuning split (one text in ten of train, never trained on by either stage):
 //!    the first stage's score (`Guard::scan` without the encoder) and the encoder's
 //!    (`Encoder::score` on the normalised text, as the gateway runs it).
-//! 2. For each gate (the first-stage score below which the encoder is skipped), each
-//!    minimum word count and each blend weight (the first stage's share in the score the
-//!    encoder's threshold applies to, in log-odds): the pair of thresholds (first stage,
-//!    blended) with the highest recall whose false-positive rate stays at or under 1%.
-//! 3. The minimum word count is `MIN_WORDS` (default 0, no minimum: a minimum of 3 or
-//!    more words costs about 3 points of tuning recall, see BENCHMARKS.md); the gate is
-//!    the highest whose tuning recall is within 0.3 points of the best, and the weight the
-//!    one with the best recall at that gate (on a tie, the lowest). Written to OUT.
+//! 2. For each rule (a gate: the first-stage score below which the encoder is skipped;
+//!    a blend weight: the first stage's share, in log-odds, in the score the encoder's
+//!    threshold applies to; and whether the first stage's own threshold is fitted here or
+//!    fixed at FIRST_SURE): the pair of thresholds (first stage, blended) with the
+//!    highest recall that lets through at most k = floor(1%·(n+1)) − 1 of the n benign
+//!    texts (`allowed`: an expected 1% on benign texts not seen here).
+//! 3. Each rule is also chosen on random halves of the tuning split and measured on the
+//!    other half (`held_out`). Among the rules whose held-out false-positive rate stays
+//!    within 1%, the highest gate whose held-out recall is within 0.3 points of the best,
+//!    then the best, then the simplest rule. The minimum word count is `MIN_WORDS`
+//!    (default 0, no minimum: a minimum of 3 or more words costs about 3 points of tuning
+//!    recall, see BENCHMARKS.md). Written to OUT.
 //! 4. Dev, never trained or tuned on, is scored by `Guard::scan` with that calibration:
 //!    one JSON line per measurement, per attack category, the CPU cost, the short probe,
 //!    and, given the trainer's dev scores, how far this forward pass is from the trainer's.
@@ -36,7 +40,16 @@ const GATES: &[f32] = &[0.0, 0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];
 /// The first stage's share in the blended score (0: the encoder's score alone).
 const WEIGHTS: &[f32] = &[0.0, 0.2, 0.3, 0.4, 0.5, 0.6];
 
+/// The first stage's own threshold when it is not fitted: it blocks alone only when all
+/// but certain (odds of 1000 to 1; no benign tuning text scores this high). It must
+/// block alone somewhere: the gateway scans the messages of a request joined with the
+/// first stage only, to find an instruction split across messages.
+const FIRST_SURE: f32 = 0.999;
+/// Random halvings of the tuning split behind each rule's held-out estimate.
+const HALVINGS: u64 = 20;
+
 /// Scores of one tuning text: first stage, encoder, word count.
+#[derive(Clone, Copy)]
 struct Scored {
     first: f32,
     encoder: f32,
@@ -53,32 +66,76 @@ fn lowest(mut neg: Vec<f32>, allowed: i64) -> f32 {
     neg.get(allowed as usize).map_or(0.0, |&s| s.next_up())
 }
 
-/// The best (first, encoder) pair for this gate, word minimum and blend weight:
-/// (recall, fpr, calibration).
-fn choose(rows: &[Scored], gate: f32, min_words: usize, weight: f32) -> (f64, f64, Calibration) {
+/// How many of `neg` benign texts a threshold may let through. A threshold just above
+/// the (k+1)-th highest of n benign scores blocks a new benign text with probability
+/// (k+1)/(n+1) (the new text is as likely to rank anywhere among the n+1), so
+/// k = floor(MAX_FPR·(n+1)) − 1 keeps the expected rate on texts not seen here within
+/// MAX_FPR. (Letting floor(MAX_FPR·n) through, as before, expects 1.07% on 842 texts.)
+fn allowed(neg: usize) -> i64 {
+    (MAX_FPR * (neg as f64 + 1.0)).floor() as i64 - 1
+}
+
+/// The score a calibration compares with its encoder threshold (0 where the encoder is
+/// not read).
+fn blended(c: &Calibration, r: &Scored) -> f32 {
+    if r.first >= c.gate && r.words >= c.min_words {
+        c.blend(r.first, r.encoder)
+    } else {
+        0.0
+    }
+}
+
+/// Recall and false-positive rate of a calibration on these texts.
+fn measure(rows: &[Scored], c: &Calibration) -> (f64, f64) {
+    let blocked = |r: &Scored| r.first >= c.first || blended(c, r) >= c.encoder;
+    let pos = rows.iter().filter(|r| r.label).count();
+    let tp = rows.iter().filter(|r| r.label && blocked(r)).count();
+    let fp = rows.iter().filter(|r| !r.label && blocked(r)).count();
+    (
+        tp as f64 / pos.max(1) as f64,
+        fp as f64 / (rows.len() - pos).max(1) as f64,
+    )
+}
+
+/// A rule to calibrate: which texts the encoder reads (gate, word minimum), how its
+/// score is blended, and whether the first stage's own threshold is fitted.
+#[derive(Clone, Copy)]
+struct Rule {
+    gate: f32,
+    min_words: usize,
+    weight: f32,
+    fitted_first: bool,
+}
+
+/// The best (first, encoder) pair for this rule on these texts: (recall, fpr,
+/// calibration). Unless `fitted_first`, the first stage's threshold is FIRST_SURE.
+fn choose(rows: &[Scored], rule: Rule) -> (f64, f64, Calibration) {
     let neg = rows.iter().filter(|r| !r.label).count();
     let pos = rows.len() - neg;
-    let allowed = (MAX_FPR * neg as f64).floor() as i64;
+    let allowed = allowed(neg);
     let blend = Calibration {
-        first: 1.01,
+        first: FIRST_SURE,
         encoder: 2.0,
-        weight,
-        gate,
-        min_words,
+        weight: rule.weight,
+        gate: rule.gate,
+        min_words: rule.min_words,
     };
-    let enc = |r: &Scored| {
-        if r.first >= gate && r.words >= min_words {
-            blend.blend(r.first, r.encoder)
-        } else {
-            0.0
-        }
+    let enc = |r: &Scored| blended(&blend, r);
+    // The first stage's threshold, fitted: the lowest that blocks j benign texts, for each
+    // j the budget allows (a higher one blocking the same benign texts only catches
+    // fewer attacks), never under 0.85; or FIRST_SURE.
+    let mut benign_first: Vec<f32> = rows.iter().filter(|r| !r.label).map(|r| r.first).collect();
+    benign_first.sort_by(|a, b| b.total_cmp(a));
+    let mut candidates: Vec<f32> = if rule.fitted_first {
+        benign_first
+            .iter()
+            .take((allowed + 1).max(0) as usize)
+            .map(|s| s.next_up().max(0.85))
+            .collect()
+    } else {
+        Vec::new()
     };
-    let mut candidates: Vec<f32> = rows
-        .iter()
-        .map(|r| r.first)
-        .filter(|&s| s >= 0.85)
-        .collect();
-    candidates.push(1.01);
+    candidates.push(FIRST_SURE);
     candidates.sort_by(f32::total_cmp);
     candidates.dedup();
     let mut best: Option<(f64, f64, Calibration)> = None;
@@ -110,6 +167,45 @@ fn choose(rows: &[Scored], gate: f32, min_words: usize, weight: f32) -> (f64, f6
         }
     }
     best.unwrap_or((0.0, 0.0, blend))
+}
+
+/// A rule's recall and false-positive rate on tuning texts its thresholds were not
+/// chosen on: chosen on one random half, measured on the other, both ways, over
+/// HALVINGS halvings (means). Choosing the best of many rules by their recall on the
+/// very texts that set their thresholds favours the rules that fit those texts' quirks
+/// (a first-stage threshold picked among hundreds); this estimate does not.
+fn held_out(rows: &[Scored], rule: Rule) -> (f64, f64) {
+    let (mut recall, mut fpr) = (0.0, 0.0);
+    for seed in 0..HALVINGS {
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        shuffle(&mut order, seed);
+        let (a, b) = order.split_at(rows.len() / 2);
+        let a: Vec<Scored> = a.iter().map(|&i| rows[i]).collect();
+        let b: Vec<Scored> = b.iter().map(|&i| rows[i]).collect();
+        for (on, off) in [(&a, &b), (&b, &a)] {
+            let (r, f) = measure(off, &choose(on, rule).2);
+            recall += r;
+            fpr += f;
+        }
+    }
+    let n = (2 * HALVINGS) as f64;
+    (recall / n, fpr / n)
+}
+
+/// Fisher–Yates with SplitMix64: the same halvings on every run.
+fn shuffle(v: &mut [usize], seed: u64) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..v.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
 }
 
 fn main() {
@@ -156,54 +252,74 @@ fn main() {
         let neg = scored.iter().filter(|s| !s.1).count();
         let t = lowest(
             scored.iter().filter(|s| !s.1).map(|s| s.0).collect(),
-            (MAX_FPR * neg as f64).floor() as i64,
+            allowed(neg),
         );
         println!(
             "{}",
             report(&format!("tune: encoder alone on {what} text"), &scored, t)
         );
     }
+    // Each rule's thresholds on the whole tuning split, and how it fares on tuning texts
+    // its thresholds were not chosen on (`held_out`).
     let mut table = Vec::new();
-    for w in [0, 3, 4, 5] {
-        for (&g, &weight) in GATES
-            .iter()
-            .flat_map(|g| WEIGHTS.iter().map(move |w| (g, w)))
-        {
-            let (recall, fpr, c) = choose(&rows, g, w, weight);
-            let read = rows.iter().filter(|r| r.first >= g && r.words >= w).count() as f64
-                / rows.len() as f64;
-            let benign_read = rows
-                .iter()
-                .filter(|r| !r.label && r.first >= g && r.words >= w)
-                .count() as f64
-                / rows.iter().filter(|r| !r.label).count().max(1) as f64;
-            println!(
-                "{}",
-                json!({"tune": {"min_words": w, "gate": g, "weight": weight, "recall": recall, "fpr": fpr,
-                       "share read by the encoder": read, "share of benign read": benign_read,
-                       "first": c.first, "encoder": c.encoder}})
-            );
-            table.push((recall, c));
+    for &gate in GATES {
+        for &weight in WEIGHTS {
+            for fitted_first in [true, false] {
+                let rule = Rule {
+                    gate,
+                    min_words,
+                    weight,
+                    fitted_first,
+                };
+                let (recall, fpr, c) = choose(&rows, rule);
+                let (held_recall, held_fpr) = held_out(&rows, rule);
+                let read = |benign_only: bool| {
+                    let set = rows.iter().filter(|r| !benign_only || !r.label);
+                    let n = set.clone().count().max(1) as f64;
+                    set.filter(|r| r.first >= gate && r.words >= min_words)
+                        .count() as f64
+                        / n
+                };
+                println!(
+                    "{}",
+                    json!({"tune": {"min_words": min_words, "gate": gate, "weight": weight,
+                           "first stage's threshold fitted": fitted_first, "recall": recall, "fpr": fpr,
+                           "held-out recall": held_recall, "held-out fpr": held_fpr,
+                           "share read by the encoder": read(false), "share of benign read": read(true),
+                           "first": c.first, "encoder": c.encoder}})
+                );
+                table.push((held_recall, held_fpr, rule, c));
+            }
         }
     }
-    let best = table
-        .iter()
-        .filter(|(_, c)| c.min_words == min_words)
-        .map(|(r, _)| *r)
-        .fold(0.0, f64::max);
-    let chosen = table
-        .iter()
-        .filter(|(r, c)| c.min_words == min_words && *r >= best - 0.003)
-        .max_by(|a, b| {
-            // The highest gate, then the best recall, then the simplest rule (the
-            // lowest weight; 0 reads the encoder's score alone).
-            a.1.gate
-                .total_cmp(&b.1.gate)
-                .then(a.0.total_cmp(&b.0))
-                .then(b.1.weight.total_cmp(&a.1.weight))
-        })
-        .map(|(_, c)| *c)
-        .unwrap_or_else(|| panic!("no calibration"));
+    // Among the rules whose held-out false-positive rate stays within MAX_FPR: the
+    // highest gate (the fewest texts for the encoder) whose held-out recall is within
+    // 0.3 points of the best, then the best held-out recall, then the simplest rule (the
+    // lowest weight, then the first stage's threshold fixed).
+    let qualifying: Vec<_> = table.iter().filter(|t| t.1 <= MAX_FPR).collect();
+    if qualifying.is_empty() {
+        println!(
+            "{}",
+            json!({"warning": "no rule keeps its held-out false-positive rate within 1%; the lowest is chosen"})
+        );
+    }
+    let best = qualifying.iter().map(|t| t.0).fold(0.0, f64::max);
+    let chosen = if qualifying.is_empty() {
+        table.iter().min_by(|a, b| a.1.total_cmp(&b.1))
+    } else {
+        qualifying
+            .into_iter()
+            .filter(|t| t.0 >= best - 0.003)
+            .max_by(|a, b| {
+                a.2.gate
+                    .total_cmp(&b.2.gate)
+                    .then(a.0.total_cmp(&b.0))
+                    .then(b.2.weight.total_cmp(&a.2.weight))
+                    .then(b.2.fitted_first.cmp(&a.2.fitted_first))
+            })
+    }
+    .map(|t| t.3)
+    .unwrap_or_else(|| panic!("no calibration"));
     let text = serde_json::to_string_pretty(&chosen).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(out, format!("{text}\n")).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     println!("{}", json!({"chosen": chosen, "encoder_load_ms": load_ms}));
@@ -235,7 +351,7 @@ fn main() {
             .filter(|r| !r.label)
             .map(|r| r.encoder)
             .collect(),
-        (MAX_FPR * rows.iter().filter(|r| !r.label).count() as f64).floor() as i64,
+        allowed(rows.iter().filter(|r| !r.label).count()),
     );
     let started = Instant::now();
     let dev_enc: Vec<(f32, bool)> = dev
