@@ -56,6 +56,8 @@ ALPHA = float(os.environ.get("ALPHA", str(2 * RANK)))
 LR = float(os.environ.get("LR", "1e-3"))
 EPOCHS = int(os.environ.get("EPOCHS", "6"))
 SEED = int(os.environ.get("SEED", "1"))
+# The loss weight of a benign text relative to an attack (1: equal).
+BENIGN_WEIGHT = float(os.environ.get("BENIGN_WEIGHT", "1"))
 MAX_FPR = 0.01
 TARGETS = ["attention.self.query", "attention.self.key", "attention.self.value",
            "attention.output.dense", "intermediate.dense", "output.dense"]
@@ -311,7 +313,9 @@ def main(data, model_dir, out):
         total = 0.0
         for idx in chunks:
             logits = text_logits(model, hf, sf, idx, device)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels[idx].to(device))
+            y = labels[idx].to(device)
+            weight = None if BENIGN_WEIGHT == 1 else torch.where(y > 0, 1.0, BENIGN_WEIGHT)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, y, weight=weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -330,7 +334,8 @@ def main(data, model_dir, out):
     dl = [bool(r["label"]) for r in dev]
     report = {
         "config": {"window": WINDOW, "windows": "all" if ALL_WINDOWS else "first", "train_layers": TRAIN_LAYERS, "rank": RANK, "alpha": ALPHA,
-                   "lr": LR, "epochs": EPOCHS, "seed": SEED},
+                   "lr": LR, "epochs": EPOCHS, "seed": SEED,
+                   "benign_weight": BENIGN_WEIGHT},
         "thresholds": {"encoder_alone": t_alone, "combined_lex": t_lex, "combined_encoder": t_enc},
         "tuning": {"encoder_alone": metrics([s >= t_alone for s in st], tl),
                    "combined": metrics([s >= t_enc or r["lex"] >= t_lex for s, r in zip(st, tune)], tl)},
