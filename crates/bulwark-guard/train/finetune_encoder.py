@@ -46,6 +46,8 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from prepare import is_tuning
+
 WINDOW, OVERLAP, BUDGET = 128, 32, 1024  # as src/encoder.rs: WINDOW, OVERLAP, MAX_TOKENS
 CLS, SEP = 101, 102
 ALL_WINDOWS = os.environ.get("WINDOWS", "first") == "all"
@@ -247,13 +249,6 @@ def choose(enc, lex, labels):
     return t_alone, best[1], best[2]
 
 
-def fnv(text):
-    h = 0xCBF29CE484222325
-    for b in text.encode():
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
 def main(data, model_dir, out):
     data, model_dir, out = pathlib.Path(data), pathlib.Path(model_dir), pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +265,7 @@ def main(data, model_dir, out):
         assert len(lex) == len(split), f"lex_{s}.jsonl does not match {s}.jsonl"
         for r, x in zip(split, lex):
             r["lex"] = x
-            r["tune"] = fnv(r["text"]) % 10 == 0
+            r["tune"] = is_tuning(r["text"])
     if os.environ.get("SMOKE"):  # a quick run of the whole path on a few texts
         rows = {s: r[::20] for s, r in rows.items()}
     for split in rows.values():
@@ -301,12 +296,12 @@ def main(data, model_dir, out):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / max(warm, 1), max(0.0, (steps - s) / max(steps - warm, 1))))
     tl = [bool(r["label"]) for r in tune]
+    size = [sum(hf[w].shape[0] for w in range(*sf[i])) for i in range(len(fit))]  # tokens per text
     for epoch in range(EPOCHS):
         model.train()
         # Batches of similar lengths (shuffled in blocks, sorted within a block).
         order = list(range(len(fit)))
         random.shuffle(order)
-        size = [sum(hf[w].shape[0] for w in range(*sf[i])) for i in range(len(fit))]
         blocks = [sorted(order[s:s + 1024], key=lambda i: size[i]) for s in range(0, len(order), 1024)]
         chunks = [b[s:s + 32] for b in blocks for s in range(0, len(b), 32)]
         random.shuffle(chunks)

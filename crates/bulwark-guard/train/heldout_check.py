@@ -17,15 +17,10 @@ import pathlib
 import random
 import sys
 
+from prepare import is_tuning
+
 SEEDS = 20
 RATES = [0.01, 0.008, 0.007]
-
-
-def fnv(text):
-    h = 0xCBF29CE484222325
-    for b in text.encode():
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
 
 
 def held_out(rows, rate):
@@ -46,7 +41,7 @@ def held_out(rows, rate):
 
 def main(data, runs):
     rows = [json.loads(l) for l in open(pathlib.Path(data) / "train.jsonl")]
-    labels = [bool(r["label"]) for r in rows if fnv(r["text"]) % 10 == 0]
+    labels = [bool(r["label"]) for r in rows if is_tuning(r["text"])]
     for run in runs:
         scores = [float(l) for l in open(pathlib.Path(run) / "tune_scores.jsonl")]
         assert len(scores) == len(labels), f"{run}: not this tuning split"

@@ -36,7 +36,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 # "Sure, here is" opening): 22 are labelled attacks, 12 benign. Every one of them is the
 # same attack with a different request. In the tuning split (one text in ten of train, by
 # hash: where thresholds are chosen) the benign-labelled ones are counted as attacks; two
-# of them there, scored near 1 by both stages, took two of the eight false positives a 1%
+# of them there, scored near 1 by both stages, took two of the few false positives a 1%
 # rate allows. The fit split keeps its labels as published: the shipped adapter was trained
 # on them (retrained with the correction it measured within run-to-run variation, lower on
 # tuning; BENCHMARKS.md), and train_encoder.sh must reproduce it.
@@ -49,18 +49,19 @@ def key(text):
     return " ".join(text.lower().split())
 
 
-def fnv(text):
-    """FNV-1a over the UTF-8 bytes (examples/common: one text in ten is the tuning split)."""
+def is_tuning(text):
+    """Whether a train text is in the tuning split: FNV-1a of its UTF-8 bytes, one in ten
+    (as examples/common's `is_tuning`; the trainers import this one)."""
     h = 0xCBF29CE484222325
     for b in text.encode():
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
+    return h % 10 == 0
 
 
 def corrected(row):
     """The row with its label corrected when it is in the tuning split and opens with a
     known jailbreak template."""
-    if row["label"] == 0 and fnv(row["text"]) % 10 == 0 and key(row["text"]).startswith(JAILBREAK_TEMPLATES):
+    if row["label"] == 0 and is_tuning(row["text"]) and key(row["text"]).startswith(JAILBREAK_TEMPLATES):
         return {**row, "label": 1, "relabelled": True}
     return row
 
