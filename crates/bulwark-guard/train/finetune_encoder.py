@@ -24,7 +24,9 @@ Splits are prepare.py's and the first stage's: one text in ten of train (FNV-1a 
 as `examples/train_injection.rs`) is the tuning split; it picks the thresholds (the
 encoder's, and the pair used when both stages run). Dev is only scored, never used to choose.
 
-Input: DATA_DIR with prepare.py's train.jsonl and dev.jsonl, and lex_train.jsonl /
+Input: DATA_DIR with prepare.py's train.jsonl and dev.jsonl (with DOCS=1 also
+documents.py's docs.jsonl: passages of documentation and code, trained on, never in the
+tuning split), and lex_train.jsonl /
 lex_dev.jsonl, the first stage's reports on them line by line (`bulwark scan --jsonl`;
 only used to print how the stages combine, the gateway's own calibration
 is chosen afterwards by `examples/calibrate_encoder.rs`); MODEL_DIR with the wheel's
@@ -266,6 +268,10 @@ def main(data, model_dir, out):
         for r, x in zip(split, lex):
             r["lex"] = x
             r["tune"] = is_tuning(r["text"])
+    # With DOCS=1, documents.py's passages of documentation and code (with and without a
+    # hidden attack) join the fit split only (measured, not shipped: BENCHMARKS.md).
+    if os.environ.get("DOCS") == "1":
+        rows["train"] += [{**json.loads(l), "lex": 0.0, "tune": False} for l in open(data / "docs.jsonl")]
     if os.environ.get("SMOKE"):  # a quick run of the whole path on a few texts
         rows = {s: r[::20] for s, r in rows.items()}
     for split in rows.values():
