@@ -4,7 +4,7 @@
 #   bench/run.sh gateway    # only one of them
 #   bench/run.sh engine
 #   bench/run.sh logic      # the gateway's per-request logic, no network
-#   bench/run.sh guard      # the guard: quality on the dev split (vs prompt-guardrail), PII, speed
+#   bench/run.sh guard      # the guard: quality on the dev split and on documents (vs prompt-guardrail), PII, speed
 #   bench/run.sh audit      # the audit log: records per second, crypto cost
 #   bench/run.sh supply     # model hashing/scanning GB/s; pickle scan vs picklescan, modelscan
 # Set-up (first run only): wrk from Debian, a venv in bench/.venv with the pinned
@@ -44,6 +44,7 @@ if [ "$what" = all ] || [ "$what" = guard ]; then
   "$GVENV/bin/pip" install --quiet pyarrow==26.0.1 prompt-guardrail==1.0.1 scikit-learn==1.7.2
   "$GVENV/bin/python" ../crates/bulwark-guard/train/prepare.py ../target/guard-data
   BULWARK_MODEL_DIR=../models "$GVENV/bin/python" guard.py ../target/guard-data/dev.jsonl ../target/release/bulwark | tee -a "../$out"
+  BULWARK_MODEL_DIR=../models "$GVENV/bin/python" documents.py ../target/guard-data ../target/release/bulwark | tee -a "../$out"
   ../target/release/examples/eval_pii | tee -a "../$out"
   ../target/release/examples/scan_cost ../models/all-MiniLM-L6-v2 | tee -a "../$out"
 fi

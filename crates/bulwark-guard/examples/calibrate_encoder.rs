@@ -48,12 +48,15 @@ const FIRST_SURE: f32 = 0.999;
 /// Random halvings of the tuning split behind each rule's held-out estimate.
 const HALVINGS: u64 = 20;
 
-/// Scores of one tuning text: first stage, encoder, word count.
+/// Scores of one tuning text: first stage, encoder, word count, and whether it is longer
+/// than one of the encoder's windows (the gateway lets the encoder flag such a text, not
+/// block it).
 #[derive(Clone, Copy)]
 struct Scored {
     first: f32,
     encoder: f32,
     words: usize,
+    long: bool,
     label: bool,
 }
 
@@ -78,16 +81,31 @@ fn allowed(neg: usize) -> i64 {
 /// The score a calibration compares with its encoder threshold (0 where the encoder is
 /// not read).
 fn blended(c: &Calibration, r: &Scored) -> f32 {
-    if r.first >= c.gate && r.words >= c.min_words {
+    if r.first >= c.gate && r.words >= c.min_words && !r.long {
         c.blend(r.first, r.encoder)
     } else {
         0.0
     }
 }
 
+/// The first stage's own blocking threshold: the one a text longer than one of the
+/// encoder's windows meets (the gateway leaves such a text to the first stage).
+fn own() -> f32 {
+    bulwark_guard::injection::model().map_or(0.8, |m| m.threshold)
+}
+
+/// Whether a calibration blocks this text.
+fn blocks(c: &Calibration, r: &Scored) -> bool {
+    if r.long {
+        r.first >= own()
+    } else {
+        r.first >= c.first || blended(c, r) >= c.encoder
+    }
+}
+
 /// Recall and false-positive rate of a calibration on these texts.
 fn measure(rows: &[Scored], c: &Calibration) -> (f64, f64) {
-    let blocked = |r: &Scored| r.first >= c.first || blended(c, r) >= c.encoder;
+    let blocked = |r: &Scored| blocks(c, r);
     let pos = rows.iter().filter(|r| r.label).count();
     let tp = rows.iter().filter(|r| r.label && blocked(r)).count();
     let fp = rows.iter().filter(|r| !r.label && blocked(r)).count();
@@ -139,31 +157,33 @@ fn choose(rows: &[Scored], rule: Rule) -> (f64, f64, Calibration) {
     candidates.sort_by(f32::total_cmp);
     candidates.dedup();
     let mut best: Option<(f64, f64, Calibration)> = None;
+    // Long texts are the first stage's alone, whatever the calibration.
+    let long_fp = rows
+        .iter()
+        .filter(|r| !r.label && r.long && r.first >= own())
+        .count() as i64;
     for t_first in candidates {
         let first_fp = rows
             .iter()
-            .filter(|r| !r.label && r.first >= t_first)
+            .filter(|r| !r.label && !r.long && r.first >= t_first)
             .count() as i64;
         let rest: Vec<f32> = rows
             .iter()
-            .filter(|r| !r.label && r.first < t_first)
+            .filter(|r| !r.label && !r.long && r.first < t_first)
             .map(enc)
             .collect();
-        let t_enc = lowest(rest, allowed - first_fp);
-        let blocked = |r: &Scored| r.first >= t_first || enc(r) >= t_enc;
+        let t_enc = lowest(rest, allowed - first_fp - long_fp);
+        let candidate = Calibration {
+            first: t_first,
+            encoder: t_enc,
+            ..blend
+        };
+        let blocked = |r: &Scored| blocks(&candidate, r);
         let tp = rows.iter().filter(|r| r.label && blocked(r)).count();
         let fp = rows.iter().filter(|r| !r.label && blocked(r)).count();
         let recall = tp as f64 / pos.max(1) as f64;
         if best.as_ref().is_none_or(|b| recall > b.0) {
-            best = Some((
-                recall,
-                fp as f64 / neg.max(1) as f64,
-                Calibration {
-                    first: t_first,
-                    encoder: t_enc,
-                    ..blend
-                },
-            ));
+            best = Some((recall, fp as f64 / neg.max(1) as f64, candidate));
         }
     }
     best.unwrap_or((0.0, 0.0, blend))
@@ -232,11 +252,15 @@ fn main() {
 
     let rows: Vec<Scored> = tune
         .iter()
-        .map(|e| Scored {
-            first: first.scan(&e.text).injection_score,
-            encoder: encoder.score(&e.norm).0,
-            words: e.norm.split_whitespace().count(),
-            label: e.label,
+        .map(|e| {
+            let (p, tokens) = encoder.score(&e.norm);
+            Scored {
+                first: first.scan(&e.text).injection_score,
+                encoder: p,
+                words: e.norm.split_whitespace().count(),
+                long: tokens > bulwark_guard::encoder::WINDOW - 2,
+                label: e.label,
+            }
         })
         .collect();
     // Which text the encoder should read: the normalised one (what the gateway gives it,

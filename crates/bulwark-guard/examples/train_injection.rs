@@ -5,7 +5,8 @@
 //! data gives the same bytes.
 //!
 //! 1. One text in ten of TRAIN (by a hash of the text) is held out as the tuning split.
-//! 2. Logistic regression over the hashed features, by SGD with L2, on the rest.
+//! 2. Logistic regression over the hashed features, by SGD with L2, on the rest; a long
+//!    text is read in windows, as the gateway reads it (`Model::locate`).
 //! 3. The blocking threshold on the combined score (rules, model, decoded views — what
 //!    the gateway computes) is the lowest whose false-positive rate on the tuning split
 //!    is at most 1%.
@@ -20,16 +21,35 @@ use serde_json::json;
 mod common;
 use common::{categories, confusion, is_tuning, read, report, Example};
 
-/// The lowest threshold with at most `max_fpr` false positives among the negatives.
-fn pick(scores: &[(f32, bool)], max_fpr: f64) -> f32 {
+/// The lowest threshold that lets at most k = ⌊1%·(n+1)⌋ − 1 of the n negatives through:
+/// a threshold just above the (k+1)-th highest of n benign scores blocks a new benign
+/// text with probability (k+1)/(n+1) ≤ 1% (as `calibrate_encoder`).
+fn pick(scores: &[(f32, bool)]) -> f32 {
     let mut neg: Vec<f32> = scores.iter().filter(|s| !s.1).map(|s| s.0).collect();
     neg.sort_by(|a, b| b.total_cmp(a));
-    let allowed = (neg.len() as f64 * max_fpr).floor() as usize;
-    // Strictly above the (allowed+1)-th highest negative score, and above the cap on
-    // short texts, so that the model alone never blocks a short text.
-    neg.get(allowed)
-        .map_or(0.5, |&s| (s + 1e-4).min(0.999))
+    let allowed = ((neg.len() + 1) as f64 * 0.01).floor() as usize;
+    // Strictly above the (allowed)-th highest negative score (index allowed − 1 is the
+    // (k+1)-th), and above the cap on short texts, so that the model alone never blocks
+    // a short text.
+    allowed
+        .checked_sub(1)
+        .and_then(|k| neg.get(k))
+        .map_or(0.999, |&s| (s + 1e-4).min(0.999))
         .max(bulwark_guard::injection::SHORT_CAP + 0.01)
+}
+
+/// The model as it ships (quantised), with these thresholds.
+fn build(bias: f32, w: &[f32], threshold: f32) -> (Vec<u8>, &'static Model) {
+    let bytes = Model::to_bytes(bias, w, threshold);
+    let model = Model::from_bytes(&bytes).unwrap_or_else(|| panic!("model round trip"));
+    (bytes, Box::leak(Box::new(model)))
+}
+
+/// The log-odds of one window under weights `w` (its features left in `scratch`).
+fn logit(w: &[f32], bias: f32, window: &str, scratch: &mut Vec<u32>) -> f32 {
+    features::extract(window, scratch);
+    let v = features::scale(scratch.len());
+    bias + scratch.iter().map(|&h| w[h as usize]).sum::<f32>() * v
 }
 
 fn main() {
@@ -59,6 +79,8 @@ fn main() {
         env("TRAIN_L2", 1e-7),
         env("TRAIN_LR", 3.0),
     );
+    let windows: Vec<Vec<(usize, usize)>> =
+        fit.iter().map(|e| features::windows(&e.norm)).collect();
     let started = Instant::now();
     for epoch in 0..epochs {
         for i in (1..order.len()).rev() {
@@ -70,33 +92,37 @@ fn main() {
         let lr = lr0 / (1.0 + epoch as f32 * 0.5);
         for &i in &order {
             let e = fit[i];
-            features::extract(&e.norm, &mut scratch);
-            let v = features::scale(scratch.len());
-            let z = bias + scratch.iter().map(|&h| w[h as usize]).sum::<f32>() * v;
-            let p = 1.0 / (1.0 + (-z).exp());
-            let g = f32::from(u8::from(e.label)) - p;
-            for &h in &scratch {
-                let wh = &mut w[h as usize];
-                *wh += lr * (g * v - l2 * *wh);
+            // As the gateway reads (`Model::locate`): a long text in windows. Every
+            // window of a benign text is taught to stay low; of an attack, the window
+            // that scores highest now is taught to be high (the others may be benign
+            // prose around an injected sentence).
+            let spans = &windows[i];
+            let chosen = if e.label && spans.len() > 1 {
+                let at = spans
+                    .iter()
+                    .map(|&(s, t)| logit(&w, bias, &e.norm[s..t], &mut scratch))
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(0, |(k, _)| k);
+                &spans[at..=at]
+            } else {
+                &spans[..]
+            };
+            for &(s, t) in chosen {
+                let z = logit(&w, bias, &e.norm[s..t], &mut scratch);
+                let v = features::scale(scratch.len());
+                let p = 1.0 / (1.0 + (-z).exp());
+                let g = f32::from(u8::from(e.label)) - p;
+                for &h in &scratch {
+                    let wh = &mut w[h as usize];
+                    *wh += lr * (g * v - l2 * *wh);
+                }
+                bias += lr * g * 0.1;
             }
-            bias += lr * g * 0.1;
         }
     }
     let train_secs = started.elapsed().as_secs_f64();
 
-    // Quantise first, so that everything below measures the model that ships.
-    let provisional = Model::to_bytes(bias, &w, 0.5);
-    let model: &'static Model = Box::leak(Box::new(
-        Model::from_bytes(&provisional).unwrap_or_else(|| panic!("model round trip")),
-    ));
-    let both = Guard {
-        thresholds: Thresholds {
-            block: 0.5,
-            flag: 0.5,
-        },
-        model: Some(model),
-        encoder: None,
-    };
     let rules = Guard {
         thresholds: Thresholds {
             block: 0.5,
@@ -110,10 +136,22 @@ fn main() {
             .map(|e| (g.scan(&e.text).injection_score, e.label))
             .collect()
     };
-    let tune_scores = combined(&both, &tune);
-    let threshold = pick(&tune_scores, 0.01);
-    let bytes = Model::to_bytes(bias, &w, threshold);
+    // Quantised first, so that everything below measures the model that ships.
+    let (_, provisional) = build(bias, &w, 0.5);
+    let tune_scores = combined(
+        &Guard {
+            model: Some(provisional),
+            ..rules.clone()
+        },
+        &tune,
+    );
+    let threshold = pick(&tune_scores);
+    let (bytes, model) = build(bias, &w, threshold);
     std::fs::write(out, &bytes).unwrap_or_else(|e| panic!("{out}: {e}"));
+    let both = Guard {
+        model: Some(model),
+        ..rules.clone()
+    };
 
     let dev_refs: Vec<&Example> = dev.iter().collect();
     let started = Instant::now();

@@ -293,3 +293,18 @@ proptest! {
         prop_assert!(tokens <= encoder().max_tokens);
     }
 }
+
+#[test]
+fn a_text_longer_than_a_window_is_flagged_by_the_encoder_not_blocked() {
+    // Paraphrased attacks the rules do not know, long enough for several windows: the
+    // encoder scores them high, and may flag the text but not block it on its own.
+    let long = PARAPHRASED.join(" ").repeat(3);
+    assert!(
+        encoder().score(&long.to_lowercase()).1 > WINDOW,
+        "not long enough"
+    );
+    let r = both().scan(&long);
+    assert_eq!(r.verdict, Verdict::Flag, "{r:?}");
+    // One window of the same text is blocked.
+    assert_eq!(both().scan(PARAPHRASED[2]).verdict, Verdict::Block);
+}

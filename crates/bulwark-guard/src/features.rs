@@ -61,7 +61,86 @@ pub fn extract(text: &str, out: &mut Vec<u32>) {
     }
 }
 
+/// Texts longer than this many words are read in windows of this many words, which share
+/// [`WINDOW_OVERLAP`] words: a bag of n-grams over a whole page dilutes one injected
+/// sentence, and its score drifts with length (the texts it was trained on are short).
+pub const WINDOW_WORDS: usize = 64;
+/// Words shared by consecutive windows, so that a sentence of up to this many words lies
+/// whole in some window.
+pub const WINDOW_OVERLAP: usize = 16;
+
+/// The byte ranges of `text` the model reads: the whole text when it has at most
+/// [`WINDOW_WORDS`] words, otherwise windows of that many words.
+pub fn windows(text: &str) -> Vec<(usize, usize)> {
+    let mut words = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            if let Some(s) = start.take() {
+                words.push((s, i));
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        words.push((s, text.len()));
+    }
+    if words.len() <= WINDOW_WORDS {
+        return vec![(0, text.len())];
+    }
+    let mut out = Vec::new();
+    let mut first = 0;
+    loop {
+        let last = (first + WINDOW_WORDS).min(words.len()) - 1;
+        out.push((words[first].0, words[last].1));
+        if last + 1 == words.len() {
+            return out;
+        }
+        first += WINDOW_WORDS - WINDOW_OVERLAP;
+    }
+}
+
 /// The weight each occurrence carries.
 pub fn scale(n: usize) -> f32 {
     1.0 / (n.max(1) as f32).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_short_text_is_one_window() {
+        assert_eq!(windows("ignore the above"), vec![(0, 16)]);
+        assert_eq!(windows(""), vec![(0, 0)]);
+    }
+
+    proptest! {
+        // Every window starts and ends on a word, holds at most WINDOW_WORDS words, and
+        // every run of WINDOW_OVERLAP consecutive words lies whole in some window.
+        #[test]
+        fn windows_cover_every_short_run_of_words(words in proptest::collection::vec("[a-zé]{1,6}", 0..300), sep in "[ \n\t]{1,3}") {
+            let text = words.join(&sep);
+            let ws = windows(&text);
+            let spans: Vec<(usize, usize)> = {
+                let mut at = 0;
+                words.iter().map(|w| { let s = at; at += w.len() + sep.len(); (s, s + w.len()) }).collect()
+            };
+            if words.len() <= WINDOW_WORDS {
+                prop_assert_eq!(ws, vec![(0, text.len())]);
+            } else {
+                for &(s, e) in &ws {
+                    let inside = spans.iter().filter(|w| w.0 >= s && w.1 <= e).count();
+                    prop_assert!(inside <= WINDOW_WORDS);
+                    prop_assert!(spans.iter().any(|w| w.0 == s) && spans.iter().any(|w| w.1 == e));
+                }
+                for run in spans.windows(WINDOW_OVERLAP) {
+                    let (s, e) = (run[0].0, run[WINDOW_OVERLAP - 1].1);
+                    prop_assert!(ws.iter().any(|w| w.0 <= s && e <= w.1), "run {}..{} not in a window", s, e);
+                }
+            }
+        }
+    }
 }

@@ -198,16 +198,43 @@ impl Model {
     /// briefly" could otherwise score like an attack), so below [`SHORT_WORDS`] words the
     /// model's score is capped at [`SHORT_CAP`]: it may flag such a text but never block
     /// it alone; blocking short attacks is the rules' job.
+    ///
+    /// A long text (over [`features::WINDOW_WORDS`] words: a document, a tool result, a
+    /// pasted file) is read in windows and scored by its highest, capped the same way:
+    /// the texts the model learned from are short questions and attacks, and it takes
+    /// ordinary technical prose and code for attacks (it blocked a third of 1 KB README
+    /// excerpts and half of source files; `bench/documents.py`). Rules, and the second
+    /// stage where it runs, still block a long text.
     pub fn score(&self, text: &str, scratch: &mut Vec<u32>) -> f32 {
-        features::extract(text, scratch);
+        self.locate(text, scratch).0
+    }
+
+    /// As [`Model::score`], with the byte range of `text` that scored it: the highest
+    /// of its windows ([`features::windows`]; the whole text when it is short).
+    pub fn locate(&self, text: &str, scratch: &mut Vec<u32>) -> (f32, (usize, usize)) {
+        let windows = features::windows(text);
+        let long = windows.len() > 1;
+        let mut best = (f32::NEG_INFINITY, (0, text.len()));
+        for (start, end) in windows {
+            let z = self.logit(&text[start..end], scratch);
+            if z > best.0 {
+                best = (z, (start, end));
+            }
+        }
+        let p = 1.0 / (1.0 + (-best.0).exp());
+        if long || text.split_whitespace().take(SHORT_WORDS).count() < SHORT_WORDS {
+            (p.min(SHORT_CAP), best.1)
+        } else {
+            (p, best.1)
+        }
+    }
+
+    /// The model's log-odds for one window.
+    pub fn logit(&self, window: &str, scratch: &mut Vec<u32>) -> f32 {
+        features::extract(window, scratch);
         let v = features::scale(scratch.len());
         let sum: f32 = scratch.iter().map(|&h| self.weights[h as usize]).sum();
-        let p = 1.0 / (1.0 + (-(self.bias + sum * v)).exp());
-        if text.split_whitespace().take(SHORT_WORDS).count() < SHORT_WORDS {
-            p.min(SHORT_CAP)
-        } else {
-            p
-        }
+        self.bias + sum * v
     }
 }
 

@@ -232,12 +232,20 @@ impl Guard {
         }
         let model = self.model;
         if let Some(m) = model {
-            let p = m.score(&norm.text, &mut scratch);
-            consider(
-                p,
-                (0, text.len()),
-                format!("the learned detector scores it {p:.2}"),
-            );
+            let (p, (start, end)) = m.locate(&norm.text, &mut scratch);
+            if end - start == norm.text.len() {
+                consider(
+                    p,
+                    (0, text.len()),
+                    format!("the learned detector scores it {p:.2}"),
+                );
+            } else {
+                consider(
+                    p,
+                    norm.span(start, end, text),
+                    format!("the learned detector scores this passage {p:.2}"),
+                );
+            }
         }
         for view in normalise::views(text, &norm) {
             for hit in injection::rules(&view.text) {
@@ -263,19 +271,35 @@ impl Guard {
             let reference = model.map_or(0.8, |m| m.threshold);
             let c = enc.calibration;
             let first = best.as_ref().map_or(0.0, |b| b.0);
-            if let Some(b) = best.as_mut() {
-                b.0 = rescale(b.0, c.first, reference);
-            }
+            let mut long = false;
+            let mut second = None;
             if run_encoder && first >= c.gate && norm.text.split_whitespace().count() >= c.min_words
             {
                 let (p, tokens) = enc.score(&norm.text);
+                // A text longer than one window (a document, a tool result) is left to
+                // the first stage, on its own scale, and the encoder may only flag it:
+                // trained on short texts, it blocked nearly every page of ordinary
+                // documentation (`bench/documents.py`).
+                // (A text cut at a budget under one window is long too.)
+                long = tokens > encoder::WINDOW - 2 || tokens >= enc.max_tokens;
                 let s = rescale(c.blend(first, p), c.encoder, reference);
-                if tokens > 0 && best.as_ref().is_none_or(|b| s > b.0) {
-                    best = Some((
-                        s,
-                        (0, text.len()),
-                        format!("the sentence encoder scores it {p:.2}"),
-                    ));
+                second = (tokens > 0).then(|| {
+                    if long {
+                        (
+                            s.min(injection::SHORT_CAP),
+                            format!("the sentence encoder scores it {p:.2} (a long text: flagged, not blocked)"),
+                        )
+                    } else {
+                        (s, format!("the sentence encoder scores it {p:.2}"))
+                    }
+                });
+            }
+            if let Some(b) = best.as_mut().filter(|_| !long) {
+                b.0 = rescale(b.0, c.first, reference);
+            }
+            if let Some((s, why)) = second {
+                if best.as_ref().is_none_or(|b| s > b.0) {
+                    best = Some((s, (0, text.len()), why));
                 }
             }
         }
