@@ -178,8 +178,8 @@ pub struct RawGuard {
     /// `[guard]` only. Default: `all-MiniLM-L6-v2` in the model directory, where
     /// `scripts/fetch-model.sh` puts them.
     pub encoder_dir: Option<PathBuf>,
-    /// Tokens of one text the encoder reads (in overlapping windows of 128); the rest is
-    /// read by the first stage only. `[guard]` only. Default 1024 (about 4 KB of text).
+    /// The most tokens of a text the encoder reads; a text with as many, or more than
+    /// its window of 128, is left to the first stage. `[guard]` only. Default 1024.
     pub encoder_max_tokens: Option<usize>,
     /// Named variants of these settings (`[guard.profiles.NAME]`), chosen per API key
     /// (`bulwark keys create --guard NAME`) or per route (`guard = "NAME"` in

@@ -127,6 +127,17 @@ impl Calibration {
     }
 }
 
+/// What [`Encoder::read`] makes of a text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reading {
+    /// No tokens (or none the tokenizer could make).
+    Nothing,
+    /// Longer than one window: left to the first stage.
+    Long,
+    /// The probability that the text is an injection or jailbreak.
+    Scored(f32),
+}
+
 pub struct Encoder {
     tokenizer: tokenizers::Tokenizer,
     word: Array2<f32>,
@@ -340,6 +351,30 @@ impl Encoder {
             calibration,
             max_tokens: MAX_TOKENS,
         })
+    }
+
+    /// What the gateway reads: the probability that `text` is an injection or jailbreak
+    /// when it fits one window, [`Reading::Long`] when it does not (more than
+    /// `WINDOW - 2` tokens, or as many as the budget), without running the model: the
+    /// gateway leaves such a text to the first stage. Trained on short texts, the
+    /// encoder scores pages of ordinary documentation like long jailbreaks (0.9999;
+    /// `bench/documents.py`).
+    pub fn read(&self, text: &str) -> Reading {
+        let Ok(enc) = self.tokenizer.encode(text, false) else {
+            return Reading::Nothing;
+        };
+        let ids = enc.get_ids();
+        if ids.is_empty() {
+            Reading::Nothing
+        } else if ids.len() > WINDOW - 2 || ids.len() >= self.max_tokens {
+            Reading::Long
+        } else {
+            let mut window = Vec::with_capacity(ids.len() + 2);
+            window.push(CLS);
+            window.extend_from_slice(ids);
+            window.push(SEP);
+            Reading::Scored(self.window(&window))
+        }
     }
 
     /// The probability that `text` is an injection or jailbreak: the highest over its

@@ -295,16 +295,26 @@ proptest! {
 }
 
 #[test]
-fn a_text_longer_than_a_window_is_flagged_by_the_encoder_not_blocked() {
+fn a_text_longer_than_a_window_is_left_to_the_first_stage() {
     // Paraphrased attacks the rules do not know, long enough for several windows: the
-    // encoder scores them high, and may flag the text but not block it on its own.
+    // encoder does not read them, and both stages say what the first says alone.
     let long = PARAPHRASED.join(" ").repeat(3);
-    assert!(
-        encoder().score(&long.to_lowercase()).1 > WINDOW,
-        "not long enough"
-    );
-    let r = both().scan(&long);
-    assert_eq!(r.verdict, Verdict::Flag, "{r:?}");
-    // One window of the same text is blocked.
+    let e = encoder();
+    assert!(e.score(&long.to_lowercase()).1 > WINDOW, "not long enough");
+    assert_eq!(e.read(&long.to_lowercase()), encoder::Reading::Long);
+    let (with, without) = (both().scan(&long), Guard::default().scan(&long));
+    assert_eq!(with.injection_score, without.injection_score);
+    assert_ne!(with.verdict, Verdict::Block, "{with:?}");
+    // One window of the same text is read, and blocked.
+    assert!(matches!(e.read(PARAPHRASED[2]), encoder::Reading::Scored(p) if p > 0.9));
     assert_eq!(both().scan(PARAPHRASED[2]).verdict, Verdict::Block);
+    // A text as long as the budget is long too, whatever the window.
+    let mut small = Encoder::load(&dir()).unwrap_or_else(|err| panic!("{err}"));
+    small.max_tokens = 4;
+    assert_eq!(
+        small.read("one two three four five"),
+        encoder::Reading::Long
+    );
+    assert!(matches!(small.read("one two"), encoder::Reading::Scored(_)));
+    assert_eq!(small.read(""), encoder::Reading::Nothing);
 }

@@ -275,24 +275,18 @@ impl Guard {
             let mut second = None;
             if run_encoder && first >= c.gate && norm.text.split_whitespace().count() >= c.min_words
             {
-                let (p, tokens) = enc.score(&norm.text);
                 // A text longer than one window (a document, a tool result) is left to
-                // the first stage, on its own scale, and the encoder may only flag it:
-                // trained on short texts, it blocked nearly every page of ordinary
-                // documentation (`bench/documents.py`).
-                // (A text cut at a budget under one window is long too.)
-                long = tokens > encoder::WINDOW - 2 || tokens >= enc.max_tokens;
-                let s = rescale(c.blend(first, p), c.encoder, reference);
-                second = (tokens > 0).then(|| {
-                    if long {
-                        (
-                            s.min(injection::SHORT_CAP),
-                            format!("the sentence encoder scores it {p:.2} (a long text: flagged, not blocked)"),
-                        )
-                    } else {
-                        (s, format!("the sentence encoder scores it {p:.2}"))
+                // the first stage, on its own scale: trained on short texts, the
+                // encoder blocked nearly every page of ordinary documentation
+                // (`bench/documents.py`).
+                match enc.read(&norm.text) {
+                    encoder::Reading::Long => long = true,
+                    encoder::Reading::Scored(p) => {
+                        let s = rescale(c.blend(first, p), c.encoder, reference);
+                        second = Some((s, format!("the sentence encoder scores it {p:.2}")));
                     }
-                });
+                    encoder::Reading::Nothing => {}
+                }
             }
             if let Some(b) = best.as_mut().filter(|_| !long) {
                 b.0 = rescale(b.0, c.first, reference);
