@@ -33,9 +33,8 @@ use bulwark_guard::{Guard, Thresholds};
 use serde_json::{json, Value};
 
 mod common;
-use common::{categories, confusion, is_tuning, read, report, Example};
+use common::{allowed, categories, confusion, is_tuning, read, report, Example, MAX_FPR};
 
-const MAX_FPR: f64 = 0.01;
 const GATES: &[f32] = &[0.0, 0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3];
 /// The first stage's share in the blended score (0: the encoder's score alone).
 const WEIGHTS: &[f32] = &[0.0, 0.2, 0.3, 0.4, 0.5, 0.6];
@@ -48,9 +47,8 @@ const FIRST_SURE: f32 = 0.999;
 /// Random halvings of the tuning split behind each rule's held-out estimate.
 const HALVINGS: u64 = 20;
 
-/// Scores of one tuning text: first stage, encoder, word count, and whether it is longer
-/// than one of the encoder's windows (the gateway lets the encoder flag such a text, not
-/// block it).
+/// Scores of one tuning text: first stage, encoder, word count, and whether the gateway
+/// leaves it to the first stage as longer than the encoder reads (`Encoder::fits`).
 #[derive(Clone, Copy)]
 struct Scored {
     first: f32,
@@ -69,19 +67,10 @@ fn lowest(mut neg: Vec<f32>, allowed: i64) -> f32 {
     neg.get(allowed as usize).map_or(0.0, |&s| s.next_up())
 }
 
-/// How many of `neg` benign texts a threshold may let through. A threshold just above
-/// the (k+1)-th highest of n benign scores blocks a new benign text with probability
-/// (k+1)/(n+1) (the new text is as likely to rank anywhere among the n+1), so
-/// k = floor(MAX_FPR·(n+1)) − 1 keeps the expected rate on texts not seen here within
-/// MAX_FPR. (Letting floor(MAX_FPR·n) through, as before, expects 1.07% on 842 texts.)
-fn allowed(neg: usize) -> i64 {
-    (MAX_FPR * (neg as f64 + 1.0)).floor() as i64 - 1
-}
-
 /// The score a calibration compares with its encoder threshold (0 where the encoder is
 /// not read).
 fn blended(c: &Calibration, r: &Scored) -> f32 {
-    if r.first >= c.gate && r.words >= c.min_words && !r.long {
+    if r.first >= c.gate && r.words >= c.min_words {
         c.blend(r.first, r.encoder)
     } else {
         0.0
@@ -258,7 +247,7 @@ fn main() {
                 first: first.scan(&e.text).injection_score,
                 encoder: p,
                 words: e.norm.split_whitespace().count(),
-                long: tokens > bulwark_guard::encoder::WINDOW - 2,
+                long: !encoder.fits(tokens),
                 label: e.label,
             }
         })

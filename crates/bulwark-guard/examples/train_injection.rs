@@ -19,20 +19,17 @@ use bulwark_guard::{features, injection::Model, Guard, Thresholds};
 use serde_json::json;
 
 mod common;
-use common::{categories, confusion, is_tuning, read, report, Example};
+use common::{allowed, categories, confusion, is_tuning, read, report, Example};
 
-/// The lowest threshold that lets at most k = ⌊1%·(n+1)⌋ − 1 of the n negatives through:
-/// a threshold just above the (k+1)-th highest of n benign scores blocks a new benign
-/// text with probability (k+1)/(n+1) ≤ 1% (as `calibrate_encoder`).
+/// The lowest threshold that lets at most `allowed` (k = ⌊1%·(n+1)⌋ − 1) of the n
+/// negatives through, an expected 1% on new texts (as `calibrate_encoder`).
 fn pick(scores: &[(f32, bool)]) -> f32 {
     let mut neg: Vec<f32> = scores.iter().filter(|s| !s.1).map(|s| s.0).collect();
     neg.sort_by(|a, b| b.total_cmp(a));
-    let allowed = ((neg.len() + 1) as f64 * 0.01).floor() as usize;
-    // Strictly above the (allowed)-th highest negative score (index allowed − 1 is the
-    // (k+1)-th), and above the cap on short texts, so that the model alone never blocks
-    // a short text.
-    allowed
-        .checked_sub(1)
+    // Strictly above the (k+1)-th highest negative score, and above the cap on short
+    // texts, so that the model alone never blocks a short text.
+    usize::try_from(allowed(neg.len()))
+        .ok()
         .and_then(|k| neg.get(k))
         .map_or(0.999, |&s| (s + 1e-4).min(0.999))
         .max(bulwark_guard::injection::SHORT_CAP + 0.01)
@@ -43,13 +40,6 @@ fn build(bias: f32, w: &[f32], threshold: f32) -> (Vec<u8>, &'static Model) {
     let bytes = Model::to_bytes(bias, w, threshold);
     let model = Model::from_bytes(&bytes).unwrap_or_else(|| panic!("model round trip"));
     (bytes, Box::leak(Box::new(model)))
-}
-
-/// The log-odds of one window under weights `w` (its features left in `scratch`).
-fn logit(w: &[f32], bias: f32, window: &str, scratch: &mut Vec<u32>) -> f32 {
-    features::extract(window, scratch);
-    let v = features::scale(scratch.len());
-    bias + scratch.iter().map(|&h| w[h as usize]).sum::<f32>() * v
 }
 
 fn main() {
@@ -100,7 +90,7 @@ fn main() {
             let chosen = if e.label && spans.len() > 1 {
                 let at = spans
                     .iter()
-                    .map(|&(s, t)| logit(&w, bias, &e.norm[s..t], &mut scratch))
+                    .map(|&(s, t)| features::logit(&w, bias, &e.norm[s..t], &mut scratch))
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(&b.1))
                     .map_or(0, |(k, _)| k);
@@ -109,7 +99,7 @@ fn main() {
                 &spans[..]
             };
             for &(s, t) in chosen {
-                let z = logit(&w, bias, &e.norm[s..t], &mut scratch);
+                let z = features::logit(&w, bias, &e.norm[s..t], &mut scratch);
                 let v = features::scale(scratch.len());
                 let p = 1.0 / (1.0 + (-z).exp());
                 let g = f32::from(u8::from(e.label)) - p;

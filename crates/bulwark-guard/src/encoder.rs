@@ -360,30 +360,38 @@ impl Encoder {
     /// encoder scores pages of ordinary documentation like long jailbreaks (0.9999;
     /// `bench/documents.py`).
     pub fn read(&self, text: &str) -> Reading {
-        let Ok(enc) = self.tokenizer.encode(text, false) else {
-            return Reading::Nothing;
-        };
-        let ids = enc.get_ids();
+        let ids = self.ids(text);
         if ids.is_empty() {
             Reading::Nothing
-        } else if ids.len() > WINDOW - 2 || ids.len() >= self.max_tokens {
+        } else if !self.fits(ids.len()) {
             Reading::Long
         } else {
             let mut window = Vec::with_capacity(ids.len() + 2);
             window.push(CLS);
-            window.extend_from_slice(ids);
+            window.extend_from_slice(&ids);
             window.push(SEP);
             Reading::Scored(self.window(&window))
         }
     }
 
+    /// Whether a text of `tokens` tokens (without [CLS] and [SEP]) is one the gateway
+    /// reads ([`Encoder::read`]): it fits one window, and is shorter than the budget.
+    pub fn fits(&self, tokens: usize) -> bool {
+        tokens <= WINDOW - 2 && tokens < self.max_tokens
+    }
+
+    /// `text`'s token ids, without special tokens (none if the tokenizer fails).
+    fn ids(&self, text: &str) -> Vec<u32> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|enc| enc.get_ids().to_vec())
+            .unwrap_or_default()
+    }
+
     /// The probability that `text` is an injection or jailbreak: the highest over its
     /// windows, within the token budget. Also returns how many tokens were read.
     pub fn score(&self, text: &str) -> (f32, usize) {
-        let ids = match self.tokenizer.encode(text, false) {
-            Ok(enc) => enc.get_ids().to_vec(),
-            Err(_) => return (0.0, 0),
-        };
+        let ids = self.ids(text);
         let ids = &ids[..ids.len().min(self.max_tokens)];
         if ids.is_empty() {
             return (0.0, 0);

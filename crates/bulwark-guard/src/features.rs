@@ -101,6 +101,15 @@ pub fn windows(text: &str) -> Vec<(usize, usize)> {
     }
 }
 
+/// The log-odds of `window` under `weights` and `bias` (its features left in `scratch`):
+/// the model's ([`crate::injection::Model`]) and its trainer's, which holds the weights
+/// unquantised.
+pub fn logit(weights: &[f32], bias: f32, window: &str, scratch: &mut Vec<u32>) -> f32 {
+    extract(window, scratch);
+    let sum: f32 = scratch.iter().map(|&h| weights[h as usize]).sum();
+    bias + sum * scale(scratch.len())
+}
+
 /// The weight each occurrence carries.
 pub fn scale(n: usize) -> f32 {
     1.0 / (n.max(1) as f32).sqrt()

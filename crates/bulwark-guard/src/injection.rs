@@ -231,10 +231,7 @@ impl Model {
 
     /// The model's log-odds for one window.
     pub fn logit(&self, window: &str, scratch: &mut Vec<u32>) -> f32 {
-        features::extract(window, scratch);
-        let v = features::scale(scratch.len());
-        let sum: f32 = scratch.iter().map(|&h| self.weights[h as usize]).sum();
-        self.bias + sum * v
+        features::logit(&self.weights, self.bias, window, scratch)
     }
 }
 

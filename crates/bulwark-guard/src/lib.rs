@@ -233,19 +233,16 @@ impl Guard {
         let model = self.model;
         if let Some(m) = model {
             let (p, (start, end)) = m.locate(&norm.text, &mut scratch);
-            if end - start == norm.text.len() {
-                consider(
-                    p,
-                    (0, text.len()),
-                    format!("the learned detector scores it {p:.2}"),
-                );
+            let (span, what) = if end - start == norm.text.len() {
+                ((0, text.len()), "it")
             } else {
-                consider(
-                    p,
-                    norm.span(start, end, text),
-                    format!("the learned detector scores this passage {p:.2}"),
-                );
-            }
+                (norm.span(start, end, text), "this passage")
+            };
+            consider(
+                p,
+                span,
+                format!("the learned detector scores {what} {p:.2}"),
+            );
         }
         for view in normalise::views(text, &norm) {
             for hit in injection::rules(&view.text) {

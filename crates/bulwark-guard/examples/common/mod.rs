@@ -42,6 +42,19 @@ pub fn is_tuning(text: &str) -> bool {
     fnv(text).is_multiple_of(10)
 }
 
+/// The false-positive rate the thresholds are chosen for.
+pub const MAX_FPR: f64 = 0.01;
+
+/// How many of `neg` benign texts a threshold may let through. A threshold just above
+/// the (k+1)-th highest of n benign scores blocks a new benign text with probability
+/// (k+1)/(n+1) (the new text is as likely to rank anywhere among the n+1), so
+/// k = floor(MAX_FPR·(n+1)) − 1 keeps the expected rate on texts not seen here within
+/// MAX_FPR. (Letting floor(MAX_FPR·n) through expects 1.07% on 842 texts.) Negative
+/// when even one would be too many.
+pub fn allowed(neg: usize) -> i64 {
+    (MAX_FPR * (neg as f64 + 1.0)).floor() as i64 - 1
+}
+
 /// Counts at a threshold: (tp, fp, tn, fn).
 pub fn confusion(scores: &[(f32, bool)], t: f32) -> (u32, u32, u32, u32) {
     let mut c = (0, 0, 0, 0);
