@@ -47,11 +47,13 @@ const FIRST_SURE: f32 = 0.999;
 /// Random halvings of the tuning split behind each rule's held-out estimate.
 const HALVINGS: u64 = 20;
 
-/// Scores of one tuning text: first stage, encoder, word count, and whether the gateway
-/// leaves it to the first stage as longer than the encoder reads (`Encoder::fits`).
+/// Scores of one tuning text: first stage, the first-stage score the encoder's gate and
+/// blend read (`Guard::prior`), encoder, word count, and whether the gateway leaves it to
+/// the first stage as longer than the encoder reads (`Encoder::fits`).
 #[derive(Clone, Copy)]
 struct Scored {
     first: f32,
+    prior: f32,
     encoder: f32,
     words: usize,
     long: bool,
@@ -70,8 +72,8 @@ fn lowest(mut neg: Vec<f32>, allowed: i64) -> f32 {
 /// The score a calibration compares with its encoder threshold (0 where the encoder is
 /// not read).
 fn blended(c: &Calibration, r: &Scored) -> f32 {
-    if r.first >= c.gate && r.words >= c.min_words {
-        c.blend(r.first, r.encoder)
+    if r.prior >= c.gate && r.words >= c.min_words {
+        c.blend(r.prior, r.encoder)
     } else {
         0.0
     }
@@ -245,6 +247,7 @@ fn main() {
             let (p, tokens) = encoder.score(&e.norm);
             Scored {
                 first: first.scan(&e.text).injection_score,
+                prior: first.prior(&e.text),
                 encoder: p,
                 words: e.norm.split_whitespace().count(),
                 long: !encoder.fits(tokens),
@@ -299,7 +302,7 @@ fn main() {
                 let read = |benign_only: bool| {
                     let set = rows.iter().filter(|r| !benign_only || !r.label);
                     let n = set.clone().count().max(1) as f64;
-                    set.filter(|r| r.first >= gate && r.words >= min_words)
+                    set.filter(|r| r.prior >= gate && r.words >= min_words)
                         .count() as f64
                         / n
                 };

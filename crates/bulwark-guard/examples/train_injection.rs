@@ -1,8 +1,8 @@
 //! Trains the learned injection detector and reports its quality.
 //!
-//! `train_injection TRAIN.jsonl DEV.jsonl OUT.bin` (run by `train/train.sh`). Each line:
-//! `{"text": ..., "label": 0|1}`. Deterministic: fixed seed, fixed split, so the same
-//! data gives the same bytes.
+//! `train_injection TRAIN.jsonl DEV.jsonl OUT.bin DOCS.jsonl DOCS_CAL.jsonl OUT_DOCS.bin`
+//! (run by `train/train.sh`). Each line: `{"text": ..., "label": 0|1}`. Deterministic:
+//! fixed seed, fixed split, so the same data gives the same bytes.
 //!
 //! 1. One text in ten of TRAIN (by a hash of the text) is held out as the tuning split.
 //! 2. Logistic regression over the hashed features, by SGD with L2, on the rest; a long
@@ -10,7 +10,12 @@
 //! 3. The blocking threshold on the combined score (rules, model, decoded views — what
 //!    the gateway computes) is the lowest whose false-positive rate on the tuning split
 //!    is at most 1%.
-//! 4. DEV, never trained or tuned on, is scored at that threshold: rules alone, the model
+//! 4. The documents model, which reads long texts: the same training on the same texts
+//!    plus DOCS (`train/documents.py`: passages of one project's documentation and code,
+//!    a third with an attack hidden inside). Its threshold is the lowest that lets at
+//!    most 1% of the long benign texts through: DOCS_CAL's pieces of another project's
+//!    documentation and code, and the tuning split's long texts.
+//! 5. DEV, never trained or tuned on, is scored at that threshold: rules alone, the model
 //!    alone, and both; one JSON line each on stdout.
 
 use std::time::Instant;
@@ -42,36 +47,17 @@ fn build(bias: f32, w: &[f32], threshold: f32) -> (Vec<u8>, &'static Model) {
     (bytes, Box::leak(Box::new(model)))
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, train, dev, out] = args.as_slice() else {
-        panic!("usage: train_injection TRAIN.jsonl DEV.jsonl OUT.bin");
-    };
-    let all = read(train);
-    let dev = read(dev);
-    let (tune, fit): (Vec<&Example>, Vec<&Example>) = all.iter().partition(|e| is_tuning(&e.text));
-
+/// Logistic regression over the hashed features of `fit`, by SGD with L2: (bias,
+/// weights).
+fn sgd(fit: &[&Example], (epochs, l2, lr0): (usize, f32, f32)) -> (f32, Vec<f32>) {
     // SGD, deterministic order (xorshift shuffles).
     let mut w = vec![0f32; features::BUCKETS];
     let mut bias = 0f32;
     let mut order: Vec<usize> = (0..fit.len()).collect();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut scratch = Vec::new();
-    // Chosen on the tuning split (TRAIN_EPOCHS, TRAIN_L2, TRAIN_LR override them).
-    let env = |k: &str, d: f32| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let (epochs, l2, lr0) = (
-        env("TRAIN_EPOCHS", 40.0) as usize,
-        env("TRAIN_L2", 1e-7),
-        env("TRAIN_LR", 3.0),
-    );
     let windows: Vec<Vec<(usize, usize)>> =
         fit.iter().map(|e| features::windows(&e.norm)).collect();
-    let started = Instant::now();
     for epoch in 0..epochs {
         for i in (1..order.len()).rev() {
             rng ^= rng << 13;
@@ -111,6 +97,35 @@ fn main() {
             }
         }
     }
+    (bias, w)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, train, dev, out, docs, docs_cal, out_docs] = args.as_slice() else {
+        panic!(
+            "usage: train_injection TRAIN.jsonl DEV.jsonl OUT.bin DOCS.jsonl DOCS_CAL.jsonl OUT_DOCS.bin"
+        );
+    };
+    let all = read(train);
+    let dev = read(dev);
+    let (tune, fit): (Vec<&Example>, Vec<&Example>) = all.iter().partition(|e| is_tuning(&e.text));
+
+    // Chosen on the tuning split (TRAIN_EPOCHS, TRAIN_L2, TRAIN_LR override them).
+    let env = |k: &str, d: f32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let hyper = (
+        env("TRAIN_EPOCHS", 40.0) as usize,
+        env("TRAIN_L2", 1e-7),
+        env("TRAIN_LR", 3.0),
+    );
+    let epochs = hyper.0;
+    let started = Instant::now();
+    let (bias, w) = sgd(&fit, hyper);
     let train_secs = started.elapsed().as_secs_f64();
 
     let rules = Guard {
@@ -136,10 +151,58 @@ fn main() {
         &tune,
     );
     let threshold = pick(&tune_scores);
-    let (bytes, model) = build(bias, &w, threshold);
+    let (bytes, short_only) = build(bias, &w, threshold);
     std::fs::write(out, &bytes).unwrap_or_else(|e| panic!("{out}: {e}"));
+
+    // The documents model: the same texts plus the documents, the same training.
+    let docs = read(docs);
+    let cal = read(docs_cal);
+    let started = Instant::now();
+    let (doc_bias, doc_w) = sgd(
+        &[&fit[..], &docs.iter().collect::<Vec<_>>()].concat(),
+        hyper,
+    );
+    let doc_secs = started.elapsed().as_secs_f64();
+    let (_, doc_provisional) = build(doc_bias, &doc_w, 0.5);
+    let long = |e: &&Example| features::windows(&e.norm).len() > 1;
+    let highest = |m: &Model, e: &Example, scratch: &mut Vec<u32>| {
+        features::windows(&e.norm)
+            .into_iter()
+            .map(|(s, t)| m.logit(&e.norm[s..t], scratch))
+            .fold(f32::NEG_INFINITY, f32::max)
+    };
+    let mut scratch = Vec::new();
+    let mut neg: Vec<f32> = cal
+        .iter()
+        .chain(tune.iter().copied())
+        .filter(|e| !e.label && long(e))
+        .map(|e| highest(doc_provisional, e, &mut scratch))
+        .collect();
+    neg.sort_by(|a, b| b.total_cmp(a));
+    // In log-odds (the model's own scale near 1 is finer than f32 probabilities).
+    let z = usize::try_from(allowed(neg.len()))
+        .ok()
+        .and_then(|k| neg.get(k))
+        .map_or(f32::INFINITY, |&z| z + 1e-3);
+    let doc_threshold = 1.0 / (1.0 + (-z).exp());
+    let back = (doc_threshold / (1.0 - doc_threshold)).ln();
+    assert!(
+        (back - z).abs() < 0.05,
+        "documents threshold {z} in log-odds does not survive f32 ({back})"
+    );
+    let (doc_bytes, _) = build(doc_bias, &doc_w, doc_threshold);
+    std::fs::write(out_docs, &doc_bytes).unwrap_or_else(|e| panic!("{out_docs}: {e}"));
+    let model: &'static Model = Box::leak(Box::new(
+        Model::from_bytes(&bytes)
+            .and_then(|m| Some(m.with_documents(Model::from_bytes(&doc_bytes)?)))
+            .unwrap_or_else(|| panic!("model round trip")),
+    ));
     let both = Guard {
         model: Some(model),
+        ..rules.clone()
+    };
+    let without_docs = Guard {
+        model: Some(short_only),
         ..rules.clone()
     };
 
@@ -160,6 +223,42 @@ fn main() {
         "model_bytes": bytes.len()})
     );
     println!("{}", report("tune: rules + model", &tune_scores, threshold));
+    println!(
+        "{}",
+        json!({"documents model": {"train": fit.len() + docs.len(), "train_secs": doc_secs,
+               "long benign texts": neg.len(), "threshold": doc_threshold, "threshold_logit": z}})
+    );
+    // Long texts: the tuning split's and the calibration documents (by kind), with and
+    // without the documents model. (The calibration's benign documents chose its
+    // threshold; the attacks hidden in its other pieces did not.)
+    let long_tune: Vec<&Example> = tune.iter().copied().filter(long).collect();
+    let mut kinds: Vec<&str> = cal.iter().map(|e| e.category.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let tune_all = combined(&both, &tune);
+    println!("{}", report("tune: rules + models", &tune_all, threshold));
+    for (name, g) in [("without", &without_docs), ("with", &both)] {
+        let s = combined(g, &long_tune);
+        println!(
+            "{}",
+            report(
+                &format!("tune, long texts: {name} the documents model"),
+                &s,
+                threshold
+            )
+        );
+        for &c in &kinds {
+            let set: Vec<&Example> = cal.iter().filter(|e| e.category == c && long(e)).collect();
+            let blocked = combined(g, &set)
+                .iter()
+                .filter(|s| s.0 >= threshold)
+                .count();
+            println!(
+                "{}",
+                json!({"documents calibration": c, "documents model": name, "long pieces": set.len(), "blocked": blocked})
+            );
+        }
+    }
     println!("{}", report("dev: rules alone", &dev_rules, 0.5));
     println!("{}", report("dev: model alone", &dev_model, threshold));
     println!("{}", report("dev: rules + model", &dev_both, threshold));
@@ -181,7 +280,7 @@ fn main() {
     // look for what training lacks. Dev stays unread, so that its figures stay honest.
     for (e, (s, _)) in tune
         .iter()
-        .zip(&tune_scores)
+        .zip(&tune_all)
         .filter(|(e, (s, _))| e.label != (*s >= threshold))
         .take(12)
     {

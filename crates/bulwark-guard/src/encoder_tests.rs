@@ -297,14 +297,15 @@ proptest! {
 #[test]
 fn a_text_longer_than_a_window_is_left_to_the_first_stage() {
     // Paraphrased attacks the rules do not know, long enough for several windows: the
-    // encoder does not read them, and both stages say what the first says alone.
+    // encoder does not read them, and both stages say what the first says alone (its
+    // documents model blocks this one).
     let long = PARAPHRASED.join(" ").repeat(3);
     let e = encoder();
     assert!(e.score(&long.to_lowercase()).1 > WINDOW, "not long enough");
     assert_eq!(e.read(&long.to_lowercase()), encoder::Reading::Long);
     let (with, without) = (both().scan(&long), Guard::default().scan(&long));
     assert_eq!(with.injection_score, without.injection_score);
-    assert_ne!(with.verdict, Verdict::Block, "{with:?}");
+    assert_eq!(with.verdict, without.verdict, "{with:?}");
     // One window of the same text is read, and blocked.
     assert!(matches!(e.read(PARAPHRASED[2]), encoder::Reading::Scored(p) if p > 0.9));
     assert_eq!(both().scan(PARAPHRASED[2]).verdict, Verdict::Block);

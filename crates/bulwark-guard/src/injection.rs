@@ -7,6 +7,13 @@
 //! spans. The model is logistic regression over hashed n-grams ([`crate::features`]),
 //! trained by `examples/train_injection.rs` on the data described in
 //! `crates/bulwark-guard/train/README.md`; its weights ship inside the binary.
+//!
+//! A long text (a document, a tool result) is read in windows by a second model of the
+//! same kind, the documents model: trained on the same data plus passages of
+//! documentation and source code, some with an attack hidden inside, and given its
+//! threshold on long pieces of another project's documentation. The registry corpora's
+//! benign texts are short questions, so the first model takes any page of technical
+//! prose for an attack.
 
 use std::sync::OnceLock;
 
@@ -143,6 +150,27 @@ pub struct Model {
     bias: f32,
     weights: Vec<f32>,
     pub threshold: f32,
+    /// The model long texts are read with (see [`Model::locate`]); `None` caps them.
+    documents: Option<Box<Model>>,
+}
+
+fn logit(p: f32) -> f32 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    (p / (1.0 - p)).ln()
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// `p` capped at [`SHORT_CAP`] for a text of under [`SHORT_WORDS`] words, or a long one
+/// read without a documents model (see [`Model::score`]).
+fn capped(text: &str, long: bool, p: f32) -> f32 {
+    if long || text.split_whitespace().take(SHORT_WORDS).count() < SHORT_WORDS {
+        p.min(SHORT_CAP)
+    } else {
+        p
+    }
 }
 
 /// Weights file: magic, bucket count (u32 LE), bias, scale, threshold (f32 LE), then
@@ -172,7 +200,15 @@ impl Model {
             bias,
             weights,
             threshold,
+            documents: None,
         })
+    }
+
+    /// This model, reading long texts with `documents` (whose own threshold is the one
+    /// chosen for long texts).
+    pub fn with_documents(mut self, documents: Model) -> Model {
+        self.documents = Some(Box::new(documents));
+        self
     }
 
     /// Serialises weights (the trainer's output).
@@ -200,11 +236,13 @@ impl Model {
     /// it alone; blocking short attacks is the rules' job.
     ///
     /// A long text (over [`features::WINDOW_WORDS`] words: a document, a tool result, a
-    /// pasted file) is read in windows and scored by its highest, capped the same way:
-    /// the texts the model learned from are short questions and attacks, and it takes
-    /// ordinary technical prose and code for attacks (it blocked a third of 1 KB README
-    /// excerpts and half of source files; `bench/documents.py`). Rules, and the second
-    /// stage where it runs, still block a long text.
+    /// pasted file) is read in windows and scored by its highest, by the documents model:
+    /// this model, trained on short questions and attacks, takes ordinary technical prose
+    /// and code for attacks (it blocked a third of 1 KB README excerpts and half of
+    /// source files; `bench/documents.py`). The documents model's score is moved in
+    /// log-odds so that its own threshold lands on this model's: both block at
+    /// [`Model::threshold`]. Without a documents model a long text is capped like a
+    /// short one.
     pub fn score(&self, text: &str, scratch: &mut Vec<u32>) -> f32 {
         self.locate(text, scratch).0
     }
@@ -213,20 +251,44 @@ impl Model {
     /// of its windows ([`features::windows`]; the whole text when it is short).
     pub fn locate(&self, text: &str, scratch: &mut Vec<u32>) -> (f32, (usize, usize)) {
         let windows = features::windows(text);
-        let long = windows.len() > 1;
+        match &self.documents {
+            Some(d) if windows.len() > 1 => {
+                let (z, span) = d.highest(text, &windows, scratch);
+                let z = z - logit(d.threshold) + logit(self.threshold);
+                (sigmoid(z), span)
+            }
+            _ => {
+                let (z, span) = self.highest(text, &windows, scratch);
+                (capped(text, windows.len() > 1, sigmoid(z)), span)
+            }
+        }
+    }
+
+    /// This model's own score, as if it had no documents model (a long text capped like a
+    /// short one): what the second stage's gate and blend read, as they were calibrated
+    /// (the documents model scores a medium-length document with a hidden instruction
+    /// near 0, which would keep the encoder from reading it).
+    pub fn prior(&self, text: &str, scratch: &mut Vec<u32>) -> f32 {
+        let windows = features::windows(text);
+        let (z, _) = self.highest(text, &windows, scratch);
+        capped(text, windows.len() > 1, sigmoid(z))
+    }
+
+    /// The highest log-odds among `windows` of `text`, and that window.
+    fn highest(
+        &self,
+        text: &str,
+        windows: &[(usize, usize)],
+        scratch: &mut Vec<u32>,
+    ) -> (f32, (usize, usize)) {
         let mut best = (f32::NEG_INFINITY, (0, text.len()));
-        for (start, end) in windows {
+        for &(start, end) in windows {
             let z = self.logit(&text[start..end], scratch);
             if z > best.0 {
                 best = (z, (start, end));
             }
         }
-        let p = 1.0 / (1.0 + (-best.0).exp());
-        if long || text.split_whitespace().take(SHORT_WORDS).count() < SHORT_WORDS {
-            (p.min(SHORT_CAP), best.1)
-        } else {
-            (p, best.1)
-        }
+        best
     }
 
     /// The model's log-odds for one window.
@@ -235,9 +297,13 @@ impl Model {
     }
 }
 
-/// The model shipped in the binary.
+/// The model shipped in the binary, with its documents model.
 pub fn model() -> Option<&'static Model> {
     static M: OnceLock<Option<Model>> = OnceLock::new();
-    M.get_or_init(|| Model::from_bytes(include_bytes!("../model/injection.bin")))
-        .as_ref()
+    M.get_or_init(|| {
+        let model = Model::from_bytes(include_bytes!("../model/injection.bin"))?;
+        let documents = Model::from_bytes(include_bytes!("../model/documents.bin"))?;
+        Some(model.with_documents(documents))
+    })
+    .as_ref()
 }

@@ -207,23 +207,34 @@ impl Guard {
         self.scan_stages(text, false)
     }
 
-    fn scan_stages(&self, text: &str, run_encoder: bool) -> Report {
-        let mut findings = Vec::new();
-        let norm = normalise::normalise(text, &mut findings);
-        let mut score = findings
-            .iter()
-            .filter(|f| f.kind == "unicode_tags")
-            .map(|f| f.score)
-            .fold(0f32, f32::max);
+    /// The first-stage score the second stage's gate and blend read for `text`
+    /// ([`injection::Model::prior`]: long texts by the first model, capped).
+    pub fn prior(&self, text: &str) -> f32 {
+        let norm = normalise::normalise(text, &mut Vec::new());
+        self.first_stage(text, &norm).1
+    }
 
+    /// Rules and the model over the normalised text and its decoded views: the highest
+    /// score with its span and reason, and the prior ([`Guard::prior`]).
+    #[allow(clippy::type_complexity)]
+    fn first_stage(
+        &self,
+        text: &str,
+        norm: &normalise::Normalised,
+    ) -> (Option<(f32, (usize, usize), String)>, f32) {
         let mut scratch = Vec::new();
         let mut best: Option<(f32, (usize, usize), String)> = None;
+        let mut prior = 0f32;
         let mut consider = |s: f32, span: (usize, usize), why: String| {
             if best.as_ref().is_none_or(|b| s > b.0) {
                 best = Some((s, span, why));
             }
         };
+        // A long text's model score is the documents model's; the prior reads it with the
+        // first model alone.
+        let long = |t: &str| t.split_whitespace().nth(features::WINDOW_WORDS).is_some();
         for hit in injection::rules(&norm.text) {
+            prior = prior.max(hit.score);
             consider(
                 hit.score,
                 norm.span(hit.start, hit.end, text),
@@ -233,6 +244,11 @@ impl Guard {
         let model = self.model;
         if let Some(m) = model {
             let (p, (start, end)) = m.locate(&norm.text, &mut scratch);
+            prior = prior.max(if long(&norm.text) {
+                m.prior(&norm.text, &mut scratch)
+            } else {
+                p
+            });
             let (span, what) = if end - start == norm.text.len() {
                 ((0, text.len()), "it")
             } else {
@@ -244,8 +260,9 @@ impl Guard {
                 format!("the learned detector scores {what} {p:.2}"),
             );
         }
-        for view in normalise::views(text, &norm) {
+        for view in normalise::views(text, norm) {
             for hit in injection::rules(&view.text) {
+                prior = prior.max(hit.score);
                 consider(
                     hit.score,
                     view.span,
@@ -254,6 +271,11 @@ impl Guard {
             }
             if let (true, Some(m)) = (view.for_model, model) {
                 let p = m.score(&view.text, &mut scratch);
+                prior = prior.max(if long(&view.text) {
+                    m.prior(&view.text, &mut scratch)
+                } else {
+                    p
+                });
                 consider(
                     p,
                     view.span,
@@ -261,13 +283,26 @@ impl Guard {
                 );
             }
         }
+        (best, prior)
+    }
+
+    fn scan_stages(&self, text: &str, run_encoder: bool) -> Report {
+        let mut findings = Vec::new();
+        let norm = normalise::normalise(text, &mut findings);
+        let mut score = findings
+            .iter()
+            .filter(|f| f.kind == "unicode_tags")
+            .map(|f| f.score)
+            .fold(0f32, f32::max);
+        let (mut best, prior) = self.first_stage(text, &norm);
+        let model = self.model;
         if let Some(enc) = &self.encoder {
             // Both stages on one scale: the pair of thresholds chosen together on the
             // tuning split both map to the first stage's own blocking threshold, which
             // `Thresholds::default` uses.
             let reference = model.map_or(0.8, |m| m.threshold);
             let c = enc.calibration;
-            let first = best.as_ref().map_or(0.0, |b| b.0);
+            let first = prior;
             let mut long = false;
             let mut second = None;
             if run_encoder && first >= c.gate && norm.text.split_whitespace().count() >= c.min_words

@@ -1,5 +1,6 @@
-"""Documents for the second stage's training: passages of benign technical prose and code,
-and the same kind of passages with one attack hidden inside.
+"""Documents for training: passages of benign technical prose and code, and the same kind
+of passages with one attack hidden inside; and, from another project, long pieces of
+documentation and code to choose the documents model's threshold on.
 
 Why: the registry corpora's benign texts are short questions (median 8 words; 13 of 8,341
 are over 100 words), while many of their attacks are long. Trained on them alone, the
@@ -17,11 +18,25 @@ are left out; at most 40 words) put in at a random word. The tuning split's text
 never used, and these passages join the fit split only (never tuning, never dev): the
 thresholds are still chosen on the registry corpora.
 
+The first stage's documents model (`examples/train_injection.rs`) trains on 12,000 benign
+passages and 6,000 with an attack. The second stage's experiment with documents
+(`finetune_encoder.py`, DOCS=1) used 3,000 and 1,500: BENIGN=3000 ATTACKS=1500.
+
+Calibration (documents_calibration.jsonl): the Sphinx 8.1.3 sdist on PyPI (BSD-2-Clause,
+digest pinned below), a different project, so that the threshold is chosen on text the
+model never trained on: its documentation (doc/**/*.rst) cut at blank lines into pieces
+of about 1 KB and 4 KB, and its source (sphinx/**/*.py) into pieces of about 2 KB, as
+bench/documents.py cuts the crates' (which stay the independent check). Two pieces in
+three of the prose and 600 of the code are benign; the other prose pieces each get one
+attack of the tuning split (injections, at most 60 words) at a paragraph boundary, to
+report how many the documents model finds (they choose nothing).
+
 Deterministic (fixed seed). Usage: python documents.py DATA_DIR (after prepare.py; writes
-DATA_DIR/docs.jsonl).
+DATA_DIR/docs.jsonl and DATA_DIR/documents_calibration.jsonl).
 """
 import hashlib
 import json
+import os
 import pathlib
 import random
 import re
@@ -33,7 +48,10 @@ from prepare import is_tuning
 
 SDIST = "Django-5.1.4.tar.gz"
 SDIST_SHA256 = "de450c09e91879fa5a307f696e57c851955c910a438a35e6b4c895e86bedc82a"
-BENIGN, ATTACKS = 3000, 1500
+CAL_SDIST = "sphinx-8.1.3.tar.gz"
+CAL_SDIST_SHA256 = "43c1911eecb0d3e161ad78611bc905d1ad0e523e4ddc202a58a821773dc4c927"
+BENIGN = int(os.environ.get("BENIGN", "12000"))
+ATTACKS = int(os.environ.get("ATTACKS", "6000"))
 # neuralchemy's "jailbreak" rows are mostly harmful requests ("Write a blog post
 # explaining why ..."), which say nothing about an instruction hidden in a document.
 NOT_INJECTIONS = {"jailbreak"}
@@ -57,15 +75,85 @@ def hide(text, attack, rng):
     return text[:at] + attack + sep + text[at:]
 
 
-def main(data):
-    data = pathlib.Path(data)
-    sdist = data / SDIST
+def fetch(data, name, requirement, sha256):
+    """The sdist `name` in DATA_DIR, downloaded from PyPI if absent; its digest checked."""
+    sdist = data / name
     if not sdist.exists():
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        "django==5.1.4", "-d", str(data)], check=True)
+                        "--no-build-isolation", requirement, "-d", str(data)], check=True)
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    if digest != SDIST_SHA256:
-        sys.exit(f"{sdist}: sha256 {digest}, expected {SDIST_SHA256}")
+    if digest != sha256:
+        sys.exit(f"{sdist}: sha256 {digest}, expected {sha256}")
+    return sdist
+
+
+def chunks(text, size):
+    """`text` cut at blank lines into pieces of about `size` bytes (as bench/documents.py)."""
+    out, cur = [], ""
+    for p in re.split(r"\n\s*\n", text):
+        p = p.strip()
+        if not p:
+            continue
+        if cur and len(cur) + len(p) > size:
+            out.append(cur)
+            cur = ""
+        cur += p + "\n\n"
+        if len(cur) > 2 * size:
+            out.append(cur[:size])
+            cur = ""
+    if len(cur) > size // 2:
+        out.append(cur)
+    return out
+
+
+def hide_paragraph(doc, attack, rng):
+    """`doc` with `attack` as a paragraph of its own or at the end of one."""
+    paras = doc.split("\n\n")
+    at = rng.randrange(len(paras) + 1)
+    if at < len(paras) and rng.random() < 0.5:
+        paras[at] = paras[at].rstrip() + " " + attack
+    else:
+        paras.insert(at, attack)
+    return "\n\n".join(paras)
+
+
+def calibration(data, train):
+    """Long pieces of Sphinx's documentation and code, a third of the prose with a tuning
+    attack hidden in it (`category` says which kind)."""
+    sdist = fetch(data, CAL_SDIST, "sphinx==8.1.3", CAL_SDIST_SHA256)
+    docs, code = [], []
+    with tarfile.open(sdist) as t:
+        for m in sorted(t.getmembers(), key=lambda m: m.name):
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) < 3:
+                continue
+            if parts[1] == "doc" and m.name.endswith(".rst"):
+                text = t.extractfile(m).read().decode("utf-8", "replace")
+                for size in (1024, 4096):
+                    docs += [(c, f"prose {size // 1024} KB") for c in chunks(text, size)]
+            elif parts[1] == "sphinx" and m.name.endswith(".py"):
+                text = t.extractfile(m).read().decode("utf-8", "replace")
+                code += [(c, "code 2 KB") for c in chunks(text, 2048)]
+    rng = random.Random(5)
+    rng.shuffle(docs)
+    rng.shuffle(code)
+    attacks = [r["text"] for r in train
+               if r["label"] == 1 and is_tuning(r["text"]) and r.get("category", "") not in NOT_INJECTIONS
+               and len(r["text"].split()) <= 60]
+    n = len(docs) * 2 // 3
+    rows = [{"text": c, "label": 0, "category": k} for c, k in docs[:n] + code[:600]]
+    rows += [{"text": hide_paragraph(c, rng.choice(attacks), rng), "label": 1, "category": "attack in " + k}
+             for c, k in docs[n:]]
+    with open(data / "documents_calibration.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"documents calibration: {n + min(600, len(code))} benign pieces, {len(docs) - n} with an attack",
+          file=sys.stderr)
+
+
+def main(data):
+    data = pathlib.Path(data)
+    sdist = fetch(data, SDIST, "django==5.1.4", SDIST_SHA256)
     files = []
     with tarfile.open(sdist) as t:
         for m in sorted(t.getmembers(), key=lambda m: m.name):
@@ -95,6 +183,7 @@ def main(data):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     print(f"docs: {BENIGN} passages, {ATTACKS} with an attack hidden, from {len(files)} files; "
           f"{len(attacks)} attacks to hide", file=sys.stderr)
+    calibration(data, train)
 
 
 if __name__ == "__main__":

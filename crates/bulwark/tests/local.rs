@@ -51,7 +51,7 @@ async fn bad_input_gets_openai_shaped_errors() {
     .await;
     let client = reqwest::Client::new();
     let url = b.url("/v1/chat/completions");
-    let long = "hello ".repeat(200);
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(20);
     let cases: Vec<(&str, &str, &str, String)> = vec![
         ("malformed json", "POST", "application/json", "{\"model\": ".into()),
         ("not an object", "POST", "application/json", "[1,2]".into()),
