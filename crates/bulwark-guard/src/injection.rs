@@ -6,7 +6,8 @@
 //! `RegexSet` (a single automaton pass over the text) and then located individually for
 //! spans. The model is logistic regression over hashed n-grams ([`crate::features`]),
 //! trained by `examples/train_injection.rs` on the data described in
-//! `crates/bulwark-guard/train/README.md`; its weights ship inside the binary.
+//! `train/prepare.py` and `train/documents.py` (provenance in BENCHMARKS.md, "Guard"); its
+//! weights ship inside the binary.
 //!
 //! A long text (a document, a tool result) is read in windows by a second model of the
 //! same kind, the documents model: trained on the same data plus passages of

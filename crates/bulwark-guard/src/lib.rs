@@ -211,16 +211,18 @@ impl Guard {
     /// ([`injection::Model::prior`]: long texts by the first model, capped).
     pub fn prior(&self, text: &str) -> f32 {
         let norm = normalise::normalise(text, &mut Vec::new());
-        self.first_stage(text, &norm).1
+        self.first_stage(text, &norm, true).1
     }
 
     /// Rules and the model over the normalised text and its decoded views: the highest
-    /// score with its span and reason, and the prior ([`Guard::prior`]).
+    /// score with its span and reason, and the prior ([`Guard::prior`]; without
+    /// `want_prior`, the highest score as it is, sparing a long text a second reading).
     #[allow(clippy::type_complexity)]
     fn first_stage(
         &self,
         text: &str,
         norm: &normalise::Normalised,
+        want_prior: bool,
     ) -> (Option<(f32, (usize, usize), String)>, f32) {
         let mut scratch = Vec::new();
         let mut best: Option<(f32, (usize, usize), String)> = None;
@@ -232,7 +234,8 @@ impl Guard {
         };
         // A long text's model score is the documents model's; the prior reads it with the
         // first model alone.
-        let long = |t: &str| t.split_whitespace().nth(features::WINDOW_WORDS).is_some();
+        let long =
+            |t: &str| want_prior && t.split_whitespace().nth(features::WINDOW_WORDS).is_some();
         for hit in injection::rules(&norm.text) {
             prior = prior.max(hit.score);
             consider(
@@ -294,7 +297,8 @@ impl Guard {
             .filter(|f| f.kind == "unicode_tags")
             .map(|f| f.score)
             .fold(0f32, f32::max);
-        let (mut best, prior) = self.first_stage(text, &norm);
+        let want_prior = run_encoder && self.encoder.is_some();
+        let (mut best, prior) = self.first_stage(text, &norm, want_prior);
         let model = self.model;
         if let Some(enc) = &self.encoder {
             // Both stages on one scale: the pair of thresholds chosen together on the
