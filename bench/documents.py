@@ -15,7 +15,6 @@ Usage: python documents.py DATA_DIR BULWARK_BIN   (DATA_DIR: prepare.py's output
 import json
 import pathlib
 import random
-import re
 import subprocess
 import sys
 import time
@@ -24,35 +23,9 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "crates/bulwark-guard/train"))
 from prepare import is_tuning  # noqa: E402
-
-
-def chunks(text, size):
-    out, cur = [], ""
-    for p in re.split(r"\n\s*\n", text):
-        p = p.strip()
-        if not p:
-            continue
-        if cur and len(cur) + len(p) > size:
-            out.append(cur)
-            cur = ""
-        cur += p + "\n\n"
-        if len(cur) > 2 * size:
-            out.append(cur[:size])
-            cur = ""
-    if len(cur) > size // 2:
-        out.append(cur)
-    return out
-
-
-def hide(doc, attack, rng):
-    """`doc` with `attack` as a paragraph of its own or at the end of one."""
-    paras = doc.split("\n\n")
-    at = rng.randrange(len(paras) + 1)
-    if at < len(paras) and rng.random() < 0.5:
-        paras[at] = paras[at].rstrip() + " " + attack
-    else:
-        paras.insert(at, attack)
-    return "\n\n".join(paras)
+# The trainer's documents.py (first on the path, before this file's own directory): the
+# same cutting and hiding as the documents model's calibration pieces.
+from documents import chunks, hide_paragraph as hide  # noqa: E402
 
 
 def corpus(data):

@@ -6,7 +6,8 @@
 //! `train/prepare.py`.
 //!
 //! 1. On the tuning split (one text in ten of train, never trained on by either stage):
-//!    the first stage's score (`Guard::scan` without the encoder) and the encoder's
+//!    the first stage's score (`Guard::scan` without the encoder), the first model's own
+//!    that the encoder's gate and blend read (`Guard::prior`), and the encoder's
 //!    (`Encoder::score` on the normalised text, as the gateway runs it).
 //! 2. For each rule (a gate: the first-stage score below which the encoder is skipped;
 //!    a blend weight: the first stage's share, in log-odds, in the score the encoder's

@@ -26,7 +26,8 @@ encoder's, and the pair used when both stages run). Dev is only scored, never us
 
 Input: DATA_DIR with prepare.py's train.jsonl and dev.jsonl (with DOCS=1 also
 documents.py's docs.jsonl: passages of documentation and code, trained on, never in the
-tuning split), and lex_train.jsonl /
+tuning split; the experiment in BENCHMARKS.md used BENIGN=3000 ATTACKS=1500, documents.py's
+default now is the documents model's 12,000 and 6,000), and lex_train.jsonl /
 lex_dev.jsonl, the first stage's reports on them line by line (`bulwark scan --jsonl`;
 only used to print how the stages combine, the gateway's own calibration
 is chosen afterwards by `examples/calibrate_encoder.rs`); MODEL_DIR with the wheel's
