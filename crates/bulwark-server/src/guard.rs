@@ -5,7 +5,9 @@
 //!
 //! Texts scanned: every message's content (system, user, assistant, tool results; string
 //! or text parts) and the completion prompt, each alone and, for instructions split
-//! across messages, all of them joined. Nothing here sends anything anywhere.
+//! across messages, all of them but the operator's joined. The operator's own `system`
+//! and `developer` messages are read for injection by the rules alone
+//! (`Guard::scan_operator`). Nothing here sends anything anywhere.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -255,14 +257,14 @@ impl EdgeGuard {
         let (operator, mut slots): (Vec<bool>, Vec<&mut String>) = slots(body).into_iter().unzip();
         let scanner = self.scanner(cfg);
         // The operator's own instructions ("You are the support bot of ACME...") read to
-        // the encoder like the role-play attacks it was trained on: the first stage
-        // alone reads them.
+        // the learned models like the role-play attacks they were trained on: only the
+        // rules (and smuggling, PII and credential scans) read them.
         let reports: Vec<Report> = slots
             .iter()
             .zip(&operator)
             .map(|(s, &op)| {
                 if op {
-                    scanner.scan_first_stage(s)
+                    scanner.scan_operator(s)
                 } else {
                     scanner.scan(s)
                 }
@@ -287,12 +289,16 @@ impl EdgeGuard {
             .flat_map(|r| r.of(Category::Injection).chain(r.of(Category::Smuggling)))
             .map(|f| f.reason.clone())
             .collect();
-        if slots.len() > 1 {
-            let joined = slots
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("\n");
+        // Every message but the operator's, joined: an instruction split across them is
+        // still one instruction.
+        let others: Vec<&str> = slots
+            .iter()
+            .zip(&operator)
+            .filter(|(_, &op)| !op)
+            .map(|(s, _)| s.as_str())
+            .collect();
+        if others.len() > 1 {
+            let joined = others.join("\n");
             let r = scanner.scan_first_stage(&joined);
             if r.injection_score > injection {
                 injection = r.injection_score;
