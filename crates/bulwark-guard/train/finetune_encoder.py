@@ -276,7 +276,8 @@ def main(data, model_dir, out):
     # With SNIPPETS=1, documents.py's short benign snippets of source and documentation
     # join the fit split only, as they do the first model's.
     if os.environ.get("SNIPPETS") == "1":
-        rows["train"] += [{**json.loads(l), "lex": 0.0, "tune": False} for l in open(data / "snippets.jsonl")]
+        snippets = [{**json.loads(l), "lex": 0.0, "tune": False} for l in open(data / "snippets.jsonl")]
+        rows["train"] += snippets[::int(os.environ.get("SNIPPETS_EVERY", "1"))]
     if os.environ.get("SMOKE"):  # a quick run of the whole path on a few texts
         rows = {s: r[::20] for s, r in rows.items()}
     for split in rows.values():
