@@ -83,7 +83,7 @@ fn blended(c: &Calibration, r: &Scored) -> f32 {
 /// The first stage's own blocking threshold: the one a text longer than one of the
 /// encoder's windows meets (the gateway leaves such a text to the first stage).
 fn own() -> f32 {
-    bulwark_guard::injection::model().map_or(0.8, |m| m.threshold)
+    Thresholds::default().block
 }
 
 /// Whether a calibration blocks this text.

@@ -21,23 +21,19 @@
 
 use std::time::Instant;
 
-use bulwark_guard::{features, injection::Model, Guard, Thresholds};
+use bulwark_guard::{features, injection::Model, log_odds, sigmoid, Guard, Thresholds};
 use serde_json::json;
 
 mod common;
-use common::{allowed, categories, confusion, is_tuning, read, report, Example};
+use common::{budget_edge, categories, confusion, is_tuning, read, report, Example};
 
 /// The lowest threshold that lets at most `allowed` (k = ⌊1%·(n+1)⌋ − 1) of the n
 /// negatives through, an expected 1% on new texts (as `calibrate_encoder`).
 fn pick(scores: &[(f32, bool)]) -> f32 {
-    let mut neg: Vec<f32> = scores.iter().filter(|s| !s.1).map(|s| s.0).collect();
-    neg.sort_by(|a, b| b.total_cmp(a));
     // Strictly above the (k+1)-th highest negative score, and above the cap on short
     // texts, so that the model alone never blocks a short text.
-    usize::try_from(allowed(neg.len()))
-        .ok()
-        .and_then(|k| neg.get(k))
-        .map_or(0.999, |&s| (s + 1e-4).min(0.999))
+    budget_edge(scores.iter().filter(|s| !s.1).map(|s| s.0).collect())
+        .map_or(0.999, |s| (s + 1e-4).min(0.999))
         .max(bulwark_guard::injection::SHORT_CAP + 0.01)
 }
 
@@ -88,7 +84,7 @@ fn sgd(fit: &[&Example], (epochs, l2, lr0): (usize, f32, f32)) -> (f32, Vec<f32>
             for &(s, t) in chosen {
                 let z = features::logit(&w, bias, &e.norm[s..t], &mut scratch);
                 let v = features::scale(scratch.len());
-                let p = 1.0 / (1.0 + (-z).exp());
+                let p = sigmoid(z);
                 let g = f32::from(u8::from(e.label)) - p;
                 for &h in &scratch {
                     let wh = &mut w[h as usize];
@@ -157,7 +153,8 @@ fn main() {
     let (bytes, short_only) = build(bias, &w, threshold);
     std::fs::write(out, &bytes).unwrap_or_else(|e| panic!("{out}: {e}"));
 
-    // The documents model: the same texts plus the documents, the same training.
+    // The documents model: the fit split (not the snippets) plus the documents, the same
+    // training.
     let docs = read(docs);
     let cal = read(docs_cal);
     let started = Instant::now();
@@ -168,27 +165,21 @@ fn main() {
     let doc_secs = started.elapsed().as_secs_f64();
     let (_, doc_provisional) = build(doc_bias, &doc_w, 0.5);
     let long = |e: &&Example| features::windows(&e.norm).len() > 1;
-    let highest = |m: &Model, e: &Example, scratch: &mut Vec<u32>| {
-        features::windows(&e.norm)
-            .into_iter()
-            .map(|(s, t)| m.logit(&e.norm[s..t], scratch))
-            .fold(f32::NEG_INFINITY, f32::max)
-    };
     let mut scratch = Vec::new();
-    let mut neg: Vec<f32> = cal
+    let neg: Vec<f32> = cal
         .iter()
         .chain(tune.iter().copied())
         .filter(|e| !e.label && long(e))
-        .map(|e| highest(doc_provisional, e, &mut scratch))
+        .map(|e| {
+            let windows = features::windows(&e.norm);
+            doc_provisional.highest(&e.norm, &windows, &mut scratch).0
+        })
         .collect();
-    neg.sort_by(|a, b| b.total_cmp(a));
+    let long_benign = neg.len();
     // In log-odds (the model's own scale near 1 is finer than f32 probabilities).
-    let z = usize::try_from(allowed(neg.len()))
-        .ok()
-        .and_then(|k| neg.get(k))
-        .map_or(f32::INFINITY, |&z| z + 1e-3);
-    let doc_threshold = 1.0 / (1.0 + (-z).exp());
-    let back = (doc_threshold / (1.0 - doc_threshold)).ln();
+    let z = budget_edge(neg).map_or(f32::INFINITY, |z| z + 1e-3);
+    let doc_threshold = sigmoid(z);
+    let back = log_odds(doc_threshold);
     assert!(
         (back - z).abs() < 0.05,
         "documents threshold {z} in log-odds does not survive f32 ({back})"
@@ -229,7 +220,7 @@ fn main() {
     println!(
         "{}",
         json!({"documents model": {"train": fit.len() + docs.len(), "train_secs": doc_secs,
-               "long benign texts": neg.len(), "threshold": doc_threshold, "threshold_logit": z}})
+               "long benign texts": long_benign, "threshold": doc_threshold, "threshold_logit": z}})
     );
     // Long texts: the tuning split's and the calibration documents (by kind), with and
     // without the documents model. (The calibration's benign documents chose its

@@ -118,12 +118,9 @@ impl Calibration {
         if self.weight == 0.0 {
             return encoder;
         }
-        let logit = |p: f32| {
-            let p = p.clamp(1e-6, 1.0 - 1e-6);
-            (p / (1.0 - p)).ln()
-        };
-        let z = self.weight * logit(first) + (1.0 - self.weight) * logit(encoder);
-        1.0 / (1.0 + (-z).exp())
+        let z =
+            self.weight * crate::log_odds(first) + (1.0 - self.weight) * crate::log_odds(encoder);
+        crate::sigmoid(z)
     }
 }
 

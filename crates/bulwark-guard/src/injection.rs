@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use regex::{Regex, RegexSet};
 
-use crate::features;
+use crate::{features, log_odds, sigmoid};
 
 /// One rule: a pattern over normalised (lower-case) text, and what it means.
 struct Rule {
@@ -155,15 +155,6 @@ pub struct Model {
     documents: Option<Box<Model>>,
 }
 
-fn logit(p: f32) -> f32 {
-    let p = p.clamp(1e-6, 1.0 - 1e-6);
-    (p / (1.0 - p)).ln()
-}
-
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
-}
-
 /// `p` capped at [`SHORT_CAP`] for a text of under [`SHORT_WORDS`] words, or a long one
 /// read without a documents model (see [`Model::score`]).
 fn capped(text: &str, long: bool, p: f32) -> f32 {
@@ -251,32 +242,45 @@ impl Model {
     /// As [`Model::score`], with the byte range of `text` that scored it: the highest
     /// of its windows ([`features::windows`]; the whole text when it is short).
     pub fn locate(&self, text: &str, scratch: &mut Vec<u32>) -> (f32, (usize, usize)) {
+        let (p, span, _) = self.read(text, scratch, false);
+        (p, span)
+    }
+
+    /// As [`Model::locate`], and, with `own`, this model's own score as if it had no
+    /// documents model (a long text capped like a short one; without `own`, the score
+    /// again): what the second stage's gate and blend read, as they were calibrated (the
+    /// documents model scores a medium-length document with a hidden instruction near 0,
+    /// which would keep the encoder from reading it).
+    pub fn read(
+        &self,
+        text: &str,
+        scratch: &mut Vec<u32>,
+        own: bool,
+    ) -> (f32, (usize, usize), f32) {
         let windows = features::windows(text);
+        let long = windows.len() > 1;
         match &self.documents {
-            Some(d) if windows.len() > 1 => {
+            Some(d) if long => {
                 let (z, span) = d.highest(text, &windows, scratch);
-                let z = z - logit(d.threshold) + logit(self.threshold);
-                (sigmoid(z), span)
+                let p = sigmoid(z - log_odds(d.threshold) + log_odds(self.threshold));
+                let own = if own {
+                    capped(text, true, sigmoid(self.highest(text, &windows, scratch).0))
+                } else {
+                    p
+                };
+                (p, span, own)
             }
             _ => {
                 let (z, span) = self.highest(text, &windows, scratch);
-                (capped(text, windows.len() > 1, sigmoid(z)), span)
+                let p = capped(text, long, sigmoid(z));
+                (p, span, p)
             }
         }
     }
 
-    /// This model's own score, as if it had no documents model (a long text capped like a
-    /// short one): what the second stage's gate and blend read, as they were calibrated
-    /// (the documents model scores a medium-length document with a hidden instruction
-    /// near 0, which would keep the encoder from reading it).
-    pub fn prior(&self, text: &str, scratch: &mut Vec<u32>) -> f32 {
-        let windows = features::windows(text);
-        let (z, _) = self.highest(text, &windows, scratch);
-        capped(text, windows.len() > 1, sigmoid(z))
-    }
-
-    /// The highest log-odds among `windows` of `text`, and that window.
-    fn highest(
+    /// The highest log-odds among `windows` of `text` ([`features::windows`]), and that
+    /// window.
+    pub fn highest(
         &self,
         text: &str,
         windows: &[(usize, usize)],

@@ -162,6 +162,17 @@ pub struct Guard {
     pub encoder: Option<Arc<encoder::Encoder>>,
 }
 
+/// The log-odds of `p`, clamped to [1e-6, 1 − 1e-6] so that 0 and 1 stay finite.
+pub fn log_odds(p: f32) -> f32 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    (p / (1.0 - p)).ln()
+}
+
+/// The probability of log-odds `z`.
+pub fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
 /// Maps `s` so that `from` lands on `to`, linearly on each side: the encoder's and the
 /// first stage's own thresholds both land on the gateway's blocking scale.
 fn rescale(s: f32, from: f32, to: f32) -> f32 {
@@ -224,7 +235,8 @@ impl Guard {
     }
 
     /// The first-stage score the second stage's gate and blend read for `text`
-    /// ([`injection::Model::prior`]: long texts by the first model, capped).
+    /// (the model's own score, [`injection::Model::read`]: long texts by the first model,
+    /// capped).
     pub fn prior(&self, text: &str) -> f32 {
         let norm = normalise::normalise(text, &mut Vec::new());
         self.first_stage(text, &norm, true).1
@@ -248,10 +260,6 @@ impl Guard {
                 best = Some((s, span, why));
             }
         };
-        // A long text's model score is the documents model's; the prior reads it with the
-        // first model alone.
-        let long =
-            |t: &str| want_prior && t.split_whitespace().nth(features::WINDOW_WORDS).is_some();
         for hit in injection::rules(&norm.text) {
             prior = prior.max(hit.score);
             consider(
@@ -262,12 +270,8 @@ impl Guard {
         }
         let model = self.model;
         if let Some(m) = model {
-            let (p, (start, end)) = m.locate(&norm.text, &mut scratch);
-            prior = prior.max(if long(&norm.text) {
-                m.prior(&norm.text, &mut scratch)
-            } else {
-                p
-            });
+            let (p, (start, end), own) = m.read(&norm.text, &mut scratch, want_prior);
+            prior = prior.max(own);
             let (span, what) = if end - start == norm.text.len() {
                 ((0, text.len()), "it")
             } else {
@@ -289,12 +293,8 @@ impl Guard {
                 );
             }
             if let (true, Some(m)) = (view.for_model, model) {
-                let p = m.score(&view.text, &mut scratch);
-                prior = prior.max(if long(&view.text) {
-                    m.prior(&view.text, &mut scratch)
-                } else {
-                    p
-                });
+                let (p, _, own) = m.read(&view.text, &mut scratch, want_prior);
+                prior = prior.max(own);
                 consider(
                     p,
                     view.span,

@@ -136,19 +136,27 @@ def snippet(files, lo, hi, rng):
             return text
 
 
-def snippets(sdist):
-    """Short benign snippets of Django's source (2 to 12 lines) and documentation (1 to 6
-    lines), for the first model: its training texts have no code, and it blocked one
-    short snippet of source or documentation in five."""
-    code, docs = [], []
+def django_files(sdist):
+    """Django's documentation (docs/**/*.txt) and source (django/**/*.py), in file-name
+    order: (kind, text) with kind "docs" or "code"."""
+    out = []
     with tarfile.open(sdist) as t:
         for m in sorted(t.getmembers(), key=lambda m: m.name):
             if not m.isfile():
                 continue
-            if "/django/" in m.name and m.name.endswith(".py"):
-                code.append(t.extractfile(m).read().decode("utf-8", "replace"))
-            elif "/docs/" in m.name and m.name.endswith(".txt") and "/_theme/" not in m.name:
-                docs.append(t.extractfile(m).read().decode("utf-8", "replace"))
+            if "/docs/" in m.name and m.name.endswith(".txt") and "/_theme/" not in m.name:
+                out.append(("docs", t.extractfile(m).read().decode("utf-8", "replace")))
+            elif "/django/" in m.name and m.name.endswith(".py"):
+                out.append(("code", t.extractfile(m).read().decode("utf-8", "replace")))
+    return out
+
+
+def snippets(files):
+    """Short benign snippets of Django's source (2 to 12 lines) and documentation (1 to 6
+    lines; `files` from `django_files`), for the first model: its training texts have no
+    code, and it blocked one short snippet of source or documentation in five."""
+    code = [t for kind, t in files if kind == "code"]
+    docs = [t for kind, t in files if kind == "docs"]
     rng = random.Random(7)
     out = [snippet(code, 2, 12, rng) for _ in range(SNIPPETS)]
     out += [snippet(docs, 1, 6, rng) for _ in range(SNIPPETS // 2)]
@@ -191,13 +199,8 @@ def calibration(data, train):
 
 def main(data):
     data = pathlib.Path(data)
-    sdist = fetch(data, SDIST, "django==5.1.4", SDIST_SHA256)
-    files = []
-    with tarfile.open(sdist) as t:
-        for m in sorted(t.getmembers(), key=lambda m: m.name):
-            if m.isfile() and (("/docs/" in m.name and m.name.endswith(".txt") and "/_theme/" not in m.name)
-                               or ("/django/" in m.name and m.name.endswith(".py"))):
-                files.append(t.extractfile(m).read().decode("utf-8", "replace"))
+    django = django_files(fetch(data, SDIST, "django==5.1.4", SDIST_SHA256))
+    files = [t for _, t in django]
     rng = random.Random(11)
     train = [json.loads(l) for l in open(data / "train.jsonl")]
     attacks = [r["text"] for r in train
@@ -221,7 +224,7 @@ def main(data):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     print(f"docs: {BENIGN} passages, {ATTACKS} with an attack hidden, from {len(files)} files; "
           f"{len(attacks)} attacks to hide", file=sys.stderr)
-    rows = snippets(sdist)
+    rows = snippets(django)
     with open(data / "snippets.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -55,6 +55,16 @@ pub fn allowed(neg: usize) -> i64 {
     (MAX_FPR * (neg as f64 + 1.0)).floor() as i64 - 1
 }
 
+/// The (k+1)-th highest of the `neg` benign scores, k = [`allowed`]: a threshold just
+/// above it lets k of them through. `None` when even one would be too many, or there are
+/// too few.
+pub fn budget_edge(mut neg: Vec<f32>) -> Option<f32> {
+    neg.sort_by(|a, b| b.total_cmp(a));
+    usize::try_from(allowed(neg.len()))
+        .ok()
+        .and_then(|k| neg.get(k).copied())
+}
+
 /// Counts at a threshold: (tp, fp, tn, fn).
 pub fn confusion(scores: &[(f32, bool)], t: f32) -> (u32, u32, u32, u32) {
     let mut c = (0, 0, 0, 0);
