@@ -439,6 +439,18 @@ struct Writer {
     prev: String,
     seq: u64,
     dirty: bool,
+    /// A failed write not yet cut back: nothing is written until it is.
+    cut: Option<Saved>,
+}
+
+/// The writer's state before a write, to go back to when it fails.
+struct Saved {
+    seq: u64,
+    prev: String,
+    segment: u64,
+    key: [u8; 32],
+    /// The open segment's length, if one was open.
+    size: Option<u64>,
 }
 
 impl Writer {
@@ -475,6 +487,85 @@ impl Writer {
         self.prev = hash;
         self.file = Some((f, line.len() as u64, Instant::now()));
         Ok(())
+    }
+
+    /// Appends records with one write per segment touched and, with `sync`, fsyncs
+    /// them. All or nothing: when anything fails (a full disk), whatever this call wrote
+    /// is cut off again (segments it started are removed) and the sequence, the chain
+    /// head and the segment are as they were, so the next append continues the chain
+    /// without a gap and the log still verifies. If even the cut fails, the writer
+    /// refuses to write until it succeeds.
+    fn commit<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a [u8]>,
+        sync: bool,
+    ) -> Result<(), AuditError> {
+        self.repair()?;
+        let saved = Saved {
+            seq: self.seq,
+            prev: self.prev.clone(),
+            segment: self.segment,
+            key: self.key,
+            size: self.file.as_ref().map(|f| f.1),
+        };
+        let mut res = self.append_all(records);
+        if res.is_ok() && sync {
+            res = self.sync();
+        }
+        if res.is_err() {
+            self.cut = Some(saved);
+            // Best effort now; `repair` runs again before the next write, whose caller
+            // then hears of it.
+            let _ = self.repair();
+        }
+        res
+    }
+
+    /// Puts the log back where it was before a failed write: removes segments started
+    /// since, cuts the segment that was open to its old length, restores the state.
+    fn repair(&mut self) -> Result<(), AuditError> {
+        let Some(saved) = self.cut.take() else {
+            return Ok(());
+        };
+        let result = (|| {
+            for n in (saved.segment + 1)..=self.segment.max(saved.segment) {
+                let path = self.opts.dir.join(segment_name(n));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&path)(e)),
+                }
+            }
+            self.file = None;
+            if let Some(size) = saved.size {
+                let path = self.opts.dir.join(segment_name(saved.segment));
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                f.set_len(size).map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))?;
+                self.file = Some((f, size, Instant::now()));
+            }
+            if let Ok(d) = File::open(&self.opts.dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.seq = saved.seq;
+                self.prev = saved.prev;
+                self.segment = saved.segment;
+                self.key = saved.key;
+                self.dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.cut = Some(saved);
+                Err(e)
+            }
+        }
     }
 
     /// Appends records with one write per segment touched.
@@ -568,6 +659,7 @@ impl AuditLog {
             prev: v.last_hash,
             seq: v.next_seq,
             dirty: false,
+            cut: None,
         };
         let (tx, rx) = mpsc::channel::<Msg>();
         std::thread::Builder::new()
@@ -608,11 +700,12 @@ impl AuditLog {
                         }
                     }
                     if !group.is_empty() {
-                        let mut res = w.append_all(group.iter().map(|(b, _)| b.as_slice()));
-                        if durability == Durability::Sync && res.is_ok() {
-                            res = w.sync();
-                        }
-                        let res = res.map_err(|e| e.to_string());
+                        let res = w
+                            .commit(
+                                group.iter().map(|(b, _)| b.as_slice()),
+                                durability == Durability::Sync,
+                            )
+                            .map_err(|e| e.to_string());
                         for (_, ack) in group {
                             if let Some(ack) = ack {
                                 let _ = ack.send(res.clone());

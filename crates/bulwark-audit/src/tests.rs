@@ -163,3 +163,139 @@ fn a_torn_last_record_is_cut_on_open_and_the_chain_goes_on() {
     let (records, _) = export(dir.path(), &[sk2, sk]).unwrap();
     assert_eq!(records, (0..11).map(record).collect::<Vec<_>>());
 }
+
+/// Appends `record(i)` with `sync` durability and waits for the writer's answer.
+fn append_sync(log: &AuditLog, i: u64) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    match log.append(&record(i)) {
+        Ok(Some(ack)) => rt.block_on(ack).map(|r| r.is_ok()).unwrap_or(false),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+/// A small tmpfs mounted at a fresh directory, unmounted on drop (needs root, as the
+/// suite runs; the mount's failure is the test's).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new(bytes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "could not mount a tmpfs (this test fills a disk; run the suite as root)"
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_loses_no_acknowledged_record_and_the_chain_goes_on() {
+    let fs = Tmpfs::new(256 * 1024);
+    let dir = fs.0.path().join("audit");
+    // Leave a little room, then fill it with records from four threads at once.
+    let ballast = fs.0.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 200 * 1024]).unwrap();
+    let (pk, sk) = keygen();
+    let mut o = opts(&dir, Durability::Sync);
+    o.segment_max_bytes = 16 * 1024;
+    let log = std::sync::Arc::new(AuditLog::open(o.clone(), pk.clone()).unwrap());
+    let acked = std::sync::Mutex::new(Vec::new());
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (log, acked, failed) = (&log, &acked, &failed);
+            s.spawn(move || {
+                for i in 0..200u64 {
+                    let n = t * 1000 + i;
+                    if append_sync(log, n) {
+                        acked.lock().unwrap().push(n);
+                    } else {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert!(failed.into_inner() > 0, "the disk never filled");
+    assert_eq!(problem(&dir), "intact");
+    // Space returns: writing resumes on the same chain.
+    std::fs::remove_file(&ballast).unwrap();
+    for n in 9000..9050 {
+        assert!(append_sync(&log, n), "record {n} after space returned");
+        acked.lock().unwrap().push(n);
+    }
+    drop(log);
+    let mut want = acked.into_inner().unwrap();
+    want.sort_unstable();
+    let check = |want: &[u64]| {
+        assert_eq!(problem(&dir), "intact");
+        let (records, v) = export(&dir, std::slice::from_ref(&sk)).unwrap();
+        let mut got: Vec<u64> = records
+            .iter()
+            .map(|r| r.request_id[4..].parse().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, want, "exactly the acknowledged records, all readable");
+        assert_eq!(v.records as usize, want.len());
+    };
+    check(&want);
+    // And a restart works and goes on.
+    let log = AuditLog::open(o, pk).unwrap();
+    assert!(append_sync(&log, 9999));
+    drop(log);
+    want.push(9999);
+    check(&want);
+}
+
+#[test]
+fn a_torn_write_at_every_byte_offset_is_cut_and_the_chain_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pk, sk) = keygen();
+    let log = AuditLog::open(opts(dir.path(), Durability::Sync), pk.clone()).unwrap();
+    for i in 0..3 {
+        assert!(append_sync(&log, i));
+    }
+    drop(log);
+    let path = segments(dir.path()).unwrap().last().unwrap().1.clone();
+    let whole = std::fs::read(&path).unwrap();
+    // The last record's line.
+    let start = whole[..whole.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let (records, _) = export(dir.path(), std::slice::from_ref(&sk)).unwrap();
+    assert_eq!(records.len(), 3);
+    for cut in start..whole.len() {
+        let copy = tempfile::tempdir().unwrap();
+        for (_, p) in segments(dir.path()).unwrap() {
+            std::fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
+        }
+        let torn = copy.path().join(path.file_name().unwrap());
+        std::fs::write(&torn, &whole[..cut]).unwrap();
+        let log = AuditLog::open(opts(copy.path(), Durability::Sync), pk.clone())
+            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert!(append_sync(&log, 100), "cut at {cut}");
+        drop(log);
+        assert_eq!(problem(copy.path()), "intact", "cut at {cut}");
+        let (got, _) = export(copy.path(), std::slice::from_ref(&sk)).unwrap();
+        let ids: Vec<&str> = got.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["req-0", "req-1", "req-100"], "cut at {cut}");
+    }
+}

@@ -306,6 +306,16 @@ pub struct RawServer {
     pub data_dir: Option<PathBuf>,
     /// Serve HTTPS instead of plain HTTP.
     pub tls: Option<RawTls>,
+    /// Longest wait for a request's headers, in ms, from the connection's start or the
+    /// end of its previous request; a client that has not sent them all by then is
+    /// disconnected. Default 10000.
+    pub header_read_timeout_ms: Option<u64>,
+    /// Longest wait for a request's whole body once its headers are in, in ms; slower
+    /// clients get 408. Default 30000.
+    pub body_read_timeout_ms: Option<u64>,
+    /// Most connections served at once; more wait in the listen queue until one
+    /// closes. Default 4096.
+    pub max_connections: Option<usize>,
 }
 
 /// `[server.tls]`: rustls on aws-lc-rs. TLS 1.3 and 1.2; key exchange offers the
@@ -532,7 +542,14 @@ pub struct ServerConfig {
     pub allow_unauthenticated: bool,
     pub data_dir: PathBuf,
     pub tls: Option<TlsConfig>,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
 }
+
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
@@ -640,6 +657,9 @@ impl Config {
                 allow_unauthenticated: false,
                 data_dir: PathBuf::from("data"),
                 tls: None,
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
             },
             local_models: vec![LocalModelConfig::default_model(model_dir)],
             upstreams: Vec::new(),
@@ -701,6 +721,26 @@ impl RawConfig {
         if max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes must be at least 1024"));
         }
+        let ms = |v: Option<u64>, default: Duration, what: &str| match v {
+            Some(0) => Err(invalid(format!("server.{what} must be at least 1"))),
+            Some(n) => Ok(Duration::from_millis(n)),
+            None => Ok(default),
+        };
+        let header_read_timeout = ms(
+            self.server.header_read_timeout_ms,
+            DEFAULT_HEADER_READ_TIMEOUT,
+            "header_read_timeout_ms",
+        )?;
+        let body_read_timeout = ms(
+            self.server.body_read_timeout_ms,
+            DEFAULT_BODY_READ_TIMEOUT,
+            "body_read_timeout_ms",
+        )?;
+        let max_connections = match self.server.max_connections {
+            Some(0) => return Err(invalid("server.max_connections must be at least 1")),
+            Some(n) => n,
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
 
         let mut names = BTreeSet::new();
         let mut claim = |name: &str, what: &str| -> Result<(), ConfigError> {
@@ -989,6 +1029,9 @@ impl RawConfig {
                 jurisdiction: host_jurisdiction,
                 allow_unauthenticated: self.server.allow_unauthenticated.unwrap_or(false),
                 data_dir,
+                header_read_timeout,
+                body_read_timeout,
+                max_connections,
                 tls: self.server.tls.map(|t| TlsConfig {
                     cert: base.join(t.cert),
                     key: base.join(t.key),
@@ -1229,7 +1272,7 @@ mod tests {
                   |
                 2 | listen_addr = "x"
                   | ^^^^^^^^^^^
-                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`, `tls`
+                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`, `tls`, `header_read_timeout_ms`, `body_read_timeout_ms`, `max_connections`
 
             "#]],
         );

@@ -9,12 +9,13 @@
 //!   fine-tuned sentence encoder over the normalised text ([`encoder`]);
 //! - smuggling ([`normalise`]): Unicode tag text, bidi controls, zero-width runs,
 //!   homoglyph-spoofed words;
-//! - personal data ([`pii`]) and credentials ([`secrets`]);
+//! - personal data ([`pii`]) and credentials ([`secrets`]), also disguised ([`data`]);
 //! - in answers, exfiltration through links and images ([`output`]) and leaked canaries.
 //!
 //! [`pseudo`] redacts, pseudonymises and restores. Everything here is pure computation:
 //! no IO, no clock, no randomness; the server decides what a verdict leads to.
 
+pub mod data;
 pub mod encoder;
 pub mod features;
 pub mod injection;
@@ -363,8 +364,7 @@ impl Guard {
         }
 
         let mut spans = Vec::new();
-        pii::scan(text, &mut spans);
-        secrets::scan(text, &mut spans);
+        data::scan(text, &mut spans);
         findings.extend(resolve_overlaps(spans));
         findings.sort_by_key(|f| (f.start, f.category));
 

@@ -127,18 +127,113 @@ mod tests {
 /// Exfiltration links and images in `text`: their kinds, and the text with their URLs
 /// replaced by `[BLOCKED_URL]` when `redact` (else unchanged).
 pub fn defuse(text: &str, redact: bool) -> (String, Vec<&'static str>) {
+    defuse_with(text, redact, &Sensitive::default())
+}
+
+/// Values an answer must not carry out in a URL, whatever the URL's length: those the
+/// gateway put back in place of placeholders (`restored`: a URL holding one is always
+/// defused, since the gateway itself would be writing the value into it) and the
+/// personal data and credentials the request carried (`known`: defused when
+/// redacting, else named).
+#[derive(Debug, Default, Clone)]
+pub struct Sensitive {
+    restored: Vec<String>,
+    known: Vec<String>,
+}
+
+/// A value's comparable form: lower case, without the separators people write numbers
+/// with.
+fn compact(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '-' | '.' | '(' | ')' | '/' | '+'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl Sensitive {
+    /// Values shorter than four characters (after [`compact`]) are left out: they would
+    /// match ordinary URLs.
+    pub fn new<'a>(
+        restored: impl IntoIterator<Item = &'a str>,
+        known: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let keep = |v: &str| {
+            let c = compact(v);
+            (c.chars().count() >= 4).then_some(c)
+        };
+        Sensitive {
+            restored: restored.into_iter().filter_map(keep).collect(),
+            known: known.into_iter().filter_map(keep).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.restored.is_empty() && self.known.is_empty()
+    }
+
+    /// Whether `url` carries a restored value (`Some(true)`), a known one
+    /// (`Some(false)`), or neither; also percent-encoded.
+    fn carried(&self, url: &str) -> Option<bool> {
+        let raw = compact(url);
+        let decoded =
+            crate::normalise::percent_decode_any(url).map(|d| compact(&d.replace('+', " ")));
+        let has = |v: &String| {
+            raw.contains(v.as_str()) || decoded.as_ref().is_some_and(|d| d.contains(v.as_str()))
+        };
+        if self.restored.iter().any(has) {
+            Some(true)
+        } else if self.known.iter().any(has) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+fn bare_url_re() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    R.get_or_init(|| {
+        Regex::new(r#"(?i)\b(?:https?|ftp|wss?)://[^\s<>"'(){}]+"#)
+            .unwrap_or_else(|e| panic!("URL pattern: {e}"))
+    })
+}
+
+/// As [`defuse`], and any URL (link, image or bare) that carries one of `values` is
+/// defused too (`exfiltration_data`): always for a restored value, when `redact` for a
+/// known one.
+pub fn defuse_with(text: &str, redact: bool, values: &Sensitive) -> (String, Vec<&'static str>) {
     let mut f = Vec::new();
     scan(text, &mut f);
-    let kinds = f.iter().map(|x| x.kind).collect();
-    if f.is_empty() || !redact {
+    let mut cut: Vec<(usize, usize)> = if redact {
+        f.iter().map(|x| (x.start, x.end)).collect()
+    } else {
+        Vec::new()
+    };
+    let mut kinds: Vec<&'static str> = f.iter().map(|x| x.kind).collect();
+    if !values.is_empty() {
+        for m in bare_url_re().find_iter(text) {
+            let Some(restored) = values.carried(m.as_str()) else {
+                continue;
+            };
+            kinds.push("exfiltration_data");
+            if (restored || redact) && !cut.iter().any(|&(s, e)| s < m.end() && m.start() < e) {
+                cut.push((m.start(), m.end()));
+            }
+        }
+    }
+    if cut.is_empty() {
         return (text.to_owned(), kinds);
     }
+    cut.sort_unstable();
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for x in &f {
-        out.push_str(&text[at..x.start]);
+    for (s, e) in cut {
+        if s < at {
+            continue;
+        }
+        out.push_str(&text[at..s]);
         out.push_str("[BLOCKED_URL]");
-        at = x.end;
+        at = e;
     }
     out.push_str(&text[at..]);
     (out, kinds)
@@ -147,9 +242,26 @@ pub fn defuse(text: &str, redact: bool) -> (String, Vec<&'static str>) {
 /// Longest link or image held back while it is still being written.
 pub const MAX_HELD: usize = 2048;
 
-/// Where a link or image that may still be unfinished starts in `s`, if anywhere.
-fn open_link(s: &str) -> Option<usize> {
+/// Where a link or image that may still be unfinished starts in `s`, if anywhere; with
+/// `bare`, also a bare URL (the last word, when it is or may become one).
+fn open_link(s: &str, bare: bool) -> Option<usize> {
     let mut best = None;
+    if bare {
+        let w = s
+            .rfind(char::is_whitespace)
+            .map_or(0, |i| i + s[i..].chars().next().map_or(1, char::len_utf8));
+        let word = s[w..].to_ascii_lowercase();
+        let maybe = !word.is_empty()
+            && (word.contains("://")
+                || ["https://", "http://", "ftp://", "wss://", "ws://"]
+                    .iter()
+                    .any(|p| {
+                        word.ends_with(&p[..word.len().min(p.len())]) || p.starts_with(&word)
+                    }));
+        if maybe {
+            best = Some(w);
+        }
+    }
     if let Some(i) = s.rfind('[') {
         let after = &s[i..];
         let open = match after.find(']') {
@@ -161,11 +273,12 @@ fn open_link(s: &str) -> Option<usize> {
         };
         if open {
             // Include the `!` of an image.
-            best = Some(if i > 0 && s.as_bytes()[i - 1] == b'!' {
+            let at = if i > 0 && s.as_bytes()[i - 1] == b'!' {
                 i - 1
             } else {
                 i
-            });
+            };
+            best = Some(best.map_or(at, |b: usize| b.min(at)));
         }
     }
     if let Some(i) = s.rfind('<') {
@@ -185,6 +298,7 @@ fn open_link(s: &str) -> Option<usize> {
 #[derive(Debug, Default)]
 pub struct LinkGate {
     pending: String,
+    values: Sensitive,
     /// Kinds found so far.
     pub found: Vec<&'static str>,
     /// Replace exfiltration URLs with `[BLOCKED_URL]` (else only record them).
@@ -199,8 +313,17 @@ impl LinkGate {
         }
     }
 
+    /// A gate that also defuses URLs carrying one of `values` ([`defuse_with`]).
+    pub fn with_values(redact: bool, values: Sensitive) -> Self {
+        LinkGate {
+            redact,
+            values,
+            ..LinkGate::default()
+        }
+    }
+
     fn screen(&mut self, text: &str) -> String {
-        let (out, found) = defuse(text, self.redact);
+        let (out, found) = defuse_with(text, self.redact, &self.values);
         self.found.extend(found);
         out
     }
@@ -208,7 +331,7 @@ impl LinkGate {
     /// Screened text that can be sent now.
     pub fn push(&mut self, piece: &str) -> String {
         self.pending.push_str(piece);
-        let cut = open_link(&self.pending).unwrap_or(self.pending.len());
+        let cut = open_link(&self.pending, !self.values.is_empty()).unwrap_or(self.pending.len());
         let ready: String = self.pending.drain(..cut).collect();
         self.screen(&ready)
     }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `email` | RFC 5322-ish local@domain.tld | a dot in the domain |
 //! | `phone` | `+CC …` international, or national groups like `(555) 123-4567`, `06 12 34 56 78` | 9–15 digits |
-//! | `iban` | 2 letters, 2 check digits, 11–30 alphanumerics (spaces allowed) | ISO 13616 mod 97 |
+//! | `iban` | 2 letters, 2 check digits, 11–30 alphanumerics (spaces or dashes allowed, any case) | ISO 13616 mod 97 |
 //! | `payment_card` | 13–19 digits (spaces/dashes allowed) | Luhn |
 //! | `us_ssn` | `AAA-GG-SSSS` | area not 000/666/9xx, group not 00, serial not 0000 |
 //! | `uk_nino` | `AB 12 34 56 C` | allowed prefix letters |
@@ -70,9 +70,40 @@ pub fn luhn(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// The length of a country's IBANs (SWIFT's IBAN registry).
+fn iban_length(country: &str) -> Option<usize> {
+    Some(match country {
+        "NO" => 15,
+        "BE" => 16,
+        "DK" | "FI" | "FO" | "GL" | "NL" => 18,
+        "MK" | "SI" => 19,
+        "AT" | "BA" | "EE" | "KZ" | "LT" | "LU" | "XK" => 20,
+        "CH" | "CR" | "HR" | "LI" | "LV" => 21,
+        "BG" | "BH" | "DE" | "GB" | "GE" | "IE" | "ME" | "RS" => 22,
+        "AE" | "GI" | "IL" | "IQ" | "TL" => 23,
+        "AD" | "CZ" | "ES" | "MD" | "PK" | "RO" | "SA" | "SE" | "SK" | "TN" | "VG" => 24,
+        "LY" | "PT" | "ST" => 25,
+        "IS" | "TR" => 26,
+        "FR" | "GR" | "IT" | "MC" | "MR" | "SM" => 27,
+        "AL" | "AZ" | "BY" | "CY" | "DO" | "GT" | "HU" | "LB" | "PL" | "SV" => 28,
+        "BR" | "EG" | "PS" | "QA" | "UA" => 29,
+        "JO" | "KW" | "MU" => 30,
+        "MT" | "SC" => 31,
+        "LC" => 32,
+        "RU" => 33,
+        _ => return None,
+    })
+}
+
 pub fn iban_ok(s: &str) -> bool {
-    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if !(15..=34).contains(&compact.len()) {
+    let compact: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    // The country's own length (ISO 13616 registry): with dashes and any case allowed,
+    // mod 97 alone would pass one random alphanumeric run in 97.
+    if compact.get(..2).and_then(iban_length) != Some(compact.len()) {
         return false;
     }
     let rearranged = format!("{}{}", &compact[4..], &compact[..4]);
@@ -194,7 +225,7 @@ fn detectors() -> &'static [Detector] {
         };
         vec![
             d("email", r"(?i)\b[a-z0-9._%+-]{1,64}@(?:[a-z0-9-]{1,63}\.)+[a-z]{2,24}\b", yes, 0.99, "an e-mail address"),
-            d("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", iban_ok, 0.99, "an IBAN with a valid checksum"),
+            d("iban", r"(?i)\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]){11,30}\b", iban_ok, 0.99, "an IBAN with a valid checksum"),
             d("payment_card", r"\b\d(?:[ -]?\d){12,18}\b", card_ok, 0.95, "a payment card number that passes the Luhn check"),
             d("us_ssn", r"\b\d{3}-\d{2}-\d{4}\b", ssn_ok, 0.9, "a US Social Security number"),
             d("uk_nino", r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b", nino_ok, 0.9, "a UK National Insurance number"),
@@ -211,8 +242,48 @@ fn detectors() -> &'static [Detector] {
 }
 
 /// Personal data in `text`, spans in `text`. Overlaps are resolved by the caller.
+/// IBANs: the pattern runs on past the number into the words after it (`DE89 3704 ...
+/// 00 and`), so each match is cut to its country's length and the search goes on from
+/// there.
+fn ibans(d: &Detector, text: &str, findings: &mut Vec<Finding>) {
+    let mut at = 0;
+    while let Some(m) = d.re.find_at(text, at) {
+        let s = m.as_str();
+        let country: String = s.chars().take(2).map(|c| c.to_ascii_uppercase()).collect();
+        let mut next = m.start() + s.chars().next().map_or(1, char::len_utf8);
+        if let Some(len) = iban_length(&country) {
+            let mut seen = 0;
+            let end = s.char_indices().find_map(|(i, c)| {
+                if c.is_ascii_alphanumeric() {
+                    seen += 1;
+                }
+                (seen == len).then(|| i + c.len_utf8())
+            });
+            if let Some(end) = end {
+                let candidate = &s[..end];
+                let whole_word = !s[end..].starts_with(|c: char| c.is_ascii_alphanumeric());
+                if whole_word && iban_ok(candidate) {
+                    findings.push(Finding::new(
+                        Category::Pii,
+                        d.kind,
+                        (m.start(), m.start() + end),
+                        d.score,
+                        d.reason.into(),
+                    ));
+                    next = m.start() + end;
+                }
+            }
+        }
+        at = next;
+    }
+}
+
 pub fn scan(text: &str, findings: &mut Vec<Finding>) {
     for d in detectors() {
+        if d.kind == "iban" {
+            ibans(d, text, findings);
+            continue;
+        }
         for m in d.re.find_iter(text) {
             let s = m.as_str();
             // A dotted quad inside a longer dotted number (a version) is not an address.

@@ -81,41 +81,75 @@ impl Vault {
         findings: &[Finding],
         redact: impl Fn(&Finding) -> bool,
     ) -> String {
-        let redacted: Vec<(usize, usize)> = findings
+        let edits: Vec<Edit<'_>> = findings
             .iter()
-            .filter(|f| redact(f))
-            .map(|f| (f.start, f.end))
+            .map(|f| Edit {
+                start: f.start,
+                end: f.end,
+                kind: f.kind,
+                value: None,
+                how: if redact(f) {
+                    How::Redact
+                } else {
+                    How::Placeholder
+                },
+            })
             .collect();
-        // Existing placeholder-shaped text becomes a finding of its own.
-        let mut spans: Vec<(usize, usize, String)> = findings
+        self.edit(text, &edits)
+    }
+
+    /// Applies `edits` (non-overlapping) to `text`; placeholder-shaped text outside them
+    /// becomes `[LITERAL_N]`, so that restoring is exact.
+    pub fn edit(&mut self, text: &str, edits: &[Edit<'_>]) -> String {
+        let mut spans: Vec<(usize, usize, &str, Option<&str>, How)> = edits
             .iter()
-            .map(|f| (f.start, f.end, f.kind.to_owned()))
+            .map(|e| (e.start, e.end, e.kind, e.value, e.how))
             .collect();
         for m in placeholder_re().find_iter(text) {
-            if !spans.iter().any(|&(s, e, _)| s < m.end() && m.start() < e) {
-                spans.push((m.start(), m.end(), "literal".to_owned()));
+            if !spans.iter().any(|&(s, e, ..)| s < m.end() && m.start() < e) {
+                spans.push((m.start(), m.end(), "literal", None, How::Placeholder));
             }
         }
         spans.sort_by_key(|s| s.0);
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
-        for (s, e, kind) in spans {
+        for (s, e, kind, value, how) in spans {
             if s < at || e > text.len() || !text.is_char_boundary(s) || !text.is_char_boundary(e) {
                 continue;
             }
             out.push_str(&text[at..s]);
-            if redacted.contains(&(s, e)) {
-                out.push_str("[REDACTED_");
-                out.push_str(&kind.to_ascii_uppercase());
-                out.push(']');
-            } else {
-                let p = self.placeholder(&kind, &text[s..e]);
-                out.push_str(&p);
+            match how {
+                How::Redact => {
+                    out.push_str("[REDACTED_");
+                    out.push_str(&kind.to_ascii_uppercase());
+                    out.push(']');
+                }
+                How::Placeholder => {
+                    let p = self.placeholder(kind, value.unwrap_or(&text[s..e]));
+                    out.push_str(&p);
+                }
+                How::Drop => {}
             }
             at = e;
         }
         out.push_str(&text[at..]);
         out
+    }
+
+    /// The placeholders this vault issued for personal data and credentials.
+    pub fn placeholders(&self) -> impl Iterator<Item = &str> {
+        self.originals
+            .keys()
+            .filter(|p| !p.starts_with("[LITERAL_"))
+            .map(String::as_str)
+    }
+
+    /// The original values this vault holds (what an answer must not carry out).
+    pub fn originals(&self) -> impl Iterator<Item = &str> {
+        self.originals
+            .iter()
+            .filter(|(p, _)| !p.starts_with("[LITERAL_"))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Puts the originals back for every placeholder this vault issued.
@@ -133,6 +167,30 @@ impl Vault {
             })
             .into_owned()
     }
+}
+
+/// How [`Vault::edit`] replaces a span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// By the placeholder of the value.
+    Placeholder,
+    /// By `[REDACTED_KIND]`.
+    Redact,
+    /// By nothing: the rest of a value split across texts, whose first piece carries
+    /// its placeholder.
+    Drop,
+}
+
+/// One replacement for [`Vault::edit`].
+#[derive(Debug, Clone, Copy)]
+pub struct Edit<'a> {
+    pub start: usize,
+    pub end: usize,
+    pub kind: &'a str,
+    /// The value the placeholder stands for, when it is not `text[start..end]` (the
+    /// first piece of a value split across texts stands for all of it).
+    pub value: Option<&'a str>,
+    pub how: How,
 }
 
 /// Replaces each finding's span by `[REDACTED_KIND]`; nothing to restore.

@@ -113,9 +113,25 @@ impl KeySpec {
 
     /// Checks the fields a person typed; `None` when all is well.
     pub fn problem(&self) -> Option<String> {
+        // Invisible characters (zero-width, bidi controls, tags, other format
+        // characters) would make two names that list alike name two tenants, and
+        // leading or trailing spaces the same.
+        let invisible = |c: char| {
+            c.is_control()
+                || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
+                    | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+        };
         let label = |what: &str, s: &str| {
-            (s.trim().is_empty() || s.len() > 200 || s.chars().any(char::is_control))
-                .then(|| format!("{what} must be 1 to 200 printable characters"))
+            (s.trim().is_empty()
+                || s.trim() != s
+                || s.len() > 200
+                || s.chars().any(invisible))
+            .then(|| {
+                format!(
+                    "{what} must be 1 to 200 printable characters, without invisible ones or spaces at either end"
+                )
+            })
         };
         label("name", &self.name)
             .or_else(|| self.tenant.as_deref().and_then(|t| label("tenant", t)))

@@ -245,7 +245,21 @@ fn spec_problems() {
     let cases: Vec<(KeySpec, &str)> = vec![
         (
             KeySpec::named(""),
-            "name must be 1 to 200 printable characters",
+            "name must be 1 to 200 printable characters, without invisible ones or spaces at either end",
+        ),
+        (
+            KeySpec {
+                tenant: Some("t1\u{200B}".into()),
+                ..KeySpec::named("a")
+            },
+            "tenant must be 1 to 200 printable characters, without invisible ones or spaces at either end",
+        ),
+        (
+            KeySpec {
+                tenant: Some(" t1".into()),
+                ..KeySpec::named("a")
+            },
+            "tenant must be 1 to 200 printable characters, without invisible ones or spaces at either end",
         ),
         (
             KeySpec {

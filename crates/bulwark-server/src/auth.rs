@@ -6,12 +6,12 @@
 //! as `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>` (Anthropic
 //! SDKs). Error messages never echo what was presented.
 //!
-//! `/admin/keys` is guarded by a separate admin token (`[keys] admin_token_env`), held
-//! only as its SHA-256 and compared in constant time; without one, the admin API is off.
+//! `/admin/keys` is guarded by a separate admin token (`[keys] admin_token_env`), sent
+//! only as `Authorization: Bearer <token>`, held only as its SHA-256 and compared in
+//! constant time, checked before the body is read; without one, the admin API is off.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -44,6 +44,16 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The token of `Authorization: Bearer <token>`, if that is what was sent.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
 
@@ -93,7 +103,9 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
             .with_code("admin_api_off"),
         ));
     };
-    let got = presented(headers).map(hash_admin_token);
+    // Only `Authorization: Bearer`: the admin token is not an API key, and is not
+    // taken from `x-api-key`.
+    let got = bearer(headers).map(hash_admin_token);
     match got {
         Some(got) if bool::from(got.ct_eq(want)) => Ok(()),
         _ => Err(Error(
@@ -164,13 +176,15 @@ pub fn check_spec(state: &AppState, spec: &KeySpec) -> Result<(), Error> {
     Ok(())
 }
 
-pub async fn create_key(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Error> {
-    check_admin(&state, &headers)?;
-    let spec: KeySpec = serde_json::from_slice(&body).map_err(|e| {
+/// `POST /admin/keys`: the admin token is checked before a byte of the body is read;
+/// the body is read as every other (size limit, deadline, JSON errors).
+pub async fn create_key(State(state): State<AppState>, req: Request) -> Result<Response, Error> {
+    check_admin(&state, req.headers())?;
+    let crate::extract::JsonBody(body) = <crate::extract::JsonBody as axum::extract::FromRequest<
+        AppState,
+    >>::from_request(req, &state)
+    .await?;
+    let spec: KeySpec = serde_json::from_value(body).map_err(|e| {
         Error(
             ApiError::invalid("key", format!("The key spec is not valid: {e}."))
                 .with_code("invalid_key_spec"),

@@ -3,11 +3,15 @@
 //! redacted or pseudonymised in the body; pseudonymised values are put back in the
 //! answer, streamed or not.
 //!
-//! Texts scanned: every message's content (system, user, assistant, tool results; string
-//! or text parts) and the completion prompt, each alone and, for instructions split
-//! across messages, all of them but the operator's joined. The operator's own `system`
-//! and `developer` messages are read for injection by the rules alone
-//! (`Guard::scan_operator`). Nothing here sends anything anywhere.
+//! Texts scanned: every string of the body, at any depth, known field or not, object
+//! keys and long integers included ([`walk`]), so that nothing reaches an upstream
+//! unread. Message content and the prompt are read by every detector, each alone and,
+//! for instructions split across messages, all of them but the operator's joined; the
+//! content is also read joined as the model reads it, for a value split across parts or
+//! messages. The operator's own `system` and `developer` messages, tool definitions and
+//! every other field are read by the rules alone (`Guard::scan_operator`), and all of it
+//! for personal data and credentials, disguised or not. Nothing here sends anything
+//! anywhere.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,7 +21,8 @@ use axum::response::{IntoResponse, Response};
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_config::{GuardAction, GuardConfig};
 use bulwark_guard::encoder::Encoder;
-use bulwark_guard::output::{CanaryWatch, LinkGate, SecretGate};
+use bulwark_guard::output::{CanaryWatch, LinkGate, SecretGate, Sensitive};
+use bulwark_guard::pseudo::{Edit, How};
 use bulwark_guard::{Category, Finding, Guard, Report, Restorer, Thresholds, Vault};
 use bulwark_policy::DataClass;
 use bytes::Bytes;
@@ -70,43 +75,250 @@ fn is_operator(message: &Value) -> bool {
     )
 }
 
-/// Every text slot of a request body, mutable, and whether it is the operator's own
-/// instructions (a `system` or `developer` message).
-fn slots(body: &mut Value) -> Vec<(bool, &mut String)> {
-    let mut out = Vec::new();
-    let Some(obj) = body.as_object_mut() else {
-        return out;
-    };
-    for (k, v) in obj.iter_mut() {
-        match (k.as_str(), v) {
-            ("messages", Value::Array(msgs)) => {
-                for m in msgs {
-                    let operator = is_operator(m);
-                    match m.get_mut("content") {
-                        Some(Value::String(s)) => out.push((operator, s)),
-                        Some(Value::Array(parts)) => {
-                            for p in parts {
-                                if let Some(Value::String(s)) = p.get_mut("text") {
-                                    out.push((operator, s));
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
+/// How a string of a request body is read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    /// The operator's own instructions: `system`/`developer` content, tool and function
+    /// definitions, the response format. Rules, smuggling, personal data, credentials.
+    Operator,
+    /// What the model is asked to read: user, assistant and tool message content, the
+    /// prompt and suffix. Every detector, and all of them joined.
+    Input,
+    /// Every other string, any depth, any field, known or not (tool-call arguments,
+    /// names, ids, metadata, stop sequences, URLs, object keys...): as `Operator`.
+    Field,
+}
+
+/// One string of a request body, in the order [`walk`] meets them.
+struct Leaf<'a> {
+    role: Role,
+    /// Message content or the prompt: joined with its neighbours to find a value split
+    /// across parts or messages.
+    content: bool,
+    text: std::borrow::Cow<'a, str>,
+}
+
+/// A string that can carry nothing the guard looks for: one short word of letters
+/// (`"user"`, `"function"`, `"string"`). Read anyway when it is content.
+fn inert(s: &str) -> bool {
+    s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A number written with enough digits to be an identifier (card, phone, tax number):
+/// read as text, and rewritten as text when something is found in it.
+fn long_integer(n: &serde_json::Number) -> Option<String> {
+    let s = n.to_string();
+    (s.bytes().filter(u8::is_ascii_digit).count() >= 9 && !s.contains(['.', 'e', 'E'])).then_some(s)
+}
+
+/// The role of the value under top-level field `key`.
+fn top_role(key: &str) -> (Role, bool) {
+    match key {
+        "prompt" | "suffix" => (Role::Input, true),
+        "tools" | "functions" | "response_format" | "tool_choice" | "function_call" => {
+            (Role::Operator, false)
+        }
+        _ => (Role::Field, false),
+    }
+}
+
+/// Every string of `body` (values, object keys, long integers) with its role, in a
+/// fixed order that [`rewrite`] follows.
+fn walk<'a>(body: &'a Value, out: &mut Vec<Leaf<'a>>) {
+    fn any<'a>(v: &'a Value, role: Role, content: bool, out: &mut Vec<Leaf<'a>>) {
+        match v {
+            Value::String(s) => out.push(Leaf {
+                role,
+                content,
+                text: s.as_str().into(),
+            }),
+            Value::Number(n) => {
+                if let Some(s) = long_integer(n) {
+                    out.push(Leaf {
+                        role,
+                        content: false,
+                        text: s.into(),
+                    });
                 }
             }
-            ("prompt", Value::String(s)) => out.push((false, s)),
-            ("prompt", Value::Array(items)) => {
-                for i in items {
-                    if let Value::String(s) = i {
-                        out.push((false, s));
-                    }
+            Value::Array(items) => items.iter().for_each(|i| any(i, role, content, out)),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    out.push(Leaf {
+                        role: Role::Field,
+                        content: false,
+                        text: k.as_str().into(),
+                    });
+                    any(v, role, content, out);
                 }
             }
-            _ => {}
+            Value::Null | Value::Bool(_) => {}
         }
     }
-    out
+    /// A message: its content is `Input` (or `Operator`), its other fields `Field`
+    /// (`Operator` for the operator's own); in content parts only `text` is content.
+    fn message<'a>(m: &'a Value, out: &mut Vec<Leaf<'a>>) {
+        let Value::Object(map) = m else {
+            return any(m, Role::Field, false, out);
+        };
+        let (own, other) = if is_operator(m) {
+            (Role::Operator, Role::Operator)
+        } else {
+            (Role::Input, Role::Field)
+        };
+        for (k, v) in map {
+            out.push(Leaf {
+                role: Role::Field,
+                content: false,
+                text: k.as_str().into(),
+            });
+            match (k.as_str(), v) {
+                ("content", Value::String(_)) => any(v, own, true, out),
+                ("content", Value::Array(parts)) => {
+                    for p in parts {
+                        match p {
+                            Value::Object(pm) => {
+                                for (pk, pv) in pm {
+                                    out.push(Leaf {
+                                        role: Role::Field,
+                                        content: false,
+                                        text: pk.as_str().into(),
+                                    });
+                                    if pk == "text" && pv.is_string() {
+                                        any(pv, own, true, out);
+                                    } else {
+                                        any(pv, other, false, out);
+                                    }
+                                }
+                            }
+                            _ => any(p, own, true, out),
+                        }
+                    }
+                }
+                _ => any(v, other, false, out),
+            }
+        }
+    }
+    let Value::Object(map) = body else {
+        return any(body, Role::Field, false, out);
+    };
+    for (k, v) in map {
+        out.push(Leaf {
+            role: Role::Field,
+            content: false,
+            text: k.as_str().into(),
+        });
+        match (k.as_str(), v) {
+            ("messages", Value::Array(msgs)) => msgs.iter().for_each(|m| message(m, out)),
+            _ => {
+                let (role, content) = top_role(k);
+                any(v, role, content, out);
+            }
+        }
+    }
+}
+
+/// Replaces the strings [`walk`] met, in the same order, where `new` has a text for
+/// them; a long integer that is replaced becomes a string.
+fn rewrite(body: &mut Value, new: &mut std::vec::IntoIter<Option<String>>) {
+    fn any(v: &mut Value, new: &mut std::vec::IntoIter<Option<String>>) {
+        match v {
+            Value::String(s) => {
+                if let Some(Some(t)) = new.next() {
+                    *s = t;
+                }
+            }
+            Value::Number(n) => {
+                if long_integer(n).is_some() {
+                    if let Some(Some(t)) = new.next() {
+                        *v = Value::String(t);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| any(i, new)),
+            Value::Object(map) => object(map, new),
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+    fn object(
+        map: &mut serde_json::Map<String, Value>,
+        new: &mut std::vec::IntoIter<Option<String>>,
+    ) {
+        let old = std::mem::take(map);
+        for (k, mut v) in old {
+            let k = new.next().flatten().unwrap_or(k);
+            any(&mut v, new);
+            map.insert(k, v);
+        }
+    }
+    any(body, new)
+}
+/// A value found in content joined across parts or messages that no single part holds
+/// whole.
+struct Split {
+    finding: Finding,
+    value: String,
+    parts: Vec<Part>,
+}
+
+/// The piece of a [`Split`] value in one leaf: its span there, and whether it is the
+/// first (which carries the placeholder).
+struct Part {
+    leaf: usize,
+    start: usize,
+    end: usize,
+    first: bool,
+}
+
+/// Personal data and credentials that appear only when the content leaves are read one
+/// after the other, as the model reads them: `alice@exa` + `mple.com`, a PEM key cut in
+/// two messages.
+fn split_values(leaves: &[Leaf<'_>]) -> Vec<Split> {
+    let content: Vec<(usize, &str)> = leaves
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.content)
+        .map(|(i, l)| (i, l.text.as_ref()))
+        .collect();
+    if content.len() < 2 {
+        return Vec::new();
+    }
+    let mut joined = String::new();
+    let mut starts = Vec::with_capacity(content.len());
+    for (_, t) in &content {
+        starts.push(joined.len());
+        joined.push_str(t);
+    }
+    let mut found = Vec::new();
+    bulwark_guard::data::scan(&joined, &mut found);
+    let which = |at: usize| starts.partition_point(|&s| s <= at).saturating_sub(1);
+    bulwark_guard::resolve_overlaps(found)
+        .into_iter()
+        .filter(|f| f.end > f.start && which(f.start) != which(f.end - 1))
+        .filter_map(|f| {
+            let value = joined.get(f.start..f.end)?.to_owned();
+            let (first, last) = (which(f.start), which(f.end - 1));
+            let parts = (first..=last)
+                .map(|k| {
+                    let base = starts[k];
+                    let len = content[k].1.len();
+                    Part {
+                        leaf: content[k].0,
+                        start: f.start.max(base) - base,
+                        end: f.end.min(base + len) - base,
+                        first: k == first,
+                    }
+                })
+                .collect();
+            Some(Split {
+                finding: f,
+                value,
+                parts,
+            })
+        })
+        .collect()
 }
 
 fn kinds<'a>(f: impl Iterator<Item = &'a Finding>) -> Vec<&'static str> {
@@ -254,32 +466,43 @@ impl EdgeGuard {
     }
 
     fn screen_texts(&self, body: &mut Value, cfg: &GuardConfig) -> Result<Screened, ApiError> {
-        let (operator, mut slots): (Vec<bool>, Vec<&mut String>) = slots(body).into_iter().unzip();
+        let mut leaves = Vec::new();
+        walk(body, &mut leaves);
         let scanner = self.scanner(cfg);
         // The operator's own instructions ("You are the support bot of ACME...") read to
         // the learned models like the role-play attacks they were trained on: only the
-        // rules (and smuggling, PII and credential scans) read them.
-        let reports: Vec<Report> = slots
+        // rules (and smuggling, PII and credential scans) read them, and every other
+        // field of the body.
+        let reports: Vec<Report> = leaves
             .iter()
-            .zip(&operator)
-            .map(|(s, &op)| {
-                if op {
-                    scanner.scan_operator(s)
+            .map(|l| {
+                if !l.content && inert(&l.text) {
+                    Report {
+                        injection_score: 0.0,
+                        verdict: bulwark_guard::Verdict::Allow,
+                        findings: Vec::new(),
+                    }
+                } else if l.role == Role::Input {
+                    scanner.scan(&l.text)
                 } else {
-                    scanner.scan(s)
+                    scanner.scan_operator(&l.text)
                 }
             })
             .collect();
-        let known: HashSet<String> = slots
+        // A value split across content parts or messages: the content joined as the
+        // model reads it, and what crosses a boundary.
+        let pieces = split_values(&leaves);
+        let mut known: HashSet<String> = leaves
             .iter()
             .zip(&reports)
-            .flat_map(|(s, r)| {
+            .flat_map(|(l, r)| {
                 r.findings
                     .iter()
                     .filter(|f| matches!(f.category, Category::Secret | Category::Pii))
-                    .filter_map(|f| s.get(f.start..f.end).map(str::to_owned))
+                    .filter_map(|f| l.text.get(f.start..f.end).map(str::to_owned))
             })
             .collect();
+        known.extend(pieces.iter().map(|p| p.value.clone()));
         let mut injection = reports
             .iter()
             .map(|r| r.injection_score)
@@ -291,11 +514,10 @@ impl EdgeGuard {
             .collect();
         // Every message but the operator's, joined: an instruction split across them is
         // still one instruction.
-        let others: Vec<&str> = slots
+        let others: Vec<&str> = leaves
             .iter()
-            .zip(&operator)
-            .filter(|(_, &op)| !op)
-            .map(|(s, _)| s.as_str())
+            .filter(|l| l.role == Role::Input && l.content)
+            .map(|l| l.text.as_ref())
             .collect();
         if others.len() > 1 {
             let joined = others.join("\n");
@@ -308,7 +530,12 @@ impl EdgeGuard {
                 );
             }
         }
-        let all = || reports.iter().flat_map(|r| r.findings.iter());
+        let all = || {
+            reports
+                .iter()
+                .flat_map(|r| r.findings.iter())
+                .chain(pieces.iter().map(|p| &p.finding))
+        };
         let smuggled = kinds(all().filter(|f| f.category == Category::Smuggling));
         let mut notes = Vec::new();
         let thresholds = thresholds(cfg);
@@ -374,26 +601,58 @@ impl EdgeGuard {
         }
         if screened.changed {
             let mut vault = Vault::default();
-            for (slot, report) in slots.iter_mut().zip(&reports) {
-                let spans: Vec<Finding> = report
-                    .findings
-                    .iter()
-                    .filter(|f| {
-                        matches!(f.category, Category::Pii | Category::Secret)
-                            && matches!(
-                                action(cfg, f.category),
-                                GuardAction::Redact | GuardAction::Pseudonymise
-                            )
-                    })
-                    .cloned()
-                    .collect();
-                if spans.is_empty() {
-                    continue;
+            let rewrites = |f: &Finding| {
+                matches!(f.category, Category::Pii | Category::Secret)
+                    && matches!(
+                        action(cfg, f.category),
+                        GuardAction::Redact | GuardAction::Pseudonymise
+                    )
+            };
+            let how = |f: &Finding| {
+                if action(cfg, f.category) == GuardAction::Redact {
+                    How::Redact
+                } else {
+                    How::Placeholder
                 }
-                **slot = vault.rewrite(slot, &spans, |f| {
-                    action(cfg, f.category) == GuardAction::Redact
-                });
+            };
+            let mut new = Vec::with_capacity(leaves.len());
+            for (i, (leaf, report)) in leaves.iter().zip(&reports).enumerate() {
+                let mut edits: Vec<Edit<'_>> = pieces
+                    .iter()
+                    .filter(|p| rewrites(&p.finding))
+                    .flat_map(|p| p.parts.iter().map(move |part| (p, part)))
+                    .filter(|(_, part)| part.leaf == i)
+                    .map(|(p, part)| Edit {
+                        start: part.start,
+                        end: part.end,
+                        kind: p.finding.kind,
+                        value: Some(&p.value),
+                        how: if part.first {
+                            how(&p.finding)
+                        } else {
+                            How::Drop
+                        },
+                    })
+                    .collect();
+                let split = edits.clone();
+                edits.extend(
+                    report
+                        .findings
+                        .iter()
+                        .filter(|f| rewrites(f))
+                        .filter(|f| !split.iter().any(|e| e.start < f.end && f.start < e.end))
+                        .map(|f| Edit {
+                            start: f.start,
+                            end: f.end,
+                            kind: f.kind,
+                            value: None,
+                            how: how(f),
+                        }),
+                );
+                new.push((!edits.is_empty()).then(|| vault.edit(&leaf.text, &edits)));
             }
+            drop(leaves);
+            rewrite(body, &mut new.into_iter());
             if !vault.is_empty() {
                 screened.vault = Some(Arc::new(vault));
             }
@@ -429,28 +688,98 @@ pub async fn finish(
     if vault.is_none() && gate.is_none() && canary.is_none() {
         return resp;
     }
+    let values = sensitive(vault.as_deref(), output, &known);
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(
         parts,
-        Body::from_stream(filter_stream(body, vault, gate, canary, known)),
+        Body::from_stream(filter_stream(body, vault, gate, canary, known, values)),
     )
+}
+
+/// What an answer's URLs must not carry: the values restored from placeholders, and
+/// (unless the output guard is off) the personal data and credentials the request
+/// carried.
+fn sensitive(vault: Option<&Vault>, output: GuardAction, known: &HashSet<String>) -> Sensitive {
+    let known: Vec<&str> = if output == GuardAction::Allow {
+        Vec::new()
+    } else {
+        known.iter().map(String::as_str).collect()
+    };
+    Sensitive::new(vault.into_iter().flat_map(Vault::originals), known)
+}
+
+/// The placeholders a vault issued, as values no URL may carry.
+fn placeholders(vault: &Vault) -> Sensitive {
+    Sensitive::new(vault.placeholders(), std::iter::empty())
+}
+
+/// Most text of a stream kept to find personal data that spans two events.
+const PII_TAIL: usize = 256;
+
+/// Personal data an answer added (that its request did not carry), counted as the
+/// answer passes, with only a short tail kept: memory stays bounded however long the
+/// stream.
+#[derive(Default)]
+struct PiiTally {
+    tail: String,
+    kinds: Vec<&'static str>,
+}
+
+impl PiiTally {
+    fn push(&mut self, text: &str, known: &HashSet<String>) {
+        if text.is_empty() {
+            return;
+        }
+        self.tail.push_str(text);
+        for k in pii_added(std::iter::once(self.tail.as_str()), known) {
+            if !self.kinds.contains(&k) {
+                self.kinds.push(k);
+            }
+        }
+        let mut cut = self.tail.len().saturating_sub(PII_TAIL);
+        while !self.tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        self.tail.drain(..cut);
+    }
 }
 
 /// What each choice of a stream carries through the filter.
 #[derive(Default)]
 struct ChoiceFilter {
+    /// Defuses URLs that hold a placeholder before it is restored: the gateway never
+    /// writes a value it hid from the upstream into a URL the upstream wrote.
+    hidden: Option<LinkGate>,
     restorer: Option<Restorer>,
     gate: Option<LinkGate>,
     secrets: Option<SecretGate>,
     canary: Option<CanaryWatch>,
-    /// The text sent so far, when the answer is screened for personal data the request
-    /// did not carry (named at the end of the stream).
-    sent: Option<String>,
+    /// Personal data the answer added, when it is screened for it (named at the end
+    /// of the stream).
+    added: Option<PiiTally>,
 }
 
 impl ChoiceFilter {
-    fn pass(&mut self, text: &str, last: bool) -> String {
+    fn pass(&mut self, text: &str, last: bool, known: &HashSet<String>) -> String {
+        let hidden;
+        let text = match &mut self.hidden {
+            Some(g) => {
+                let mut out = g.push(text);
+                if last {
+                    out.push_str(&g.finish());
+                }
+                if !g.found.is_empty() {
+                    tracing::warn!(
+                        "a streamed answer wrote pseudonymised values into URLs; defused"
+                    );
+                    g.found.clear();
+                }
+                hidden = out;
+                hidden.as_str()
+            }
+            None => text,
+        };
         let mut t = match &mut self.restorer {
             Some(r) => {
                 let mut t = r.push(text);
@@ -488,8 +817,8 @@ impl ChoiceFilter {
             }
             t = out;
         }
-        if let Some(s) = &mut self.sent {
-            s.push_str(&t);
+        if let Some(a) = &mut self.added {
+            a.push(&t, known);
         }
         t
     }
@@ -516,6 +845,7 @@ fn filter_stream(
     gate: Option<bool>,
     canary: Option<String>,
     known: Arc<HashSet<String>>,
+    values: Sensitive,
 ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> {
     struct State {
         framer: Framer,
@@ -524,6 +854,7 @@ fn filter_stream(
         gate: Option<bool>,
         canary: Option<String>,
         known: Arc<HashSet<String>>,
+        values: Sensitive,
         stopped: bool,
     }
     let state = Arc::new(Mutex::new(State {
@@ -533,6 +864,7 @@ fn filter_stream(
         gate,
         canary,
         known,
+        values,
         stopped: false,
     }));
     let tail = Arc::clone(&state);
@@ -548,6 +880,7 @@ fn filter_stream(
                     gate,
                     canary,
                     known,
+                    values,
                     stopped,
                 } = &mut *guard;
                 let mut pieces = Vec::new();
@@ -560,7 +893,7 @@ fn filter_stream(
                     match p {
                         Piece::Raw(b) => out.push(Ok(b)),
                         Piece::Event(b) => {
-                            let ev = filter_event(choices, vault, *gate, canary, known, b);
+                            let ev = filter_event(choices, vault, *gate, canary, known, values, b);
                             if choices.values().any(ChoiceFilter::leaked) {
                                 tracing::warn!("a streamed answer repeated the system prompt's canary; stream stopped");
                                 *stopped = true;
@@ -584,10 +917,14 @@ fn filter_stream(
             return None;
         }
         let mut out = st.framer.finish().map(|b| b.to_vec()).unwrap_or_default();
-        let kinds = pii_added(
-            st.choices.values().filter_map(|c| c.sent.as_deref()),
-            &st.known,
-        );
+        let mut kinds: Vec<&'static str> = st
+            .choices
+            .values()
+            .filter_map(|c| c.added.as_ref())
+            .flat_map(|a| a.kinds.iter().copied())
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
         if !kinds.is_empty() {
             out.extend_from_slice(
                 format!(": x-bulwark-guard-output-pii {}\n\n", kinds.join(",")).as_bytes(),
@@ -625,6 +962,7 @@ fn filter_event(
     gate: Option<bool>,
     canary: &Option<String>,
     known: &Arc<HashSet<String>>,
+    values: &Sensitive,
     event: Bytes,
 ) -> Bytes {
     let Some(mut v) = sse::data_json(&event) else {
@@ -638,11 +976,17 @@ fn filter_event(
         let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
         let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
         let f = choices.entry(index).or_insert_with(|| ChoiceFilter {
+            hidden: vault
+                .as_ref()
+                .map(|v| LinkGate::with_values(false, placeholders(v))),
             restorer: vault.as_ref().map(|v| Restorer::new(Arc::clone(v))),
-            gate: gate.map(LinkGate::new),
+            // A URL carrying a restored value is defused even with the output guard
+            // off: the gateway itself would be writing the value into it.
+            gate: (gate.is_some() || vault.is_some())
+                .then(|| LinkGate::with_values(gate.unwrap_or(false), values.clone())),
             secrets: gate.map(|redact| SecretGate::new(redact, Arc::clone(known))),
             canary: canary.as_deref().map(CanaryWatch::new),
-            sent: gate.map(|_| String::new()),
+            added: gate.map(|_| PiiTally::default()),
         });
         let slot = if c.pointer("/delta").is_some() {
             "/delta/content"
@@ -654,7 +998,7 @@ fn filter_event(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        let out = f.pass(&text, finished);
+        let out = f.pass(&text, finished, known);
         if out == text {
             continue;
         }
@@ -695,6 +1039,7 @@ async fn screen_answer(
     if vault.is_none() && !screen {
         return resp;
     }
+    let values = sensitive(vault.as_deref(), action, known);
     let (mut parts, body) = resp.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_ANSWER).await {
         Ok(b) => b,
@@ -725,14 +1070,18 @@ async fn screen_answer(
         }
     }
     let mut changed = false;
+    let mut found: Vec<&'static str> = Vec::new();
     if let Some(vault) = &vault {
+        let hidden = placeholders(vault);
         for t in texts.iter_mut() {
-            let restored = vault.restore(t);
+            // A URL holding a placeholder is defused before anything is restored.
+            let (defused, kinds) = bulwark_guard::output::defuse_with(t, false, &hidden);
+            found.extend(kinds.into_iter().filter(|k| *k == "exfiltration_data"));
+            let restored = vault.restore(&defused);
             changed |= restored != **t;
             **t = restored;
         }
     }
-    let mut found: Vec<&'static str> = Vec::new();
     let mut screened: Vec<String> = Vec::new();
     if screen {
         if let Some(token) = canary {
@@ -750,17 +1099,23 @@ async fn screen_answer(
                 .into_response();
             }
         }
-        if action != GuardAction::Allow {
-            for t in texts.iter_mut() {
-                let redact = action == GuardAction::Redact;
-                let (out, kinds) = bulwark_guard::output::defuse(t, redact);
-                let (out, secrets) = bulwark_guard::output::redact_secrets("", &out, redact, known);
-                found.extend(kinds);
-                found.extend(secrets);
+    }
+    if screen || vault.is_some() {
+        let redact = action == GuardAction::Redact;
+        for t in texts.iter_mut() {
+            let (mut out, mut kinds) = bulwark_guard::output::defuse_with(t, redact, &values);
+            if action == GuardAction::Allow {
+                // Only what the gateway itself restored into a URL is reported.
+                kinds.retain(|k| *k == "exfiltration_data");
+            } else {
+                let (o, secrets) = bulwark_guard::output::redact_secrets("", &out, redact, known);
+                out = o;
+                kinds.extend(secrets);
                 screened.push(out.clone());
-                changed |= out != **t;
-                **t = out;
             }
+            found.extend(kinds);
+            changed |= out != **t;
+            **t = out;
         }
     }
     let pii_found = pii_added(screened.iter().map(String::as_str), known);

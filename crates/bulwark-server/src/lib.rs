@@ -22,7 +22,7 @@ mod tap;
 pub mod tls;
 mod usage;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{Extension, State};
@@ -170,14 +170,16 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
-/// Serves until `shutdown` resolves. Local models load in the background after the
-/// listener is up (`/readyz` turns 200 when they are ready); a model that fails to
-/// verify or load stops the server with that error.
+/// Serves until `shutdown` resolves. `ready` is called once everything that can refuse
+/// to start has opened (config, audit log, receipts, guard), just before connections are
+/// served. Local models load in the background after that (`/readyz` turns 200 when they
+/// are ready); a model that fails to verify or load stops the server with that error.
 pub async fn serve(
     config: Config,
     keys: Arc<bulwark_keys::Keys>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
 ) -> Result<(), ServeError> {
     let models = Arc::new(Models::from_config(&config)?);
     let audit = match &config.audit {
@@ -219,6 +221,7 @@ pub async fn serve(
     let guard = guard::EdgeGuard::for_config(&config)?.map(Arc::new);
     let state = AppState {
         max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: config.server.body_read_timeout,
         models: Arc::clone(&models),
         cache: config
             .cache
@@ -235,6 +238,13 @@ pub async fn serve(
         audit_content: config.audit.as_ref().is_some_and(|a| a.record_content),
         receipts,
     };
+    // Everything that can refuse to start (the audit log, keys, the guard) has opened:
+    // only now does the caller say that it listens.
+    ready();
+    let limits = ConnLimits {
+        header_read_timeout: config.server.header_read_timeout,
+        max_connections: config.server.max_connections,
+    };
     // Usage reaches the database every `usage_flush`, and once more on the way out.
     let flusher = tokio::spawn(flush_usage(Arc::clone(&keys), config.keys.usage_flush));
     let result = match &config.server.tls {
@@ -244,7 +254,7 @@ pub async fn serve(
                     tracing::warn!(error = %e, "failed to set TCP_NODELAY on an accepted connection");
                 }
             });
-            run(state, models, listener, shutdown).await
+            run(state, models, listener, shutdown, limits).await
         }
         Some(tls) => {
             let tls = tls::server_config(tls).map_err(ServeError::Tls)?;
@@ -253,6 +263,7 @@ pub async fn serve(
                 models,
                 tls::TlsListener::new(listener, tls)?,
                 shutdown,
+                limits,
             )
             .await
         }
@@ -289,20 +300,19 @@ async fn run<L>(
     models: Arc<Models>,
     listener: L,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnLimits,
 ) -> Result<(), ServeError>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .into_future();
+    let server = serve_connections(listener, router(state), shutdown, limits);
     let loading = models.load_local();
     tokio::pin!(server, loading);
     let mut loaded = false;
     loop {
         tokio::select! {
-            res = &mut server => return res.map_err(ServeError::Io),
+            () = &mut server => return Ok(()),
             res = &mut loading, if !loaded => {
                 res.map_err(ServeError::ModelLoad)?;
                 loaded = true;
@@ -310,4 +320,76 @@ where
             }
         }
     }
+}
+
+/// What one connection may take.
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    /// Longest wait for a request's headers (HTTP/1): a client that dribbles them (or
+    /// opens a connection and sends nothing) is cut off.
+    header_read_timeout: std::time::Duration,
+    /// Most connections served at once; the next waits in the kernel's listen queue.
+    max_connections: usize,
+}
+
+/// Accepts and serves connections until `shutdown`, then lets those open finish their
+/// requests (graceful shutdown). axum's own `serve` sets no header-read deadline and no
+/// connection cap; this is the same loop with both.
+async fn serve_connections<L>(
+    mut listener: L,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnLimits,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (closing, _) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (io, _addr) = tokio::select! {
+            c = listener.accept() => c,
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
+            |req: http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+        ));
+        let mut closed = closing.subscribe();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            builder.http2().timer(TokioTimer::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = closed.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    let _ = closing.send(true);
+    // Every connection gives its slot back when it has finished.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
 }

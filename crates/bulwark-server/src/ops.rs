@@ -227,11 +227,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// guard is off for requests).
 pub async fn guard_scan(
     State(state): State<AppState>,
-    body: axum::body::Bytes,
+    crate::extract::JsonBody(v): crate::extract::JsonBody,
 ) -> Result<Response, Error> {
     let bad = |m: String| Error(ApiError::invalid("text", m).with_code("invalid_scan_request"));
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("The body is not JSON: {e}.")))?;
     let texts: Vec<String> = match v.get("text") {
         Some(serde_json::Value::String(s)) => vec![s.clone()],
         Some(serde_json::Value::Array(a)) => a

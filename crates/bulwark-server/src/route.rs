@@ -74,24 +74,29 @@ impl Parsed {
     }
 }
 
-/// The request's data class: the default, raised (never lowered) by the header.
+/// The request's data class: the default, raised (never lowered) by the header. Every
+/// `x-bulwark-data-class` header counts, and every comma-separated value in one: the
+/// highest wins (a proxy that appends a header cannot lower the class); any value that
+/// is not a class is a 400.
 pub fn request_class(headers: &HeaderMap, default: DataClass) -> Result<DataClass, ApiError> {
-    let Some(value) = headers.get(CLASS_HEADER) else {
-        return Ok(default);
-    };
-    let class: DataClass =
-        value
-            .to_str()
-            .unwrap_or("")
-            .parse()
-            .map_err(|e: bulwark_policy::UnknownClass| {
-                ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("Header `{CLASS_HEADER}`: {e}."),
-                )
-                .with_code("invalid_data_class")
-            })?;
-    Ok(class.max(default))
+    let mut class = default;
+    for value in headers.get_all(CLASS_HEADER) {
+        let text = value.to_str().unwrap_or("\u{fffd}");
+        for item in text.split(',') {
+            let c: DataClass = item
+                .trim()
+                .parse()
+                .map_err(|e: bulwark_policy::UnknownClass| {
+                    ApiError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("Header `{CLASS_HEADER}`: {e}."),
+                    )
+                    .with_code("invalid_data_class")
+                })?;
+            class = class.max(c);
+        }
+    }
+    Ok(class)
 }
 
 /// Worth trying the next candidate: the target could not serve, through no fault of the request.
@@ -318,6 +323,7 @@ impl Answered<'_> {
                 Some((std::sync::Arc::clone(audit), r))
             }
         };
+        let failed = parts.extensions.get::<proxy::StreamFailed>().cloned();
         let tail = std::sync::Arc::new(std::sync::Mutex::new(StreamTail {
             hasher: sha2::Sha256::default(),
             content: self.request_content.is_some().then(Vec::new),
@@ -339,7 +345,9 @@ impl Answered<'_> {
             chunk
         });
         let end = futures_util::stream::once(async move {
-            let (pending, trailer) = crate::lock(&tail).finish(true);
+            // A stream the upstream cut off ended with an error event: not completed.
+            let completed = !failed.as_ref().is_some_and(proxy::StreamFailed::is_set);
+            let (pending, trailer) = crate::lock(&tail).finish(completed);
             if let Some((audit, record)) = pending {
                 // A failed end record is logged; the stream itself was already sent.
                 let _ = append(&audit, &record).await;
@@ -941,6 +949,28 @@ mod tests {
             Ok(DataClass::Internal)
         );
         h.insert(CLASS_HEADER, HeaderValue::from_static("top-secret"));
+        assert_eq!(
+            request_class(&h, DataClass::Public).map_err(|e| e.code),
+            Err(Some("invalid_data_class"))
+        );
+    }
+
+    #[test]
+    fn several_data_class_headers_give_the_highest() {
+        let mut h = HeaderMap::new();
+        h.append(CLASS_HEADER, HeaderValue::from_static("public"));
+        h.append(CLASS_HEADER, HeaderValue::from_static("secret"));
+        assert_eq!(request_class(&h, DataClass::Public), Ok(DataClass::Secret));
+        let mut h = HeaderMap::new();
+        h.append(
+            CLASS_HEADER,
+            HeaderValue::from_static("public, confidential"),
+        );
+        assert_eq!(
+            request_class(&h, DataClass::Public),
+            Ok(DataClass::Confidential)
+        );
+        h.append(CLASS_HEADER, HeaderValue::from_static("nonsense"));
         assert_eq!(
             request_class(&h, DataClass::Public).map_err(|e| e.code),
             Err(Some("invalid_data_class"))

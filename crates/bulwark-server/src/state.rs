@@ -13,6 +13,8 @@ use bulwark_upstream::{Upstream, UpstreamError};
 #[derive(Clone)]
 pub struct AppState {
     pub max_body_bytes: usize,
+    /// Longest wait for a request's whole body once its headers are in.
+    pub body_read_timeout: std::time::Duration,
     pub models: Arc<Models>,
     /// `None` when the response cache is off.
     pub cache: Option<Arc<crate::cache::ResponseCache>>,

