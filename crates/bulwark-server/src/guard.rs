@@ -1141,3 +1141,23 @@ async fn screen_answer(
     let body = serde_json::to_vec(&v).map_or(bytes, Bytes::from);
     Response::from_parts(parts, Body::from(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_stream_remembers_is_bounded_however_long_it_runs() {
+        let known = HashSet::new();
+        let mut tally = PiiTally::default();
+        let piece = "Some ordinary words of a very long answer, over and over. ";
+        for _ in 0..100_000 {
+            tally.push(piece, &known);
+            assert!(tally.tail.len() <= PII_TAIL + 4);
+        }
+        // Personal data split across two pieces is still seen.
+        tally.push("write to jane.d", &known);
+        tally.push("oe@example.com now", &known);
+        assert_eq!(tally.kinds, ["email"]);
+    }
+}

@@ -41,7 +41,7 @@ fn setup(tag: &str, mock: &MockUpstream) -> Setup {
     let cfg = dir.write(
         "bulwark.toml",
         &format!(
-            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\njurisdiction = \"FR\"\ntrust = \"private\"\nmodels = {{ \"m\" = \"m\", \"drip\" = \"drip-100\" }}\n\
+            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\njurisdiction = \"FR\"\ntrust = \"private\"\nmodels = {{ \"m\" = \"m\", \"drip\" = \"drip-100\", \"cut\" = \"cut-stream\" }}\n\
              [audit]\npublic_key = \"auditor/audit.pub\"\ndurability = \"sync\"\nsegment_max_mib = 1\n",
             mock.base_url()
         ),
@@ -688,4 +688,42 @@ async fn receipts_kept_by_clients_reveal_a_cut_off_tail() {
             && out.contains("has no record in the log"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_the_upstream_cut_off_is_recorded_as_not_completed() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = setup("audit-cut-upstream", &mock);
+    let b = s.start().await;
+    let r = reqwest::Client::new()
+        .post(b.url("/v1/chat/completions"))
+        .json(&json!({"model": "cut", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = r.text().await.unwrap_or_default();
+    assert!(text.contains("\"error\""), "{text}");
+    // The end record is written when the stream ends, not awaited by anyone.
+    let mut end = Value::Null;
+    for _ in 0..100 {
+        if let Some(r) = s
+            .export()
+            .into_iter()
+            .find(|r| r["request_id"] == id.as_str() && r["event"] == "stream_end")
+        {
+            end = r;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(b);
+    assert_eq!(end["completed"], false, "{end}");
 }

@@ -150,8 +150,8 @@ async fn upstream_failures_are_mapped() {
     expect![[r#"
         e500: 502 "upstream_error" "upstream_error" | Upstream `mock` failed with 500: mock error 500
         e401: 502 "upstream_error" "upstream_rejected" | Upstream `mock` refused the request with 401: mock error 401. Check its api_key_env and model mapping in the gateway's config.
-        e400: 400 "mock_error" null | mock error 400
-        e429: 429 "mock_error" null | mock error 429
+        e400: 400 "invalid_request_error" "upstream_rejected_request" | Upstream `mock` refused the request with 400: mock error 400
+        e429: 429 "rate_limit_error" "upstream_rate_limited" | Upstream `mock` is rate limiting: mock error 429
         slow: 504 "upstream_error" "upstream_timeout" | upstream `mock` did not answer within 500ms
     "#]]
     .assert_eq(&out);
