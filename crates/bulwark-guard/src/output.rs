@@ -374,6 +374,23 @@ mod gate_tests {
         assert_eq!(g.push(" ok"), "[docs] ok");
     }
 
+    #[test]
+    fn a_url_holding_a_sensitive_value_is_defused_whatever_its_length() {
+        let values = Sensitive::new(["[PHONE_1]"], ["j@ex.io"]);
+        let text = "See ![a](https://x.test/?p=[PHONE_1]) and https://x.test/m/j%40ex.io now, [ok](https://x.test/a).";
+        let want = "See ![a]([BLOCKED_URL]) and [BLOCKED_URL] now, [ok](https://x.test/a).";
+        for i in 0..=text.len() {
+            let mut g = LinkGate::with_values(true, values.clone());
+            let got = g.push(&text[..i]) + &g.push(&text[i..]) + &g.finish();
+            assert_eq!(got, want, "split at {i}");
+        }
+        // A restored value is defused even when only flagging.
+        let (out, kinds) = defuse_with(text, false, &values);
+        assert!(out.contains("![a]([BLOCKED_URL])"), "{out}");
+        assert!(out.contains("j%40ex.io"), "{out}");
+        assert_eq!(kinds, ["exfiltration_data", "exfiltration_data"]);
+    }
+
     proptest! {
         /// Chunking never changes the result.
         #[test]
