@@ -60,7 +60,7 @@ parallel = 2
 name = "mock"
 base_url = "{mock_upstream}/v1"
 api_key_env = "MOCK_UPSTREAM_KEY"
-models = {{ "remote-model" = "mock-large" }}
+models = {{ "remote-model" = "mock-large", "remote-tools" = "tool-caller" }}
 """
     with tempfile.TemporaryDirectory() as tmp:
         cfg = pathlib.Path(tmp) / "bulwark.toml"

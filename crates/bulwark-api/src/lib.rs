@@ -5,6 +5,7 @@
 //! and [`ApiError`], the only error that reaches a client. The server maps an
 //! `ApiError` to an HTTP response in exactly one place.
 
+pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod error;

@@ -1,6 +1,9 @@
 //! What the gateway's own per-request logic costs, without any network: request
 //! validation, the API-key check and limit accounting, the policy decision with its
-//! explanation (the `x-bulwark-route` header), and the cache key.
+//! explanation (the `x-bulwark-route` header), the cache key, and the guard's screening
+//! of a whole request body (every string of it): a plain chat body, an agent's body
+//! with tools, tool calls and metadata, and that agent body's message content alone
+//! (what the guard read before it read every field), as the baseline in the same run.
 //! `cargo run --release -p bulwark-server --example hot_path_cost` prints one JSON line: median nanoseconds per operation over several rounds.
 
 use std::hint::black_box;
@@ -120,6 +123,54 @@ fn main() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
+    // The guard at its defaults (first stage; pseudonymise), on bodies with nothing to
+    // rewrite, as most are.
+    let cfg = bulwark_config::GuardConfig::default();
+    let edge = bulwark_server::guard::EdgeGuard::new(Some(&cfg), None);
+    let tool = |name: &str| {
+        json!({"type": "function", "function": {"name": name, "description": format!("Looks up {name} records in the ticket system by id or free text."),
+            "parameters": {"type": "object", "properties": {
+                "query": {"type": "string", "description": "free text to search for"},
+                "limit": {"type": "integer", "description": "most results to return"},
+                "status": {"type": "string", "enum": ["open", "closed", "pending"], "description": "which tickets"}},
+                "required": ["query"]}}})
+    };
+    let agent = json!({
+        "model": "chat",
+        "messages": [
+            {"role": "system", "content": "You are the support agent of ACME. Use the tools; be brief."},
+            {"role": "user", "content": "Find the open tickets about the billing export failing since Monday."},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "tickets", "arguments": "{\"query\": \"billing export failing\", \"status\": \"open\", \"limit\": 10}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "[{\"id\": 4121, \"title\": \"Export to CSV times out\", \"status\": \"open\"}, {\"id\": 4130, \"title\": \"Billing export empty\", \"status\": \"open\"}]"},
+            {"role": "assistant", "content": "Two open tickets: 4121 (export times out) and 4130 (empty export)."},
+            {"role": "user", "content": "Summarise 4130 for the on-call engineer."}
+        ],
+        "tools": [tool("tickets"), tool("customers"), tool("invoices"), tool("deployments"), tool("alerts")],
+        "tool_choice": "auto",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "summary", "schema": {"type": "object",
+            "properties": {"text": {"type": "string", "description": "the summary"}}}}},
+        "metadata": {"team": "support", "session": "s-2291"},
+        "user": "agent-7", "temperature": 0.2, "stream": true
+    });
+    let content_only = json!({
+        "model": "chat",
+        "messages": agent["messages"].as_array().map(|m| m.iter().map(|m| json!({"role": m["role"], "content": m["content"]})).collect::<Vec<_>>())
+    });
+    let screen = |body: &serde_json::Value| {
+        median_ns(2_000, || {
+            let mut b = body.clone();
+            let _ = black_box(edge.screen(black_box(&mut b), &cfg));
+        })
+    };
+    let screen_chat = screen(&body);
+    let screen_agent = screen(&agent);
+    let screen_agent_content = screen(&content_only);
+    println!(
+        "{{\"guard_screen_chat_ns\":{screen_chat:.0},\"guard_screen_agent_ns\":{screen_agent:.0},\"guard_screen_agent_content_only_ns\":{screen_agent_content:.0},\"agent_body_bytes\":{},\"agent_to_content_only\":{:.2}}}",
+        agent.to_string().len(),
+        screen_agent / screen_agent_content
+    );
     println!(
         "{{\"body_bytes\":{},\"candidates\":{},\"validate_ns\":{validate:.0},\"key_authenticate_ns\":{authenticate:.0},\"key_admit_ns\":{admit:.0},\"policy_decide_ns\":{decision:.0},\"policy_decide_and_explain_ns\":{decision_and_header:.0},\"cache_key_ns\":{cache_key:.0}}}",
         body.to_string().len(),

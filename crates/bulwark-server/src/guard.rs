@@ -275,7 +275,7 @@ struct Part {
 /// Personal data and credentials that appear only when the content leaves are read one
 /// after the other, as the model reads them: `alice@exa` + `mple.com`, a PEM key cut in
 /// two messages.
-fn split_values(leaves: &[Leaf<'_>]) -> Vec<Split> {
+fn split_values(leaves: &[Leaf<'_>], reports: &[Report]) -> Vec<Split> {
     let content: Vec<(usize, &str)> = leaves
         .iter()
         .enumerate()
@@ -297,6 +297,17 @@ fn split_values(leaves: &[Leaf<'_>]) -> Vec<Split> {
     bulwark_guard::resolve_overlaps(found)
         .into_iter()
         .filter(|f| f.end > f.start && which(f.start) != which(f.end - 1))
+        // A value whole in the first text, followed by a word in the next
+        // (`jane@example.com.` + `Forward`), is that value, not a longer one; a value the
+        // first text holds only up to its very end (a PEM block cut in two) goes on.
+        .filter(|f| {
+            let k = which(f.start);
+            let (leaf, start, len) = (content[k].0, f.start - starts[k], content[k].1.len());
+            !reports[leaf]
+                .findings
+                .iter()
+                .any(|g| g.kind == f.kind && g.start == start && g.end < len)
+        })
         .filter_map(|f| {
             let value = joined.get(f.start..f.end)?.to_owned();
             let (first, last) = (which(f.start), which(f.end - 1));
@@ -491,7 +502,7 @@ impl EdgeGuard {
             .collect();
         // A value split across content parts or messages: the content joined as the
         // model reads it, and what crosses a boundary.
-        let pieces = split_values(&leaves);
+        let pieces = split_values(&leaves, &reports);
         let mut known: HashSet<String> = leaves
             .iter()
             .zip(&reports)

@@ -7,6 +7,7 @@
 //! (upstream). Every error leaves through
 //! [`error::Error`], the only place that turns failures into HTTP responses.
 
+pub mod anthropic;
 pub mod auth;
 pub mod cache;
 pub mod error;
@@ -44,7 +45,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use auth::Caller;
 use error::Error;
 use extract::JsonObject;
-use route::Parsed;
+use route::{Parsed, Protocol};
 use state::{AppState, Models};
 
 /// Locks a mutex, taking it over if a holder panicked: what these locks guard (buffers,
@@ -76,7 +77,17 @@ async fn chat_completions(
     body: JsonObject,
 ) -> Response {
     match ChatRequest::from_json(&body.value) {
-        Ok(req) => route::serve(&state, &caller, &headers, body, Parsed::Chat(req)).await,
+        Ok(req) => {
+            route::serve(
+                &state,
+                &caller,
+                &headers,
+                body,
+                Parsed::Chat(req),
+                Protocol::OpenAi,
+            )
+            .await
+        }
         Err(e) => Error(e).into_response(),
     }
 }
@@ -88,7 +99,17 @@ async fn completions(
     body: JsonObject,
 ) -> Response {
     match CompletionRequest::from_json(&body.value) {
-        Ok(req) => route::serve(&state, &caller, &headers, body, Parsed::Completion(req)).await,
+        Ok(req) => {
+            route::serve(
+                &state,
+                &caller,
+                &headers,
+                body,
+                Parsed::Completion(req),
+                Protocol::OpenAi,
+            )
+            .await
+        }
         Err(e) => Error(e).into_response(),
     }
 }
@@ -146,8 +167,22 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             route::record_unrouted,
         ));
+    // The Anthropic Messages API: the same layers, and its own error shape outermost.
+    let messages = Router::new()
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            route::record_unrouted,
+        ))
+        .route_layer(axum::middleware::from_fn(anthropic::errors));
     Router::new()
         .merge(api)
+        .merge(messages)
         .route("/admin/keys", get(auth::list_keys).post(auth::create_key))
         .route(
             "/admin/keys/{id}",

@@ -33,6 +33,25 @@ use crate::{cache, guard, local, proxy};
 pub const ROUTE_HEADER: &str = "x-bulwark-route";
 pub const CLASS_HEADER: &str = "x-bulwark-data-class";
 
+/// The protocol a client speaks: answers are produced in the chat form and rendered in
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OpenAI chat or text completions: the chat form itself.
+    OpenAi,
+    /// The Anthropic Messages API ([`crate::anthropic`]).
+    Anthropic,
+}
+
+impl Protocol {
+    async fn render(self, resp: Response, model: &str) -> Response {
+        match self {
+            Protocol::OpenAi => resp,
+            Protocol::Anthropic => crate::anthropic::render(resp, model).await,
+        }
+    }
+}
+
 /// A validated request of one of the completion endpoints.
 pub enum Parsed {
     Chat(ChatRequest),
@@ -153,12 +172,14 @@ pub async fn serve(
     headers: &HeaderMap,
     body: JsonObject,
     parsed: Parsed,
+    protocol: Protocol,
 ) -> Response {
+    let model = body.model.clone();
     if state.audit.is_none() && state.receipts.is_none() {
-        return serve_inner(state, caller, headers, body, parsed).await;
+        let resp = serve_inner(state, caller, headers, body, parsed).await;
+        return protocol.render(resp, &model).await;
     }
     let started = std::time::Instant::now();
-    let model = body.model.clone();
     let request_sha256 = state
         .receipts
         .as_ref()
@@ -166,6 +187,8 @@ pub async fn serve(
     let request_content =
         (state.audit.is_some() && state.audit_content).then(|| body.value.clone());
     let resp = serve_inner(state, caller, headers, body, parsed).await;
+    // In the client's protocol before the digest and the record are made.
+    let resp = protocol.render(resp, &model).await;
     let tokens = resp
         .extensions()
         .get::<Tokens>()

@@ -174,6 +174,11 @@ async fn respond(
         let err = json!({"error":{"message":format!("invalid request; you sent Authorization: {auth}"),"type":"mock_error","param":null,"code":null}});
         return (StatusCode::BAD_REQUEST, Json(err)).into_response();
     }
+    // `tool-caller` calls the first tool it is offered with `{"city": "Paris"}`; once the
+    // last message is a tool result, it answers with that result.
+    if model == "tool-caller" {
+        return tool_caller(&body, chat);
+    }
     // `cut-stream` sends one event, half of the next, then breaks the connection.
     if model == "cut-stream" {
         let first = sse(
@@ -324,6 +329,83 @@ async fn respond(
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn tool_caller(body: &Value, chat: bool) -> Response {
+    let last = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let tool = body
+        .pointer("/tools/0/function/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let (message, finish) = match (&tool, last.get("role").and_then(Value::as_str)) {
+        (Some(name), Some(role)) if role != "tool" => (
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_mock_1", "type": "function",
+                "function": {"name": name, "arguments": "{\"city\": \"Paris\"}"}}]}),
+            "tool_calls",
+        ),
+        _ => (
+            json!({"role": "assistant", "content": format!("The tool said: {}", last.get("content").and_then(Value::as_str).unwrap_or(""))}),
+            "stop",
+        ),
+    };
+    let usage = json!({"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15});
+    if !chat || !stream {
+        return Json(json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": "tool-caller",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Option<&str>| {
+        sse(
+            &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": "tool-caller",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+        )
+    };
+    let mut frames = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    if finish == "tool_calls" {
+        let name = tool.unwrap_or_default();
+        frames.push(chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function",
+            "function": {"name": name, "arguments": ""}}]}),
+            None,
+        ));
+        for piece in ["{\"city\"", ": \"Par", "is\"}"] {
+            frames.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                None,
+            ));
+        }
+    } else {
+        let text = message["content"].as_str().unwrap_or("").to_owned();
+        for w in text.split_inclusive(' ') {
+            frames.push(chunk(json!({"content": w}), None));
+        }
+    }
+    frames.push(chunk(json!({}), Some(finish)));
+    if body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        frames.push(sse(
+            &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+            "model": "tool-caller", "choices": [], "usage": usage}),
+        ));
+    }
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream::iter(
+            frames
+                .into_iter()
+                .map(Ok::<Bytes, std::convert::Infallible>),
+        )))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 

@@ -650,3 +650,20 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status().as_u16(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_whole_in_one_message_does_not_swallow_the_next_word() {
+    let (mock, _dir, b) = setup("leaks-adjacent", "").await;
+    let body = json!({"model": "m", "messages": [
+        {"role": "system", "content": "Escalations go to jane.doe@example.com."},
+        {"role": "user", "content": "Forward this to jane.doe@example.com please."}]});
+    let (status, _, text) = post(&b, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let got = received(&mock);
+    assert!(got.contains("Forward this to [EMAIL_1] please."), "{got}");
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        json!("mock reply to: Forward this to jane.doe@example.com please.")
+    );
+}
