@@ -31,6 +31,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+MESSAGES_BODY = '{"model":"bench","max_tokens":8,"messages":[{"role":"user","content":"ping"}]}'
 GREEDY_BODY = '{"model":"bench","messages":[{"role":"user","content":"ping"}],"max_tokens":8,"temperature":0}'
 
 
@@ -111,12 +112,17 @@ def main():
                "bulwark_tls": f"{tgw_url}/v1/chat/completions",
                "bulwark_keys_policy": f"{kgw_url}/v1/chat/completions",
                "bulwark_cache_hit": f"{cgw_url}/v1/chat/completions"}
-    bodies = {"bulwark_cache_hit": GREEDY_BODY}
-    keys = {"bulwark_keys_policy": key}
-    # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
     pids = {"direct": mock.pid, "bulwark": gw.pid, "bulwark_guard": ggw.pid, "bulwark_audit": agw.pid,
             "bulwark_tls": tgw.pid,
             "bulwark_keys_policy": kgw.pid, "bulwark_cache_hit": cgw.pid}
+    # The same plain gateway through the Anthropic Messages API: translated into the chat
+    # form and back (the mock speaks OpenAI).
+    targets["bulwark_messages"] = f"{gw_url}/v1/messages"
+    pids["bulwark_messages"] = gw.pid
+    bodies = {"bulwark_cache_hit": GREEDY_BODY, "bulwark_messages": MESSAGES_BODY}
+    keys = {"bulwark_keys_policy": key}
+    # Whose CPU time is charged to a request: the mock's for direct, the gateway's otherwise.
+
     procs = [mock, gw, ggw, agw, tgw, kgw, cgw]
     if LITELLM:
         port = free_port()

@@ -170,6 +170,12 @@ pub struct RawGuard {
     /// the system message, and withhold any answer that repeats it: the system prompt
     /// is leaking. Default false (it changes the system prompt the model sees).
     pub canary: Option<bool>,
+    /// How a request the guard blocks is answered: `error` (default: a 400 with code
+    /// `prompt_injection_detected`, `pii_detected` or `secret_detected`) or
+    /// `content_filter` (a 200 whose answer says why, with `finish_reason:
+    /// "content_filter"`, or `stop_reason: "refusal"` on `/v1/messages`, as hosted APIs
+    /// answer what their own filters stop; agent frameworks go on rather than crash).
+    pub refusal: Option<Refusal>,
     /// Run the second stage of injection detection, the fine-tuned sentence encoder
     /// (all-MiniLM-L6-v2; milliseconds of CPU per text it reads). Default false: it finds
     /// more attacks but also blocks more terse ordinary requests (BENCHMARKS.md).
@@ -186,6 +192,16 @@ pub struct RawGuard {
     /// `[[routes]]`; a key's choice wins). Unset fields inherit from `[guard]`.
     #[serde(default)]
     pub profiles: std::collections::BTreeMap<String, RawGuard>,
+}
+
+/// How a request the guard blocks is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// An error status (400) in the protocol's error shape.
+    Error,
+    /// A successful answer that says why, finished by the content filter.
+    ContentFilter,
 }
 
 /// What the guard does with a kind of finding.
@@ -459,6 +475,7 @@ pub struct GuardConfig {
     pub canary: bool,
     /// Run the sentence encoder (second stage).
     pub encoder: bool,
+    pub refusal: Refusal,
 }
 
 /// Where the guard's sentence encoder comes from, for every guard that runs it.
@@ -493,6 +510,7 @@ impl Default for GuardConfig {
             output: GuardAction::Redact,
             canary: false,
             encoder: false,
+            refusal: Refusal::Error,
         }
     }
 }
@@ -1104,6 +1122,7 @@ impl RawGuard {
             secret_class: self.secret_class,
             output: self.output,
             canary: self.canary,
+            refusal: self.refusal,
             encoder: self.encoder,
             encoder_dir: self.encoder_dir.clone(),
             encoder_max_tokens: self.encoder_max_tokens,
@@ -1151,6 +1170,7 @@ fn guard_config(
         },
         canary: g.canary.unwrap_or(base.canary),
         encoder: g.encoder.unwrap_or(base.encoder),
+        refusal: g.refusal.unwrap_or(base.refusal),
     }))
 }
 

@@ -586,6 +586,74 @@ async fn append(
     }
 }
 
+/// A request the guard blocked, answered as `[guard] refusal = "content_filter"` asks:
+/// a 200 whose text says why, finished by the content filter (chat or text completion,
+/// streamed when the request was), with `x-bulwark-guard: refused=CODE`. Nothing was
+/// sent anywhere.
+fn refused(parsed: &Parsed, model: &str, e: &ApiError) -> Response {
+    use serde_json::json;
+    let created = now_ms() / 1000;
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let reason = e.message.as_str();
+    let (chat, stream, usage) = match parsed {
+        Parsed::Chat(r) => (true, r.stream, r.include_usage),
+        Parsed::Completion(r) => (false, r.stream, r.include_usage),
+    };
+    let zero = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+    let mut resp = if !stream {
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": reason}, "finish_reason": "content_filter", "logprobs": null})
+        } else {
+            json!({"index": 0, "text": reason, "finish_reason": "content_filter", "logprobs": null})
+        };
+        let object = if chat {
+            "chat.completion"
+        } else {
+            "text_completion"
+        };
+        axum::Json(
+            json!({"id": id, "object": object, "created": created, "model": model,
+            "choices": [choice], "usage": zero}),
+        )
+        .into_response()
+    } else {
+        let object = if chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let chunk = |piece: Option<&str>, finish: Option<&str>| {
+            let choice = if chat {
+                json!({"index": 0, "delta": piece.map_or(json!({}), |p| json!({"role": "assistant", "content": p})), "finish_reason": finish, "logprobs": null})
+            } else {
+                json!({"index": 0, "text": piece.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+            };
+            crate::sse::event(
+                &json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]}),
+            )
+        };
+        let mut frames = vec![
+            chunk(Some(reason), None),
+            chunk(None, Some("content_filter")),
+        ];
+        if usage {
+            frames.push(crate::sse::event(
+                &json!({"id": id, "object": object, "created": created,
+                "model": model, "choices": [], "usage": zero}),
+            ));
+        }
+        frames.push(bytes::Bytes::from_static(crate::sse::DONE));
+        crate::sse::response(futures_util::stream::iter(
+            frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+        ))
+    };
+    resp.headers_mut().insert(
+        guard::GUARD_HEADER,
+        header_value(&format!("refused={}", e.code.unwrap_or("guard"))),
+    );
+    resp
+}
+
 /// Serves a validated request through the first allowed candidate that can take it.
 async fn serve_inner(
     state: &AppState,
@@ -646,6 +714,9 @@ async fn serve_inner(
         match screened {
             Err(e) => {
                 tracing::warn!(model = %body.model, code = e.code.unwrap_or(""), "request blocked by the guard");
+                if guard.is_some_and(|(_, c)| c.refusal == bulwark_config::Refusal::ContentFilter) {
+                    return refused(&parsed, &body.model, &e);
+                }
                 return Error(e).into_response();
             }
             Ok(s) => {
