@@ -199,6 +199,16 @@ pub fn router(state: AppState) -> Router {
         // trace layer's own "response failed" would also fire for every 503 from /readyz.
         .layer(
             TraceLayer::new_for_http()
+                // Every log line of a request carries its id (the one `x-request-id`
+                // answers with), its method and its path.
+                .make_span_with(|req: &http::Request<axum::body::Body>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+                })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -254,6 +264,7 @@ pub async fn serve(
         }
     };
     let guard = guard::EdgeGuard::for_config(&config)?.map(Arc::new);
+    log_guard(&config);
     let state = AppState {
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,
@@ -352,6 +363,35 @@ where
                 res.map_err(ServeError::ModelLoad)?;
                 loaded = true;
                 tracing::info!("all local models ready");
+            }
+        }
+    }
+}
+
+/// Says at start-up which guard settings are active, and loudly when there is none.
+fn log_guard(config: &Config) {
+    match &config.guard {
+        Some(g) => tracing::info!(
+            injection = g.injection.as_str(),
+            pii = g.pii.as_str(),
+            secrets = g.secrets.as_str(),
+            output = g.output.as_str(),
+            encoder = g.encoder,
+            canary = g.canary,
+            refusal = ?g.refusal,
+            "guard on"
+        ),
+        None => tracing::warn!(
+            "the guard is OFF ([guard] enabled = false): prompts, documents and tool results reach the models unscreened, and personal data and credentials are sent as they are"
+        ),
+    }
+    for (name, profile) in &config.guard_profiles {
+        match profile {
+            Some(g) => {
+                tracing::info!(profile = %name, injection = g.injection.as_str(), pii = g.pii.as_str(), secrets = g.secrets.as_str(), encoder = g.encoder, "guard profile")
+            }
+            None => {
+                tracing::warn!(profile = %name, "guard profile turns the guard OFF for its keys and routes")
             }
         }
     }
