@@ -42,11 +42,12 @@ impl Utf8Decoder {
         }
     }
 
-    /// Whatever is left at the end of generation, lossily.
+    /// The end of generation. What is left is the start of a character that generation
+    /// stopped inside (`max_tokens` cut it): it is dropped, so that an answer holds only
+    /// whole characters, never U+FFFD for one the model did not finish.
     pub fn finish(&mut self) -> String {
-        let out = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
-        out
+        String::new()
     }
 }
 
@@ -137,6 +138,14 @@ mod tests {
     }
 
     #[test]
+    fn a_character_cut_by_the_end_of_generation_is_dropped_not_replaced() {
+        let mut d = Utf8Decoder::default();
+        // "é€" with the euro sign's last byte never generated.
+        assert_eq!(d.push(&[0xc3, 0xa9, 0xe2, 0x82]), "é");
+        assert_eq!(d.finish(), "");
+    }
+
+    #[test]
     fn utf8_invalid_bytes_are_replaced() {
         let mut d = Utf8Decoder::default();
         assert_eq!(d.push(b"a\xffb"), "a\u{fffd}b");
@@ -220,13 +229,25 @@ mod properties {
             prop_assert_eq!(out, s);
         }
 
-        /// Arbitrary bytes never panic and never lose the valid text around invalid bytes.
+        /// Arbitrary bytes never panic and never lose the valid text around invalid bytes;
+        /// a character cut at the very end is dropped, not replaced.
         #[test]
         fn utf8_decoder_matches_lossy_conversion(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut d = Utf8Decoder::default();
             let mut out = d.push(&bytes);
             out.push_str(&d.finish());
-            prop_assert_eq!(out, String::from_utf8_lossy(&bytes).into_owned());
+            let mut end = bytes.len();
+            let mut rest = &bytes[..];
+            while let Err(e) = std::str::from_utf8(rest) {
+                match e.error_len() {
+                    Some(n) => rest = &rest[e.valid_up_to() + n..],
+                    None => {
+                        end = bytes.len() - (rest.len() - e.valid_up_to());
+                        break;
+                    }
+                }
+            }
+            prop_assert_eq!(out, String::from_utf8_lossy(&bytes[..end]).into_owned());
         }
 
         /// Streaming stop matching gives exactly what matching the whole text would give.
