@@ -116,6 +116,8 @@ struct RawChatRequest {
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     pub model: String,
+    /// Choices asked for (1 to 128): upstreams answer them; the local engine one.
+    pub n: u32,
     pub messages: Vec<ChatMessage>,
     pub stream: bool,
     pub include_usage: bool,
@@ -159,19 +161,22 @@ impl ChatRequest {
                 "`messages` must contain at least one message.",
             ));
         }
-        if let Some(n) = raw.n {
-            if n != 1 {
+        let n = match raw.n {
+            None => 1,
+            Some(n @ 1..=128) => n as u32,
+            Some(n) => {
                 return Err(ApiError::invalid(
                     "n",
-                    format!("Only `n` = 1 is supported, got {n}."),
-                ));
+                    format!("`n` must be between 1 and 128, got {n}."),
+                ))
             }
-        }
+        };
         let uses_response_format = match &raw.response_format {
             None | Some(Value::Null) => false,
             Some(v) => v.get("type").and_then(Value::as_str) != Some("text"),
         };
         Ok(ChatRequest {
+            n,
             model: raw.model,
             messages: raw.messages,
             stream: raw.stream.unwrap_or(false),

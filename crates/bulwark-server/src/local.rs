@@ -88,6 +88,9 @@ pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Err
     if req.wants_logprobs {
         return Err(unsupported("logprobs", "`logprobs`"));
     }
+    if req.n > 1 {
+        return Err(unsupported("n", "More than one choice (`n` > 1)"));
+    }
     let messages = req
         .messages
         .iter()

@@ -275,13 +275,23 @@ async fn respond(
         ("text_completion", "text_completion")
     };
     if !stream {
-        let choice = if chat {
-            json!({"index":0,"message":{"role":"assistant","content":reply},"finish_reason":"stop","logprobs":null})
-        } else {
-            json!({"index":0,"text":reply,"finish_reason":"stop","logprobs":null})
-        };
+        // `n` choices, the same text in each.
+        let n = body
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .clamp(1, 128);
+        let choices: Vec<Value> = (0..n)
+            .map(|i| {
+                if chat {
+                    json!({"index":i,"message":{"role":"assistant","content":reply},"finish_reason":"stop","logprobs":null})
+                } else {
+                    json!({"index":i,"text":reply,"finish_reason":"stop","logprobs":null})
+                }
+            })
+            .collect();
         return Json(
-            json!({"id":"mock-1","object":object,"created":0,"model":model,"choices":[choice],
+            json!({"id":"mock-1","object":object,"created":0,"model":model,"choices":choices,
             "usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}),
         )
         .into_response();

@@ -667,3 +667,29 @@ async fn a_value_whole_in_one_message_does_not_swallow_the_next_word() {
         json!("mock reply to: Forward this to jane.doe@example.com please.")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_choices_from_an_upstream_are_each_restored() {
+    let (mock, _dir, b) = setup("leaks-n", "").await;
+    let body = json!({"model": "m", "n": 3, "messages": [{"role": "user", "content": "Mail jane.doe@example.com"}]});
+    let (status, _, text) = post(&b, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!received(&mock).contains("jane.doe@example.com"));
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let choices = v["choices"].as_array().cloned().unwrap_or_default();
+    assert_eq!(choices.len(), 3, "{text}");
+    for c in choices {
+        assert_eq!(
+            c["message"]["content"],
+            json!("mock reply to: Mail jane.doe@example.com")
+        );
+    }
+    // The local engine says it answers one choice.
+    let (status, _, text) = post(
+        &b,
+        "/v1/chat/completions",
+        &json!({"model": "m", "n": 0, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+}
