@@ -33,6 +33,47 @@ use crate::{cache, guard, local, proxy};
 pub const ROUTE_HEADER: &str = "x-bulwark-route";
 pub const CLASS_HEADER: &str = "x-bulwark-data-class";
 
+/// Where a request went and why, as one typed value: rendered once into
+/// `x-bulwark-route` for the client, and read as it is by the receipt and the audit
+/// record (which used to parse the header back). Travels in the answer's extensions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteReport {
+    /// The target that answered: a model, `cache` for a hit, `None` when none did
+    /// (refused by policy, or every allowed candidate failed).
+    pub target: Option<String>,
+    pub class: DataClass,
+    /// The policy decision's explanation: the class, then each candidate's verdict.
+    pub explain: String,
+    /// A second candidate was raced against the first (hedging).
+    pub hedged: bool,
+    /// Candidates that failed before the answer, `name(status)`.
+    pub failed: Vec<String>,
+}
+
+impl RouteReport {
+    /// The `x-bulwark-route` text: `target=NAME; class=...; a=allowed; b=denied (...)`,
+    /// then `; hedged`, `; fallback_from=...` or, with no target, `; failed=...`.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "target={}; {}",
+            self.target.as_deref().unwrap_or("none"),
+            self.explain
+        );
+        if self.hedged {
+            s.push_str("; hedged");
+        }
+        if !self.failed.is_empty() {
+            let what = if self.target.is_some() {
+                "fallback_from"
+            } else {
+                "failed"
+            };
+            s.push_str(&format!("; {what}={}", self.failed.join(",")));
+        }
+        s
+    }
+}
+
 /// The protocol a client speaks: answers are produced in the chat form and rendered in
 /// it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -388,16 +429,9 @@ impl Answered<'_> {
         response_sha256: Option<String>,
     ) -> Option<bulwark_audit::receipt::Claims> {
         let request_sha256 = self.request_sha256.clone()?;
-        let route = parts
-            .headers
-            .get(ROUTE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let target = route
-            .split("; ")
-            .find_map(|p| p.strip_prefix("target="))
-            .unwrap_or("");
+        let report = parts.extensions.get::<RouteReport>();
+        let route = report.map(RouteReport::render).unwrap_or_default();
+        let target = report.and_then(|r| r.target.as_deref()).unwrap_or("");
         Some(bulwark_audit::receipt::Claims {
             v: 1,
             time_ms: now_ms(),
@@ -442,14 +476,11 @@ impl Answered<'_> {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let decision = header(ROUTE_HEADER).unwrap_or_default();
-        let field = |k: &str| {
-            decision
-                .split("; ")
-                .find_map(|p| p.strip_prefix(k))
-                .map(str::to_owned)
-        };
-        let target = field("target=").unwrap_or_else(|| "none".into());
+        let report = parts.extensions.get::<RouteReport>();
+        let decision = report.map(RouteReport::render).unwrap_or_default();
+        let target = report
+            .and_then(|r| r.target.clone())
+            .unwrap_or_else(|| "none".into());
         let key = self.caller.0.as_ref();
         let tokens = self.tokens.get();
         bulwark_audit::Record {
@@ -464,7 +495,7 @@ impl Answered<'_> {
                 .residency(&target)
                 .and_then(|r| r.jurisdiction.clone()),
             target,
-            class: field("class="),
+            class: report.map(|r| r.class.to_string()),
             decision,
             guard: header(guard::GUARD_HEADER),
             prompt_tokens: tokens.map(|t| t.0),
@@ -795,10 +826,15 @@ async fn serve_inner(
             }
             let h = resp.headers_mut();
             h.insert(cache::CACHE_HEADER, HeaderValue::from_static("hit"));
-            h.insert(
-                ROUTE_HEADER,
-                header_value(&format!("target=cache; class={class}")),
-            );
+            let report = RouteReport {
+                target: Some("cache".into()),
+                class,
+                explain: format!("class={class}"),
+                hedged: false,
+                failed: Vec::new(),
+            };
+            h.insert(ROUTE_HEADER, header_value(&report.render()));
+            resp.extensions_mut().insert(report);
             return resp;
         }
     }
@@ -850,9 +886,10 @@ async fn serve_inner(
         resp.headers_mut()
             .insert(cache::CACHE_HEADER, HeaderValue::from_static("bypass"));
     }
-    if let Some(route) = route {
+    if let Some(report) = route {
         resp.headers_mut()
-            .insert(ROUTE_HEADER, header_value(&route));
+            .insert(ROUTE_HEADER, header_value(&report.render()));
+        resp.extensions_mut().insert(report);
     }
     resp
 }
@@ -863,7 +900,7 @@ async fn dispatch(
     class: DataClass,
     body: JsonObject,
     parsed: Parsed,
-) -> (Result<Response, Error>, Option<String>) {
+) -> (Result<Response, Error>, Option<RouteReport>) {
     let models = &state.models;
     let names = match models.candidates(&body.model) {
         Ok(n) => n,
@@ -890,7 +927,14 @@ async fn dispatch(
             ),
         )
         .with_code("policy_denied");
-        return (Err(Error(err)), Some(format!("target=none; {explain}")));
+        let report = RouteReport {
+            target: None,
+            class,
+            explain,
+            hedged: false,
+            failed: Vec::new(),
+        };
+        return (Err(Error(err)), Some(report));
     }
 
     let endpoint = parsed.endpoint();
@@ -900,6 +944,7 @@ async fn dispatch(
         failed: Vec::new(),
         last_error: None,
         hedged: false,
+        class,
     };
 
     let mut rest: &[&str] = &allowed;
@@ -939,10 +984,13 @@ async fn dispatch(
             return outcome.finish(done, name, &explain);
         }
     }
-    let route = format!(
-        "target=none; {explain}; failed={}",
-        outcome.failed.join(",")
-    );
+    let route = RouteReport {
+        target: None,
+        class,
+        explain,
+        hedged: outcome.hedged,
+        failed: outcome.failed,
+    };
     let err = outcome.last_error.unwrap_or_else(|| {
         Error(
             ApiError::new(ErrorKind::Internal, "No candidate was tried.")
@@ -983,6 +1031,7 @@ struct Outcome {
     failed: Vec<String>,
     last_error: Option<Error>,
     hedged: bool,
+    class: DataClass,
 }
 
 impl Outcome {
@@ -1008,16 +1057,16 @@ impl Outcome {
         done: Result<Response, Error>,
         name: &str,
         explain: &str,
-    ) -> (Result<Response, Error>, Option<String>) {
-        let mut route = format!("target={name}; {explain}");
-        if self.hedged {
-            route.push_str("; hedged");
-        }
-        if !self.failed.is_empty() {
-            route.push_str(&format!("; fallback_from={}", self.failed.join(",")));
-        }
-        tracing::debug!(route = %route, "routed");
-        (done, Some(route))
+    ) -> (Result<Response, Error>, Option<RouteReport>) {
+        let report = RouteReport {
+            target: Some(name.to_owned()),
+            class: self.class,
+            explain: explain.to_owned(),
+            hedged: self.hedged,
+            failed: self.failed,
+        };
+        tracing::debug!(route = %report.render(), "routed");
+        (done, Some(report))
     }
 }
 
@@ -1046,6 +1095,27 @@ mod tests {
         assert_eq!(
             request_class(&h, DataClass::Public).map_err(|e| e.code),
             Err(Some("invalid_data_class"))
+        );
+    }
+
+    #[test]
+    fn the_route_report_renders_the_header() {
+        let mut r = RouteReport {
+            target: Some("eu".into()),
+            class: DataClass::Confidential,
+            explain: "class=confidential; eu=allowed; us=denied (foreign)".into(),
+            hedged: true,
+            failed: vec!["fr(502)".into()],
+        };
+        assert_eq!(
+            r.render(),
+            "target=eu; class=confidential; eu=allowed; us=denied (foreign); hedged; fallback_from=fr(502)"
+        );
+        r.target = None;
+        r.hedged = false;
+        assert_eq!(
+            r.render(),
+            "target=none; class=confidential; eu=allowed; us=denied (foreign); failed=fr(502)"
         );
     }
 
