@@ -255,6 +255,50 @@ fn rewrite(body: &mut Value, new: &mut std::vec::IntoIter<Option<String>>) {
     }
     any(body, new)
 }
+/// Between two fields read together: no detector matches across a blank line.
+const FIELD_SEPARATOR: &str = "\n\n";
+
+/// Reads every non-content leaf that can carry something ([`inert`] ones cannot) in one
+/// pass over them joined, and gives each leaf the findings that fall in it (spans
+/// clipped to it). Injection and smuggling verdicts stay with the returned report,
+/// whose findings are otherwise spread over the leaves.
+fn read_fields(scanner: &Guard, leaves: &[Leaf<'_>], reports: &mut [Report]) -> Option<Report> {
+    let mut joined = String::new();
+    let mut spans = Vec::new();
+    for (i, l) in leaves.iter().enumerate() {
+        if l.content || inert(&l.text) {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.push_str(FIELD_SEPARATOR);
+        }
+        let start = joined.len();
+        joined.push_str(&l.text);
+        spans.push((i, start, joined.len()));
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    let mut report = scanner.scan_operator(&joined);
+    for f in &report.findings {
+        if !matches!(f.category, Category::Pii | Category::Secret) {
+            continue;
+        }
+        for &(i, s, e) in &spans {
+            if f.start < e && s < f.end {
+                let mut g = f.clone();
+                g.start = f.start.max(s) - s;
+                g.end = f.end.min(e) - s;
+                reports[i].findings.push(g);
+            }
+        }
+    }
+    report
+        .findings
+        .retain(|f| !matches!(f.category, Category::Pii | Category::Secret));
+    Some(report)
+}
+
 /// A value found in content joined across parts or messages that no single part holds
 /// whole.
 struct Split {
@@ -484,22 +528,23 @@ impl EdgeGuard {
         // the learned models like the role-play attacks they were trained on: only the
         // rules (and smuggling, PII and credential scans) read them, and every other
         // field of the body.
-        let reports: Vec<Report> = leaves
+        let empty = || Report {
+            injection_score: 0.0,
+            verdict: bulwark_guard::Verdict::Allow,
+            findings: Vec::new(),
+        };
+        let mut reports: Vec<Report> = leaves
             .iter()
-            .map(|l| {
-                if !l.content && inert(&l.text) {
-                    Report {
-                        injection_score: 0.0,
-                        verdict: bulwark_guard::Verdict::Allow,
-                        findings: Vec::new(),
-                    }
-                } else if l.role == Role::Input {
-                    scanner.scan(&l.text)
-                } else {
-                    scanner.scan_operator(&l.text)
-                }
+            .map(|l| match (l.content, l.role) {
+                (false, _) => empty(),
+                (true, Role::Input) => scanner.scan(&l.text),
+                (true, _) => scanner.scan_operator(&l.text),
             })
             .collect();
+        // Every other field (tool definitions, arguments, ids, metadata, keys...) in one
+        // reading, joined: each is read as the operator's text is, and one reading of
+        // many short strings costs a fraction of reading each alone.
+        let fields = read_fields(scanner, &leaves, &mut reports);
         // A value split across content parts or messages: the content joined as the
         // model reads it, and what crosses a boundary.
         let pieces = split_values(&leaves, &reports);
@@ -516,10 +561,12 @@ impl EdgeGuard {
         known.extend(pieces.iter().map(|p| p.value.clone()));
         let mut injection = reports
             .iter()
+            .chain(&fields)
             .map(|r| r.injection_score)
             .fold(0f32, f32::max);
         let mut why: Vec<String> = reports
             .iter()
+            .chain(&fields)
             .flat_map(|r| r.of(Category::Injection).chain(r.of(Category::Smuggling)))
             .map(|f| f.reason.clone())
             .collect();
@@ -544,6 +591,7 @@ impl EdgeGuard {
         let all = || {
             reports
                 .iter()
+                .chain(&fields)
                 .flat_map(|r| r.findings.iter())
                 .chain(pieces.iter().map(|p| &p.finding))
         };
