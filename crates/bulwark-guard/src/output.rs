@@ -247,19 +247,25 @@ pub const MAX_HELD: usize = 2048;
 fn open_link(s: &str, bare: bool) -> Option<usize> {
     let mut best = None;
     if bare {
+        // The text after the last character a URL cannot hold: a URL still being
+        // written, or the start of one (`ht`, `https:/`).
         let w = s
-            .rfind(char::is_whitespace)
+            .rfind(|c: char| c.is_whitespace() || "<>\"'(){}".contains(c))
             .map_or(0, |i| i + s[i..].chars().next().map_or(1, char::len_utf8));
         let word = s[w..].to_ascii_lowercase();
-        let maybe = !word.is_empty()
-            && (word.contains("://")
-                || ["https://", "http://", "ftp://", "wss://", "ws://"]
-                    .iter()
-                    .any(|p| {
-                        word.ends_with(&p[..word.len().min(p.len())]) || p.starts_with(&word)
-                    }));
-        if maybe {
+        if word.contains("://") {
             best = Some(w);
+        } else {
+            const SCHEMES: [&str; 5] = ["https://", "http://", "ftp://", "wss://", "ws://"];
+            let partial = (1..=word.len().min(8)).rev().find(|&k| {
+                word.is_char_boundary(word.len() - k)
+                    && SCHEMES
+                        .iter()
+                        .any(|p| p.starts_with(&word[word.len() - k..]))
+            });
+            if let Some(k) = partial {
+                best = Some(s.len() - k);
+            }
         }
     }
     if let Some(i) = s.rfind('[') {

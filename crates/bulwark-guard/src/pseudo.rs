@@ -154,16 +154,30 @@ impl Vault {
 
     /// Puts the originals back for every placeholder this vault issued.
     pub fn restore(&self, text: &str) -> String {
+        self.restore_as(text, false)
+    }
+
+    /// As [`Vault::restore`]; with `json`, each original is escaped as inside a JSON
+    /// string (for text that is itself JSON, such as a tool call's arguments: a PEM
+    /// key's line breaks must not break it).
+    pub fn restore_as(&self, text: &str, json: bool) -> String {
         if self.originals.is_empty() || !text.contains('[') {
             return text.to_owned();
         }
         placeholder_re()
             .replace_all(text, |c: &regex::Captures<'_>| {
                 let p = &c[0];
-                self.originals
-                    .get(p)
-                    .cloned()
-                    .unwrap_or_else(|| p.to_owned())
+                match self.originals.get(p) {
+                    None => p.to_owned(),
+                    Some(v) if json => {
+                        let quoted = serde_json::to_string(v).unwrap_or_default();
+                        quoted
+                            .get(1..quoted.len().saturating_sub(1))
+                            .unwrap_or("")
+                            .to_owned()
+                    }
+                    Some(v) => v.clone(),
+                }
             })
             .into_owned()
     }
@@ -216,6 +230,7 @@ pub fn redact(text: &str, findings: &[Finding]) -> String {
 pub struct Restorer {
     vault: Arc<Vault>,
     pending: String,
+    json: bool,
 }
 
 /// Where a tail that could still grow into a placeholder starts, if any.
@@ -241,6 +256,15 @@ impl Restorer {
         Restorer {
             vault,
             pending: String::new(),
+            json: false,
+        }
+    }
+
+    /// A restorer for text that is itself JSON ([`Vault::restore_as`]).
+    pub fn json(vault: Arc<Vault>) -> Self {
+        Restorer {
+            json: true,
+            ..Restorer::new(vault)
         }
     }
 
@@ -249,13 +273,13 @@ impl Restorer {
         self.pending.push_str(piece);
         let cut = open_tail(&self.pending).unwrap_or(self.pending.len());
         let ready: String = self.pending.drain(..cut).collect();
-        self.vault.restore(&ready)
+        self.vault.restore_as(&ready, self.json)
     }
 
     /// Whatever is held back, at the end of the stream.
     pub fn finish(&mut self) -> String {
         let rest = std::mem::take(&mut self.pending);
-        self.vault.restore(&rest)
+        self.vault.restore_as(&rest, self.json)
     }
 }
 

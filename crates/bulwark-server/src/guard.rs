@@ -817,6 +817,23 @@ struct ChoiceFilter {
     /// Personal data the answer added, when it is screened for it (named at the end
     /// of the stream).
     added: Option<PiiTally>,
+    /// Each tool call's arguments, by its index: placeholders restored (JSON-escaped)
+    /// after URLs that hold one are defused, when something was pseudonymised.
+    tools: std::collections::BTreeMap<u64, (LinkGate, Restorer)>,
+}
+
+/// A tool call's arguments through the placeholder gate and the restorer.
+fn pass_arguments(filter: &mut (LinkGate, Restorer), text: &str, last: bool) -> String {
+    let (gate, restorer) = filter;
+    let mut out = gate.push(text);
+    if last {
+        out.push_str(&gate.finish());
+    }
+    let mut restored = restorer.push(&out);
+    if last {
+        restored.push_str(&restorer.finish());
+    }
+    restored
 }
 
 impl ChoiceFilter {
@@ -1046,6 +1063,7 @@ fn filter_event(
             secrets: gate.map(|redact| SecretGate::new(redact, Arc::clone(known))),
             canary: canary.as_deref().map(CanaryWatch::new),
             added: gate.map(|_| PiiTally::default()),
+            tools: Default::default(),
         });
         let slot = if c.pointer("/delta").is_some() {
             "/delta/content"
@@ -1058,6 +1076,9 @@ fn filter_event(
             .unwrap_or("")
             .to_owned();
         let out = f.pass(&text, finished, known);
+        if let Some(v) = vault {
+            changed |= restore_tool_deltas(c, &mut f.tools, v, finished);
+        }
         if out == text {
             continue;
         }
@@ -1076,6 +1097,63 @@ fn filter_event(
     } else {
         event
     }
+}
+
+/// Restores placeholders in a streamed choice's tool-call argument deltas; at the
+/// choice's end, whatever each call's filter held back goes out in this event. True when
+/// the event changed.
+fn restore_tool_deltas(
+    choice: &mut Value,
+    tools: &mut std::collections::BTreeMap<u64, (LinkGate, Restorer)>,
+    vault: &Arc<Vault>,
+    finished: bool,
+) -> bool {
+    let mut changed = false;
+    let new = || {
+        (
+            LinkGate::with_values(false, placeholders(vault)),
+            Restorer::json(Arc::clone(vault)),
+        )
+    };
+    if let Some(calls) = choice
+        .pointer_mut("/delta/tool_calls")
+        .and_then(Value::as_array_mut)
+    {
+        for call in calls {
+            let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let Some(args) = call.pointer_mut("/function/arguments") else {
+                continue;
+            };
+            let text = args.as_str().unwrap_or("").to_owned();
+            let filter = tools.entry(index).or_insert_with(new);
+            let out = pass_arguments(filter, &text, false);
+            if out != text {
+                *args = Value::String(out);
+                changed = true;
+            }
+        }
+    }
+    if finished {
+        let mut rest = Vec::new();
+        for (index, filter) in tools.iter_mut() {
+            let tail = pass_arguments(filter, "", true);
+            if !tail.is_empty() {
+                rest.push(serde_json::json!({"index": index, "function": {"arguments": tail}}));
+            }
+        }
+        if !rest.is_empty() {
+            if let Some(d) = choice.get_mut("delta").and_then(Value::as_object_mut) {
+                match d.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                    Some(list) => list.extend(rest),
+                    None => {
+                        d.insert("tool_calls".into(), Value::Array(rest));
+                    }
+                }
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// A non-streamed answer, read whole once: originals restored, then (for JSON answers)
@@ -1114,6 +1192,30 @@ async fn screen_answer(
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
+    let mut changed = false;
+    let mut found: Vec<&'static str> = Vec::new();
+    if let Some(vault) = &vault {
+        let hidden = placeholders(vault);
+        // Tool calls' arguments: a URL holding a placeholder defused, then the values
+        // restored, escaped for the JSON text the arguments are.
+        if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
+            for c in choices {
+                let calls = c
+                    .pointer_mut("/message/tool_calls")
+                    .and_then(Value::as_array_mut);
+                for call in calls.into_iter().flatten() {
+                    if let Some(Value::String(args)) = call.pointer_mut("/function/arguments") {
+                        let (defused, kinds) =
+                            bulwark_guard::output::defuse_with(args, false, &hidden);
+                        found.extend(kinds.into_iter().filter(|k| *k == "exfiltration_data"));
+                        let restored = vault.restore_as(&defused, true);
+                        changed |= restored != *args;
+                        *args = restored;
+                    }
+                }
+            }
+        }
+    }
     let mut texts: Vec<&mut String> = Vec::new();
     if let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) {
         for c in choices {
@@ -1128,8 +1230,6 @@ async fn screen_answer(
             }
         }
     }
-    let mut changed = false;
-    let mut found: Vec<&'static str> = Vec::new();
     if let Some(vault) = &vault {
         let hidden = placeholders(vault);
         for t in texts.iter_mut() {

