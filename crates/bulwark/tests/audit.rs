@@ -192,6 +192,26 @@ async fn every_request_is_recorded_and_the_chain_verifies() {
     std::fs::write(&seg, bytes).unwrap_or_else(|e| panic!("{e}"));
     let (ok, out, _) = run(&["audit", "verify", "--dir", &s.log_dir()]);
     assert!(!ok && out.starts_with("BROKEN at seg-"), "{out}");
+    // A gateway on that log refuses to start, and never says it listens.
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&s.cfg)
+        .env("BULWARK_DATA_DIR", &s.data)
+        .env("BULWARK_MODEL_DIR", bulwark_testkit::model_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -726,4 +746,136 @@ async fn a_stream_the_upstream_cut_off_is_recorded_as_not_completed() {
     }
     drop(b);
     assert_eq!(end["completed"], false, "{end}");
+}
+
+/// A tmpfs of `bytes` mounted at `dir`, unmounted on drop (the suite runs as root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, bytes: usize) -> Self {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "could not mount a tmpfs (this test fills a disk; run the suite as root)"
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_requests_and_loses_no_acknowledged_one() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("audit-full-disk");
+    let disk = dir.0.join("disk");
+    let _fs = Tmpfs::mount(&disk, 192 * 1024);
+    let keys = dir.0.join("auditor");
+    let (ok, _, err) = run(&["audit", "keygen", "--out", keys.to_str().unwrap_or("")]);
+    assert!(ok, "{err}");
+    let log = disk.join("audit");
+    let cfg = dir.write(
+        "bulwark.toml",
+        &format!(
+            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\njurisdiction = \"FR\"\ntrust = \"private\"\nmodels = {{ \"m\" = \"m\" }}\n\
+             [audit]\npublic_key = \"auditor/audit.pub\"\ndir = \"{}\"\ndurability = \"sync\"\n",
+            mock.base_url(),
+            log.display()
+        ),
+    );
+    let data = dir.0.join("data").to_string_lossy().into_owned();
+    // Leave the log a little room.
+    let ballast = disk.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 150 * 1024]).unwrap_or_else(|e| panic!("{e}"));
+    let b = common::start_with(Some(&cfg), &[("BULWARK_DATA_DIR", &data)]).await;
+    let client = reqwest::Client::new();
+    let base = b.url("");
+    let base = base.trim_end_matches('/').to_owned();
+    // Concurrent traffic until the disk is full and requests are refused.
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for round in 0..40 {
+        let answers = futures_util::future::join_all((0..8).map(|i| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let r = client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(&json!({"model": "m", "messages": [{"role": "user", "content": format!("fill {round} {i}")}]}))
+                    .send()
+                    .await
+                    .ok()?;
+                let status = r.status().as_u16();
+                let id = r.headers().get("x-request-id")?.to_str().ok()?.to_owned();
+                let body = r.text().await.ok()?;
+                Some((status, id, body))
+            }
+        }))
+        .await;
+        for (status, id, body) in answers.into_iter().flatten() {
+            match status {
+                200 => acked.push(id),
+                503 => {
+                    assert!(body.contains("audit_unavailable"), "{body}");
+                    refused += 1;
+                }
+                s => panic!("unexpected {s}: {body}"),
+            }
+        }
+        if refused > 10 {
+            break;
+        }
+    }
+    assert!(refused > 0, "the disk never filled");
+    // Space returns: service resumes.
+    std::fs::remove_file(&ballast).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..20 {
+        let id = ask(&client, &base, format!("after {i}")).await;
+        acked.push(id.unwrap_or_else(|| panic!("request {i} after space returned was refused")));
+    }
+    drop(b);
+    let log_s = log.to_string_lossy().into_owned();
+    let (ok, out, _) = run(&["audit", "verify", "--dir", &log_s]);
+    assert!(ok, "{out}");
+    let key = keys.join("audit.key");
+    let (ok, out, err) = run(&[
+        "audit",
+        "export",
+        "--dir",
+        &log_s,
+        "--key",
+        key.to_str().unwrap_or(""),
+    ]);
+    assert!(ok, "{err}");
+    let recorded: BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["status"] == 200)
+        .filter_map(|r| r["request_id"].as_str().map(str::to_owned))
+        .collect();
+    for id in &acked {
+        assert!(
+            recorded.contains(id),
+            "acknowledged request {id} is not in the log"
+        );
+    }
+    // And a restart on that log works.
+    let b = common::start_with(Some(&cfg), &[("BULWARK_DATA_DIR", &data)]).await;
+    assert!(ask(
+        &client,
+        &b.url("").trim_end_matches('/').to_owned(),
+        "again".into()
+    )
+    .await
+    .is_some());
 }
