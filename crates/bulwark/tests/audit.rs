@@ -871,11 +871,9 @@ async fn a_full_disk_refuses_requests_and_loses_no_acknowledged_one() {
     }
     // And a restart on that log works.
     let b = common::start_with(Some(&cfg), &[("BULWARK_DATA_DIR", &data)]).await;
-    assert!(ask(
-        &client,
-        &b.url("").trim_end_matches('/').to_owned(),
-        "again".into()
-    )
-    .await
-    .is_some());
+    assert!(
+        ask(&client, b.url("").trim_end_matches('/'), "again".into())
+            .await
+            .is_some()
+    );
 }
