@@ -25,7 +25,7 @@ use serde_json::{json, Map, Value};
 use crate::{ApiError, ErrorKind};
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorKind::InvalidRequest, message).with_code("invalid_request")
+    ApiError::new(ErrorKind::InvalidRequest, message).with_code(crate::ErrorCode::InvalidRequest)
 }
 
 /// Anthropic's error `type` for one of ours.

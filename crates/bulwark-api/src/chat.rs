@@ -138,7 +138,7 @@ pub(crate) fn from_value<T: serde::de::DeserializeOwned>(value: &Value) -> Resul
                 crate::ErrorKind::InvalidRequest,
                 format!("Invalid request body: {inner}."),
             )
-            .with_code("invalid_request")
+            .with_code(crate::ErrorCode::InvalidRequest)
         } else {
             let param = path.split(['.', '[']).next().unwrap_or(&path).to_owned();
             ApiError::new(
@@ -146,7 +146,7 @@ pub(crate) fn from_value<T: serde::de::DeserializeOwned>(value: &Value) -> Resul
                 format!("Invalid value for `{path}`: {inner}."),
             )
             .with_param(param)
-            .with_code("invalid_value")
+            .with_code(crate::ErrorCode::InvalidValue)
         }
     })
 }

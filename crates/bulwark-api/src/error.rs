@@ -76,6 +76,120 @@ impl ErrorKind {
     }
 }
 
+/// Every machine-readable error code the gateway answers with (`error.code`), in one
+/// place: clients and the audit log match on these strings, so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    AdminApiOff,
+    AuditUnavailable,
+    BudgetExceeded,
+    ChatTemplateError,
+    ContextLengthExceeded,
+    DataClassNotAllowed,
+    EngineError,
+    GuardProfileUnknown,
+    InternalError,
+    InvalidAdminToken,
+    InvalidApiKey,
+    InvalidDataClass,
+    InvalidJson,
+    InvalidKeySpec,
+    InvalidRequest,
+    InvalidScanRequest,
+    InvalidValue,
+    KeyDatabaseError,
+    KeyNotFound,
+    MethodNotAllowed,
+    MissingApiKey,
+    MissingField,
+    ModelLoading,
+    ModelNotAllowed,
+    ModelNotFound,
+    PiiDetected,
+    PolicyDenied,
+    PolicyUnknown,
+    PromptInjectionDetected,
+    QueueFull,
+    RateLimitExceeded,
+    RequestTimeout,
+    RequestTooLarge,
+    SecretDetected,
+    SystemPromptLeak,
+    TokenRateLimitExceeded,
+    UnknownRoute,
+    UnsupportedMediaType,
+    UnsupportedParameter,
+    UpstreamCircuitOpen,
+    UpstreamError,
+    UpstreamInvalidAnswer,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamRejectedRequest,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::AdminApiOff => "admin_api_off",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
+            ErrorCode::ChatTemplateError => "chat_template_error",
+            ErrorCode::ContextLengthExceeded => "context_length_exceeded",
+            ErrorCode::DataClassNotAllowed => "data_class_not_allowed",
+            ErrorCode::EngineError => "engine_error",
+            ErrorCode::GuardProfileUnknown => "guard_profile_unknown",
+            ErrorCode::InternalError => "internal_error",
+            ErrorCode::InvalidAdminToken => "invalid_admin_token",
+            ErrorCode::InvalidApiKey => "invalid_api_key",
+            ErrorCode::InvalidDataClass => "invalid_data_class",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidKeySpec => "invalid_key_spec",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidScanRequest => "invalid_scan_request",
+            ErrorCode::InvalidValue => "invalid_value",
+            ErrorCode::KeyDatabaseError => "key_database_error",
+            ErrorCode::KeyNotFound => "key_not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::MissingApiKey => "missing_api_key",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::ModelLoading => "model_loading",
+            ErrorCode::ModelNotAllowed => "model_not_allowed",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::PiiDetected => "pii_detected",
+            ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::PolicyUnknown => "policy_unknown",
+            ErrorCode::PromptInjectionDetected => "prompt_injection_detected",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::RateLimitExceeded => "rate_limit_exceeded",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::RequestTooLarge => "request_too_large",
+            ErrorCode::SecretDetected => "secret_detected",
+            ErrorCode::SystemPromptLeak => "system_prompt_leak",
+            ErrorCode::TokenRateLimitExceeded => "token_rate_limit_exceeded",
+            ErrorCode::UnknownRoute => "unknown_route",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::UnsupportedParameter => "unsupported_parameter",
+            ErrorCode::UpstreamCircuitOpen => "upstream_circuit_open",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::UpstreamInvalidAnswer => "upstream_invalid_answer",
+            ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
+            ErrorCode::UpstreamRejected => "upstream_rejected",
+            ErrorCode::UpstreamRejectedRequest => "upstream_rejected_request",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error for a client, with everything needed to render it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
@@ -85,7 +199,7 @@ pub struct ApiError {
     /// The request field at fault, e.g. `messages` or `max_tokens`.
     pub param: Option<String>,
     /// A stable machine-readable code, e.g. `model_not_found`.
-    pub code: Option<&'static str>,
+    pub code: Option<ErrorCode>,
     /// For 429 and 503: seconds after which a retry may succeed.
     pub retry_after_secs: Option<u64>,
 }
@@ -104,7 +218,7 @@ impl ApiError {
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
         ApiError::new(ErrorKind::InvalidRequest, message)
             .with_param(param)
-            .with_code("invalid_value")
+            .with_code(crate::ErrorCode::InvalidValue)
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -116,7 +230,7 @@ impl ApiError {
             ),
         )
         .with_param("model")
-        .with_code("model_not_found")
+        .with_code(crate::ErrorCode::ModelNotFound)
     }
 
     #[must_use]
@@ -126,7 +240,7 @@ impl ApiError {
     }
 
     #[must_use]
-    pub fn with_code(mut self, code: &'static str) -> Self {
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
         self.code = Some(code);
         self
     }
@@ -148,7 +262,7 @@ impl ApiError {
                 message: &self.message,
                 r#type: self.kind.type_str(),
                 param: self.param.as_deref(),
-                code: self.code,
+                code: self.code.map(ErrorCode::as_str),
             },
         }
     }

@@ -12,4 +12,4 @@ pub mod error;
 pub mod response;
 pub mod sampling;
 
-pub use error::{ApiError, ErrorKind};
+pub use error::{ApiError, ErrorCode, ErrorKind};

@@ -84,7 +84,7 @@ pub async fn count_tokens(
                     ErrorKind::PermissionDenied,
                     format!("This key may not use the model `{}`.", body.model),
                 )
-                .with_code("model_not_allowed"),
+                .with_code(bulwark_api::ErrorCode::ModelNotAllowed),
             )
             .into_response();
         }
@@ -203,7 +203,7 @@ pub async fn render(resp: Response, model: &str) -> Response {
             tracing::warn!(error = %e, "answer body failed while translating it");
             return Error(
                 ApiError::new(ErrorKind::BadGateway, "The answer could not be read.")
-                    .with_code("upstream_unavailable"),
+                    .with_code(bulwark_api::ErrorCode::UpstreamUnavailable),
             )
             .into_response();
         }
@@ -214,7 +214,7 @@ pub async fn render(resp: Response, model: &str) -> Response {
                 ErrorKind::BadGateway,
                 "The model's answer was not a chat completion.",
             )
-            .with_code("upstream_invalid_answer"),
+            .with_code(bulwark_api::ErrorCode::UpstreamInvalidAnswer),
         )
         .into_response();
     };

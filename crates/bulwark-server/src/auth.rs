@@ -72,7 +72,7 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
                 ErrorKind::Authentication,
                 "This gateway requires an API key: send `Authorization: Bearer <key>` (create one with `bulwark keys create NAME`).",
             )
-            .with_code("missing_api_key"),
+            .with_code(bulwark_api::ErrorCode::MissingApiKey),
         )
         .into_response(),
         Err(AuthError::Invalid) => Error(
@@ -80,7 +80,7 @@ pub async fn require_key(State(state): State<AppState>, mut req: Request, next: 
                 ErrorKind::Authentication,
                 "The API key is not valid: it is malformed, unknown or revoked.",
             )
-            .with_code("invalid_api_key"),
+            .with_code(bulwark_api::ErrorCode::InvalidApiKey),
         )
         .into_response(),
     }
@@ -100,7 +100,7 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
                 ErrorKind::NotFound,
                 "The admin API is off; set `admin_token_env` in [keys] to turn it on, or use `bulwark keys`.",
             )
-            .with_code("admin_api_off"),
+            .with_code(bulwark_api::ErrorCode::AdminApiOff),
         ));
     };
     // Only `Authorization: Bearer`: the admin token is not an API key, and is not
@@ -113,7 +113,7 @@ fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
                 ErrorKind::Authentication,
                 "The admin API needs the admin token: `Authorization: Bearer <token>`.",
             )
-            .with_code("invalid_admin_token"),
+            .with_code(bulwark_api::ErrorCode::InvalidAdminToken),
         )),
     }
 }
@@ -122,10 +122,10 @@ fn keys_error(e: KeysError) -> Error {
     match e {
         KeysError::NotFound(id) => Error(
             ApiError::new(ErrorKind::NotFound, format!("No key with id `{id}`."))
-                .with_code("key_not_found"),
+                .with_code(bulwark_api::ErrorCode::KeyNotFound),
         ),
         KeysError::Invalid(msg) => {
-            Error(ApiError::invalid("key", msg).with_code("invalid_key_spec"))
+            Error(ApiError::invalid("key", msg).with_code(bulwark_api::ErrorCode::InvalidKeySpec))
         }
         e => {
             tracing::error!(error = %e, "key database failure");
@@ -134,7 +134,7 @@ fn keys_error(e: KeysError) -> Error {
                     ErrorKind::Internal,
                     "The key database failed; see the gateway's log.",
                 )
-                .with_code("key_database_error"),
+                .with_code(bulwark_api::ErrorCode::KeyDatabaseError),
             )
         }
     }
@@ -150,7 +150,7 @@ pub fn check_spec(state: &AppState, spec: &KeySpec) -> Result<(), Error> {
                     "guard",
                     format!("No guard profile named `{g}` is configured ([guard.profiles.NAME])."),
                 )
-                .with_code("invalid_key_spec"),
+                .with_code(bulwark_api::ErrorCode::InvalidKeySpec),
             ));
         }
     }
@@ -169,7 +169,7 @@ pub fn check_spec(state: &AppState, spec: &KeySpec) -> Result<(), Error> {
                         }
                     ),
                 )
-                .with_code("invalid_key_spec"),
+                .with_code(bulwark_api::ErrorCode::InvalidKeySpec),
             ));
         }
     }
@@ -187,7 +187,7 @@ pub async fn create_key(State(state): State<AppState>, req: Request) -> Result<R
     let spec: KeySpec = serde_json::from_value(body).map_err(|e| {
         Error(
             ApiError::invalid("key", format!("The key spec is not valid: {e}."))
-                .with_code("invalid_key_spec"),
+                .with_code(bulwark_api::ErrorCode::InvalidKeySpec),
         )
     })?;
     check_spec(&state, &spec)?;

@@ -29,7 +29,7 @@ impl From<EngineError> for Error {
             EngineError::PromptTooLong { .. } => {
                 ApiError::new(ErrorKind::InvalidRequest, e.to_string())
                     .with_param("messages")
-                    .with_code("context_length_exceeded")
+                    .with_code(bulwark_api::ErrorCode::ContextLengthExceeded)
             }
             EngineError::EmptyPrompt => ApiError::invalid(
                 "prompt",
@@ -39,18 +39,18 @@ impl From<EngineError> for Error {
                 ErrorKind::RateLimited,
                 format!("{e}; the local model is busy, retry shortly."),
             )
-            .with_code("queue_full")
+            .with_code(bulwark_api::ErrorCode::QueueFull)
             .with_retry_after(1),
             EngineError::Template(t) => ApiError::new(
                 ErrorKind::InvalidRequest,
                 format!("The model's chat template rejected these messages: {t}"),
             )
             .with_param("messages")
-            .with_code("chat_template_error"),
+            .with_code(bulwark_api::ErrorCode::ChatTemplateError),
             _ => {
                 tracing::error!(error = %e, "local engine error");
                 ApiError::new(ErrorKind::Internal, format!("The local engine failed: {e}"))
-                    .with_code("engine_error")
+                    .with_code(bulwark_api::ErrorCode::EngineError)
             }
         };
         Error(api)
@@ -61,11 +61,14 @@ impl From<UpstreamError> for Error {
     fn from(e: UpstreamError) -> Self {
         tracing::warn!(error = %e, "upstream error");
         let api = if matches!(e, UpstreamError::CircuitOpen { .. }) {
-            ApiError::new(ErrorKind::Unavailable, e.to_string()).with_code("upstream_circuit_open")
+            ApiError::new(ErrorKind::Unavailable, e.to_string())
+                .with_code(bulwark_api::ErrorCode::UpstreamCircuitOpen)
         } else if e.is_timeout() {
-            ApiError::new(ErrorKind::GatewayTimeout, e.to_string()).with_code("upstream_timeout")
+            ApiError::new(ErrorKind::GatewayTimeout, e.to_string())
+                .with_code(bulwark_api::ErrorCode::UpstreamTimeout)
         } else {
-            ApiError::new(ErrorKind::BadGateway, e.to_string()).with_code("upstream_unavailable")
+            ApiError::new(ErrorKind::BadGateway, e.to_string())
+                .with_code(bulwark_api::ErrorCode::UpstreamUnavailable)
         };
         Error(api)
     }
@@ -75,7 +78,10 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let e = self.0;
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = ErrorCode(e.code.unwrap_or(e.kind.type_str()));
+        let code = ErrorCode(
+            e.code
+                .map_or(e.kind.type_str(), bulwark_api::ErrorCode::as_str),
+        );
         let mut resp = (
             status,
             [(

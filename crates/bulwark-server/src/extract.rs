@@ -25,7 +25,7 @@ fn too_large(limit: usize) -> Error {
             ErrorKind::PayloadTooLarge,
             format!("The request body is larger than the limit of {limit} bytes (server.max_body_bytes)."),
         )
-        .with_code("request_too_large"),
+        .with_code(bulwark_api::ErrorCode::RequestTooLarge),
     )
 }
 
@@ -61,7 +61,7 @@ async fn read_json(req: Request, state: &AppState) -> Result<Value, Error> {
                 ErrorKind::UnsupportedMediaType,
                 format!("Expected `Content-Type: application/json`, got {shown}."),
             )
-            .with_code("unsupported_media_type"),
+            .with_code(bulwark_api::ErrorCode::UnsupportedMediaType),
         ));
     }
     let limit = state.max_body_bytes;
@@ -85,7 +85,7 @@ async fn read_json(req: Request, state: &AppState) -> Result<Value, Error> {
                     deadline.as_millis()
                 ),
             )
-            .with_code("request_timeout"),
+            .with_code(bulwark_api::ErrorCode::RequestTimeout),
         ));
     };
     let bytes = read.map_err(|e| {
@@ -106,7 +106,7 @@ async fn read_json(req: Request, state: &AppState) -> Result<Value, Error> {
                 ErrorKind::InvalidRequest,
                 format!("The request body is not valid JSON: {e}."),
             )
-            .with_code("invalid_json"),
+            .with_code(bulwark_api::ErrorCode::InvalidJson),
         )
     })
 }
@@ -122,7 +122,7 @@ impl FromRequest<AppState> for JsonObject {
                     ErrorKind::InvalidRequest,
                     "The request body must be a JSON object.",
                 )
-                .with_code("invalid_json"),
+                .with_code(bulwark_api::ErrorCode::InvalidJson),
             ));
         };
         let model = match obj.get("model") {
@@ -137,7 +137,7 @@ impl FromRequest<AppState> for JsonObject {
                 return Err(Error(
                     ApiError::new(ErrorKind::InvalidRequest, "Missing required field `model`.")
                         .with_param("model")
-                        .with_code("missing_field"),
+                        .with_code(bulwark_api::ErrorCode::MissingField),
                 ))
             }
         };

@@ -609,7 +609,7 @@ impl EdgeGuard {
                         why.first().map_or("", String::as_str)
                     ),
                 )
-                .with_code("prompt_injection_detected"));
+                .with_code(bulwark_api::ErrorCode::PromptInjectionDetected));
             }
             if cfg.injection != GuardAction::Allow {
                 notes.push(format!("injection={injection:.2}"));
@@ -624,8 +624,16 @@ impl EdgeGuard {
             ..Screened::default()
         };
         for (cat, class, code) in [
-            (Category::Pii, cfg.pii_class, "pii_detected"),
-            (Category::Secret, cfg.secret_class, "secret_detected"),
+            (
+                Category::Pii,
+                cfg.pii_class,
+                bulwark_api::ErrorCode::PiiDetected,
+            ),
+            (
+                Category::Secret,
+                cfg.secret_class,
+                bulwark_api::ErrorCode::SecretDetected,
+            ),
         ] {
             let found = kinds(all().filter(|f| f.category == cat));
             if found.is_empty() {
@@ -1184,7 +1192,7 @@ async fn screen_answer(
             tracing::warn!(error = %e, "answer body failed while screening it");
             return crate::error::Error(
                 ApiError::new(ErrorKind::BadGateway, "The answer could not be read.")
-                    .with_code("upstream_unavailable"),
+                    .with_code(bulwark_api::ErrorCode::UpstreamUnavailable),
             )
             .into_response();
         }
@@ -1253,7 +1261,7 @@ async fn screen_answer(
                         ErrorKind::PermissionDenied,
                         "The answer was withheld: it repeats this request's system prompt (its canary appeared).",
                     )
-                    .with_code("system_prompt_leak"),
+                    .with_code(bulwark_api::ErrorCode::SystemPromptLeak),
                 )
                 .into_response();
             }

@@ -120,7 +120,7 @@ async fn not_found(uri: http::Uri) -> Error {
             ErrorKind::NotFound,
             format!("No route for `{}`.", uri.path()),
         )
-        .with_code("unknown_route"),
+        .with_code(bulwark_api::ErrorCode::UnknownRoute),
     )
 }
 
@@ -130,7 +130,7 @@ async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Error {
             ErrorKind::MethodNotAllowed,
             format!("`{method}` is not allowed on `{}`.", uri.path()),
         )
-        .with_code("method_not_allowed"),
+        .with_code(bulwark_api::ErrorCode::MethodNotAllowed),
     )
 }
 
@@ -141,7 +141,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
             ErrorKind::Internal,
             "Internal error; the request was not completed.",
         )
-        .with_code("internal_error"),
+        .with_code(bulwark_api::ErrorCode::InternalError),
     ))
 }
 

@@ -36,7 +36,7 @@ fn unsupported(param: &str, what: &str) -> Error {
             format!("{what} is not supported by the local engine yet."),
         )
         .with_param(param)
-        .with_code("unsupported_parameter"),
+        .with_code(bulwark_api::ErrorCode::UnsupportedParameter),
     )
 }
 
@@ -61,7 +61,8 @@ async fn collect(mut generation: Generation) -> Result<Collected, Error> {
             }
             Event::Failed(msg) => {
                 return Err(Error(
-                    ApiError::new(ErrorKind::Internal, msg).with_code("engine_error"),
+                    ApiError::new(ErrorKind::Internal, msg)
+                        .with_code(bulwark_api::ErrorCode::EngineError),
                 ))
             }
         }
@@ -71,7 +72,7 @@ async fn collect(mut generation: Generation) -> Result<Collected, Error> {
             ErrorKind::Internal,
             "The local engine stopped mid-generation.",
         )
-        .with_code("engine_error"),
+        .with_code(bulwark_api::ErrorCode::EngineError),
     ))
 }
 
@@ -225,7 +226,8 @@ where
                 Some((out, None))
             }
             Some(Event::Failed(msg)) => {
-                let err = ApiError::new(ErrorKind::Internal, msg).with_code("engine_error");
+                let err = ApiError::new(ErrorKind::Internal, msg)
+                    .with_code(bulwark_api::ErrorCode::EngineError);
                 let frame = Bytes::from(format!("data: {}\n\n", err.body_json()));
                 Some((vec![frame, Bytes::from_static(sse::DONE)], None))
             }

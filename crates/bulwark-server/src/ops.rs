@@ -229,7 +229,9 @@ pub async fn guard_scan(
     State(state): State<AppState>,
     crate::extract::JsonBody(v): crate::extract::JsonBody,
 ) -> Result<Response, Error> {
-    let bad = |m: String| Error(ApiError::invalid("text", m).with_code("invalid_scan_request"));
+    let bad = |m: String| {
+        Error(ApiError::invalid("text", m).with_code(bulwark_api::ErrorCode::InvalidScanRequest))
+    };
     let texts: Vec<String> = match v.get("text") {
         Some(serde_json::Value::String(s)) => vec![s.clone()],
         Some(serde_json::Value::Array(a)) => a

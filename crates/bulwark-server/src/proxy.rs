@@ -152,14 +152,14 @@ pub async fn forward(
                      Check its api_key_env and model mapping in the gateway's config."
                 ),
             )
-            .with_code("upstream_rejected"),
+            .with_code(bulwark_api::ErrorCode::UpstreamRejected),
         )),
         429 => {
             let mut e = ApiError::new(
                 ErrorKind::RateLimited,
                 format!("Upstream `{upstream}` is rate limiting: {upstream_message}"),
             )
-            .with_code("upstream_rate_limited");
+            .with_code(bulwark_api::ErrorCode::UpstreamRateLimited);
             if let Some(secs) = resp
                 .retry_after
                 .as_deref()
@@ -178,14 +178,14 @@ pub async fn forward(
                     "Upstream `{upstream}` refused the request with {status}: {upstream_message}"
                 ),
             )
-            .with_code("upstream_rejected_request"),
+            .with_code(bulwark_api::ErrorCode::UpstreamRejectedRequest),
         )),
         _ => Err(Error(
             ApiError::new(
                 ErrorKind::BadGateway,
                 format!("Upstream `{upstream}` failed with {status}: {upstream_message}"),
             )
-            .with_code("upstream_error"),
+            .with_code(bulwark_api::ErrorCode::UpstreamError),
         )),
     }
 }

@@ -151,7 +151,7 @@ pub fn request_class(headers: &HeaderMap, default: DataClass) -> Result<DataClas
                         ErrorKind::InvalidRequest,
                         format!("Header `{CLASS_HEADER}`: {e}."),
                     )
-                    .with_code("invalid_data_class")
+                    .with_code(bulwark_api::ErrorCode::InvalidDataClass)
                 })?;
             class = class.max(c);
         }
@@ -164,7 +164,7 @@ fn retryable(e: &Error) -> bool {
     matches!(
         e.0.kind,
         ErrorKind::BadGateway | ErrorKind::GatewayTimeout | ErrorKind::Unavailable
-    ) || e.0.code == Some("queue_full")
+    ) || e.0.code == Some(bulwark_api::ErrorCode::QueueFull)
 }
 
 /// A header value from text, non-printable characters replaced.
@@ -182,15 +182,24 @@ pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("unavailable"))
 }
 
-fn denied(code: &'static str, message: String) -> Response {
+fn denied(code: bulwark_api::ErrorCode, message: String) -> Response {
     Error(ApiError::new(ErrorKind::PermissionDenied, message).with_code(code)).into_response()
 }
 
 fn limited(l: Limited) -> Response {
     let (code, what) = match l {
-        Limited::Requests { .. } => ("rate_limit_exceeded", "request rate limit (rpm)"),
-        Limited::Tokens { .. } => ("token_rate_limit_exceeded", "token rate limit (tpm)"),
-        Limited::Budget { .. } => ("budget_exceeded", "token budget for this period"),
+        Limited::Requests { .. } => (
+            bulwark_api::ErrorCode::RateLimitExceeded,
+            "request rate limit (rpm)",
+        ),
+        Limited::Tokens { .. } => (
+            bulwark_api::ErrorCode::TokenRateLimitExceeded,
+            "token rate limit (tpm)",
+        ),
+        Limited::Budget { .. } => (
+            bulwark_api::ErrorCode::BudgetExceeded,
+            "token budget for this period",
+        ),
     };
     let secs = l.retry_after_secs();
     Error(
@@ -340,7 +349,7 @@ impl Answered<'_> {
                 tracing::warn!(error = %e, "answer body failed before it was recorded");
                 let resp = Error(
                     ApiError::new(ErrorKind::BadGateway, "The answer could not be read.")
-                        .with_code("upstream_unavailable"),
+                        .with_code(bulwark_api::ErrorCode::UpstreamUnavailable),
                 )
                 .into_response();
                 return Box::pin(self.whole(resp)).await;
@@ -596,7 +605,7 @@ async fn append(
                 ErrorKind::Unavailable,
                 "The audit log could not record this request, so its answer is withheld; see the gateway's log.",
             )
-            .with_code("audit_unavailable"),
+            .with_code(bulwark_api::ErrorCode::AuditUnavailable),
         )
         .into_response()
     };
@@ -680,7 +689,10 @@ fn refused(parsed: &Parsed, model: &str, e: &ApiError) -> Response {
     };
     resp.headers_mut().insert(
         guard::GUARD_HEADER,
-        header_value(&format!("refused={}", e.code.unwrap_or("guard"))),
+        header_value(&format!(
+            "refused={}",
+            e.code.map_or("guard", bulwark_api::ErrorCode::as_str)
+        )),
     );
     resp
 }
@@ -697,7 +709,7 @@ async fn serve_inner(
     if let Some(k) = key {
         if !k.allows_model(&body.model) {
             return denied(
-                "model_not_allowed",
+                bulwark_api::ErrorCode::ModelNotAllowed,
                 format!("This key may not use the model `{}`.", body.model),
             );
         }
@@ -719,7 +731,7 @@ async fn serve_inner(
         Ok(c) => c,
         Err(name) => {
             return denied(
-                "guard_profile_unknown",
+                bulwark_api::ErrorCode::GuardProfileUnknown,
                 format!("The guard profile `{name}` this request is bound to is not configured; ask the gateway's operator."),
             )
         }
@@ -744,7 +756,7 @@ async fn serve_inner(
         body.value = value;
         match screened {
             Err(e) => {
-                tracing::warn!(model = %body.model, code = e.code.unwrap_or(""), "request blocked by the guard");
+                tracing::warn!(model = %body.model, code = e.code.map_or("", bulwark_api::ErrorCode::as_str), "request blocked by the guard");
                 if guard.is_some_and(|(_, c)| c.refusal == bulwark_config::Refusal::ContentFilter) {
                     return refused(&parsed, &body.model, &e);
                 }
@@ -777,7 +789,7 @@ async fn serve_inner(
     if let Some(k) = key {
         if class > k.max_class() {
             return denied(
-                "data_class_not_allowed",
+                bulwark_api::ErrorCode::DataClassNotAllowed,
                 format!(
                     "This key may send data up to `{}`; this request is `{class}`.",
                     k.max_class()
@@ -790,7 +802,7 @@ async fn serve_inner(
                 None => {
                     tracing::error!(key_id = %k.id(), policy = %name, "key names a policy the config lacks");
                     return denied(
-                        "policy_unknown",
+                bulwark_api::ErrorCode::PolicyUnknown,
                         format!("This key's policy `{name}` is not configured on this gateway; nothing is sent until it is."),
                     );
                 }
@@ -926,7 +938,7 @@ async fn dispatch(
                 body.model
             ),
         )
-        .with_code("policy_denied");
+        .with_code(bulwark_api::ErrorCode::PolicyDenied);
         let report = RouteReport {
             target: None,
             class,
@@ -994,7 +1006,7 @@ async fn dispatch(
     let err = outcome.last_error.unwrap_or_else(|| {
         Error(
             ApiError::new(ErrorKind::Internal, "No candidate was tried.")
-                .with_code("internal_error"),
+                .with_code(bulwark_api::ErrorCode::InternalError),
         )
     });
     (Err(err), Some(route))
@@ -1094,7 +1106,7 @@ mod tests {
         h.insert(CLASS_HEADER, HeaderValue::from_static("top-secret"));
         assert_eq!(
             request_class(&h, DataClass::Public).map_err(|e| e.code),
-            Err(Some("invalid_data_class"))
+            Err(Some(bulwark_api::ErrorCode::InvalidDataClass))
         );
     }
 
@@ -1137,7 +1149,7 @@ mod tests {
         h.append(CLASS_HEADER, HeaderValue::from_static("nonsense"));
         assert_eq!(
             request_class(&h, DataClass::Public).map_err(|e| e.code),
-            Err(Some("invalid_data_class"))
+            Err(Some(bulwark_api::ErrorCode::InvalidDataClass))
         );
     }
 }

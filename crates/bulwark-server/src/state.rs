@@ -168,7 +168,7 @@ impl Models {
                     ErrorKind::Unavailable,
                     format!("The model `{model}` is still loading; retry shortly (GET /readyz says when it is ready)."),
                 )
-                .with_code("model_loading")
+                .with_code(bulwark_api::ErrorCode::ModelLoading)
                 .with_retry_after(1)),
             };
         }
