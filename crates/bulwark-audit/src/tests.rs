@@ -176,41 +176,12 @@ fn append_sync(log: &AuditLog, i: u64) -> bool {
     }
 }
 
-/// A small tmpfs mounted at a fresh directory, unmounted on drop (needs root, as the
-/// suite runs; the mount's failure is the test's).
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn new(bytes: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            ok,
-            "could not mount a tmpfs (this test fills a disk; run the suite as root)"
-        );
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_loses_no_acknowledged_record_and_the_chain_goes_on() {
-    let fs = Tmpfs::new(256 * 1024);
-    let dir = fs.0.path().join("audit");
+    let fs = bulwark_testkit::Tmpfs::new(256 * 1024);
+    let dir = fs.path().join("audit");
     // Leave a little room, then fill it with records from four threads at once.
-    let ballast = fs.0.path().join("ballast");
+    let ballast = fs.path().join("ballast");
     std::fs::write(&ballast, vec![0u8; 200 * 1024]).unwrap();
     let (pk, sk) = keygen();
     let mut o = opts(&dir, Durability::Sync);

@@ -63,10 +63,10 @@ impl Folded {
     }
 }
 
+/// Characters that show nothing: zero-width, bidi controls, tag characters.
 fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{180E}' | '\u{00AD}'
-        | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{061C}' | '\u{E0000}'..='\u{E007F}')
+    use crate::normalise::{is_bidi_control, is_tag, is_zero_width};
+    is_zero_width(c) || is_bidi_control(c) || is_tag(c)
 }
 
 /// The zero of the decimal digits of scripts other than Latin whose digits NFKC leaves

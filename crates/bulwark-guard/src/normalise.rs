@@ -46,15 +46,15 @@ impl Normalised {
     }
 }
 
-fn is_zero_width(c: char) -> bool {
+pub(crate) fn is_zero_width(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{180E}' | '\u{00AD}')
 }
 
-fn is_bidi_control(c: char) -> bool {
+pub(crate) fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
-fn is_tag(c: char) -> bool {
+pub(crate) fn is_tag(c: char) -> bool {
     matches!(c, '\u{E0000}'..='\u{E007F}')
 }
 
@@ -285,32 +285,9 @@ fn unleet(s: &str) -> String {
         .collect()
 }
 
-/// `s` with its percent escapes decoded, when it has any and the result is UTF-8.
-pub fn percent_decode_any(s: &str) -> Option<String> {
-    if !s.contains('%') {
-        return None;
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
+/// `s` with its percent escapes decoded and how many there were, when the result is
+/// UTF-8.
+fn percent_decoded(s: &str) -> Option<(String, usize)> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -328,10 +305,20 @@ fn percent_decode(s: &str) -> Option<String> {
         out.push(b[i]);
         i += 1;
     }
-    if decoded < 3 {
+    String::from_utf8(out).ok().map(|t| (t, decoded))
+}
+
+/// `s` with its percent escapes decoded, when it has any and the result is UTF-8.
+pub fn percent_decode_any(s: &str) -> Option<String> {
+    if !s.contains('%') {
         return None;
     }
-    String::from_utf8(out).ok()
+    percent_decoded(s).map(|(t, _)| t)
+}
+
+/// A URL-encoded payload: at least three escapes.
+fn percent_decode(s: &str) -> Option<String> {
+    percent_decoded(s).filter(|(_, n)| *n >= 3).map(|(t, _)| t)
 }
 
 /// Candidate runs for base64 and hex payloads.

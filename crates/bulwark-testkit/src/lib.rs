@@ -606,3 +606,50 @@ pub fn default_model_path() -> std::path::PathBuf {
     );
     p
 }
+
+/// A small tmpfs mounted for a test that fills a disk, unmounted on drop. Mounting needs
+/// root, as the suite runs (`.ci/run`); a failed mount fails the test with a message
+/// that says so, never skips it.
+pub struct Tmpfs {
+    dir: std::path::PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `bytes` at a new temporary directory.
+    pub fn new(bytes: usize) -> Self {
+        let temp = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+        let mut fs = Tmpfs::mount(temp.path(), bytes);
+        fs._temp = Some(temp);
+        fs
+    }
+
+    /// A tmpfs of `bytes` at `dir` (created if missing).
+    pub fn mount(dir: &Path, bytes: usize) -> Self {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "could not mount a tmpfs at {} (this test fills a disk; run the suite as root)",
+            dir.display()
+        );
+        Tmpfs {
+            dir: dir.to_owned(),
+            _temp: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}

@@ -748,31 +748,6 @@ async fn a_stream_the_upstream_cut_off_is_recorded_as_not_completed() {
     assert_eq!(end["completed"], false, "{end}");
 }
 
-/// A tmpfs of `bytes` mounted at `dir`, unmounted on drop (the suite runs as root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, bytes: usize) -> Self {
-        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "could not mount a tmpfs (this test fills a disk; run the suite as root)"
-        );
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_refuses_requests_and_loses_no_acknowledged_one() {
     let mock = MockUpstream::start()
@@ -780,7 +755,7 @@ async fn a_full_disk_refuses_requests_and_loses_no_acknowledged_one() {
         .unwrap_or_else(|e| panic!("{e}"));
     let dir = TempDir::new("audit-full-disk");
     let disk = dir.0.join("disk");
-    let _fs = Tmpfs::mount(&disk, 192 * 1024);
+    let _fs = bulwark_testkit::Tmpfs::mount(&disk, 192 * 1024);
     let keys = dir.0.join("auditor");
     let (ok, _, err) = run(&["audit", "keygen", "--out", keys.to_str().unwrap_or("")]);
     assert!(ok, "{err}");
