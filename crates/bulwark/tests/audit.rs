@@ -9,23 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bulwark_testkit::{Bulwark, MockUpstream};
-use common::TempDir;
+use common::{run, TempDir};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulwark");
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 struct Setup {
     dir: TempDir,

@@ -7,21 +7,8 @@ mod common;
 use std::process::{Command, Stdio};
 
 use bulwark_testkit::{Bulwark, MockUpstream, LEAKED_KEY};
-use common::TempDir;
+use common::{run, TempDir};
 use serde_json::{json, Value};
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 struct Reply {
     status: u16,
