@@ -52,6 +52,18 @@ def test_local_chat_streaming(client):
     assert whole.choices[0].message.content == text
 
 
+def test_local_chat_with_several_choices(client):
+    r = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Name a colour."}],
+        n=3, seed=7, temperature=1.0, max_tokens=8,
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.message.content for c in r.choices)
+    # Usage: the prompt once, every choice's tokens (each at most max_tokens).
+    assert r.usage.prompt_tokens > 0 and 3 <= r.usage.completion_tokens <= 24
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
 def test_local_text_completion(client):
     r = client.completions.create(model="smollm2", prompt="The sky is", max_tokens=4, temperature=0)
     assert r.object == "text_completion"

@@ -12,7 +12,8 @@ use axum::Json;
 use bulwark_api::chat::ChatRequest;
 use bulwark_api::completions::CompletionRequest;
 use bulwark_api::response::{
-    ChatChunk, ChatCompletion, ChunkChoice, Delta, FinishReason, TextChoice, TextCompletion, Usage,
+    AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChunkChoice, Delta, FinishReason,
+    TextChoice, TextCompletion, Usage,
 };
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_engine::template::TemplateMessage;
@@ -89,8 +90,11 @@ pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Err
     if req.wants_logprobs {
         return Err(unsupported("logprobs", "`logprobs`"));
     }
-    if req.n > 1 {
-        return Err(unsupported("n", "More than one choice (`n` > 1)"));
+    if req.n > 1 && req.stream {
+        return Err(unsupported(
+            "n",
+            "More than one streamed choice (`n` > 1 with `stream`)",
+        ));
     }
     let messages = req
         .messages
@@ -104,9 +108,12 @@ pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Err
         .collect::<Result<Vec<_>, ApiError>>()?;
     let prompt = engine.apply_chat_template(&messages)?;
     let prompt = engine.tokenize(&prompt)?;
-    let generation = engine.generate(prompt, req.sampling)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now();
+    if req.n > 1 {
+        return choices(&engine, prompt, &req, id, created).await;
+    }
+    let generation = engine.generate(prompt, req.sampling)?;
     if req.stream {
         return Ok(sse::response(chat_stream(
             generation,
@@ -126,6 +133,51 @@ pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Err
         done.usage,
     ))
     .into_response())
+}
+
+/// `n` choices of one prompt, decoded side by side in the engine's batch: choice `i`
+/// samples with `seed + i` when a seed is given (so that the choices differ), else with
+/// its own random seed. As for any batched request, a repeat may differ in late tokens
+/// (ARCHITECTURE.md, the decode loop). Usage counts the prompt once and every choice's
+/// tokens.
+async fn choices(
+    engine: &Arc<Engine>,
+    prompt: bulwark_engine::Prompt,
+    req: &ChatRequest,
+    id: String,
+    created: u64,
+) -> Result<Response, Error> {
+    let mut generations = Vec::with_capacity(req.n as usize);
+    for i in 0..req.n {
+        let mut sampling = req.sampling.clone();
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(i));
+        generations.push(collect(engine.generate(prompt.clone(), sampling)?));
+    }
+    let done = futures_util::future::try_join_all(generations).await?;
+    let prompt_tokens = done.first().map_or(0, |d| d.usage.prompt_tokens);
+    let completion_tokens = done.iter().map(|d| d.usage.completion_tokens).sum();
+    let mut answer = ChatCompletion::new(
+        id,
+        created,
+        req.model.clone(),
+        String::new(),
+        FinishReason::Stop,
+        Usage::new(prompt_tokens, completion_tokens),
+    );
+    answer.choices = done
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| ChatChoice {
+            index: i as u32,
+            message: AssistantMessage {
+                role: "assistant",
+                content: d.text,
+            },
+            finish_reason: d.finish,
+            logprobs: None,
+        })
+        .collect();
+    Ok(Json(answer).into_response())
 }
 
 /// The SSE frames of a chat stream: a role chunk, content chunks, a finish chunk, the

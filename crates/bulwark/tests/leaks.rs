@@ -684,7 +684,7 @@ async fn several_choices_from_an_upstream_are_each_restored() {
             json!("mock reply to: Mail jane.doe@example.com")
         );
     }
-    // The local engine says it answers one choice.
+    // `n` must be at least 1.
     let (status, _, text) = post(
         &b,
         "/v1/chat/completions",
