@@ -90,12 +90,6 @@ pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Err
     if req.wants_logprobs {
         return Err(unsupported("logprobs", "`logprobs`"));
     }
-    if req.n > 1 && req.stream {
-        return Err(unsupported(
-            "n",
-            "More than one streamed choice (`n` > 1 with `stream`)",
-        ));
-    }
     let messages = req
         .messages
         .iter()
@@ -110,6 +104,21 @@ pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Err
     let prompt = engine.tokenize(&prompt)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now();
+    if req.n > 1 && req.stream {
+        let mut generations = Vec::with_capacity(req.n as usize);
+        for i in 0..req.n {
+            let mut sampling = req.sampling.clone();
+            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i));
+            generations.push(engine.generate(prompt.clone(), sampling)?);
+        }
+        return Ok(sse::response(chat_stream_n(
+            generations,
+            id,
+            created,
+            req.model,
+            req.include_usage,
+        )));
+    }
     if req.n > 1 {
         return choices(&engine, prompt, &req, id, created).await;
     }
@@ -248,6 +257,125 @@ fn chat_stream(
             out
         }
     })
+}
+
+/// The SSE frames of `n` choices streamed together: a role chunk per choice, then each
+/// event of choice `i` as it comes, with `index: i`; the usage chunk (every choice's
+/// tokens) and `[DONE]` once all have finished. An engine failure ends the stream with
+/// an `error` event.
+fn chat_stream_n(
+    generations: Vec<Generation>,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    let n = generations.len();
+    let prompt_tokens = generations.first().map_or(0, |g| g.prompt_tokens);
+    let tagged = stream::select_all(generations.into_iter().enumerate().map(|(i, g)| {
+        stream::unfold(Some(g), move |g| async move {
+            let mut g = g?;
+            let ev = g.events.recv().await?;
+            let last = !matches!(ev, Event::Delta(_));
+            Some(((i as u32, ev), (!last).then_some(g)))
+        })
+        .boxed()
+    }));
+    let chunk = move |index: u32,
+                      delta: Delta<'_>,
+                      finish: Option<FinishReason>,
+                      usage: Option<Option<Usage>>| {
+        sse::event(&ChatChunk {
+            id: &id,
+            object: "chat.completion.chunk",
+            created,
+            model: &model,
+            choices: if usage.is_some_and(|u| u.is_some()) {
+                Vec::new()
+            } else {
+                vec![ChunkChoice {
+                    index,
+                    delta,
+                    finish_reason: finish,
+                    logprobs: None,
+                }]
+            },
+            usage,
+        })
+    };
+    let usage_field = include_usage.then_some(None);
+    let first: Vec<Bytes> = (0..n as u32)
+        .map(|i| {
+            chunk(
+                i,
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                },
+                None,
+                usage_field,
+            )
+        })
+        .collect();
+    let body = tagged
+        .scan(
+            (0usize, 0u32, false),
+            move |(done, completion, failed), (index, ev)| {
+                if *failed {
+                    return std::future::ready(None);
+                }
+                let mut out = Vec::new();
+                match ev {
+                    Event::Delta(text) => out.push(chunk(
+                        index,
+                        Delta {
+                            role: None,
+                            content: Some(&text),
+                        },
+                        None,
+                        usage_field,
+                    )),
+                    Event::Done { finish, usage } => {
+                        *done += 1;
+                        *completion += usage.completion_tokens;
+                        out.push(chunk(
+                            index,
+                            Delta {
+                                role: None,
+                                content: None,
+                            },
+                            Some(finish),
+                            usage_field,
+                        ));
+                        if *done == n {
+                            if include_usage {
+                                let total = Usage::new(prompt_tokens, *completion);
+                                out.push(chunk(
+                                    0,
+                                    Delta {
+                                        role: None,
+                                        content: None,
+                                    },
+                                    None,
+                                    Some(Some(total)),
+                                ));
+                            }
+                            out.push(Bytes::from_static(sse::DONE));
+                        }
+                    }
+                    Event::Failed(msg) => {
+                        *failed = true;
+                        let err = ApiError::new(ErrorKind::Internal, msg)
+                            .with_code(bulwark_api::ErrorCode::EngineError);
+                        out.push(Bytes::from(format!("data: {}\n\n", err.body_json())));
+                        out.push(Bytes::from_static(sse::DONE));
+                    }
+                }
+                std::future::ready(Some(out))
+            },
+        )
+        .flat_map(stream::iter);
+    stream::iter(first).chain(body).map(Ok)
 }
 
 enum Frame {
