@@ -60,7 +60,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     pub time_ms: u64,
+    /// The gateway's own id for the request (`x-request-id` in the answer): unique.
     pub request_id: String,
+    /// The `x-request-id` the client sent, if any: kept beside the gateway's own, never
+    /// in its place (a client could repeat one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     pub key_id: Option<String>,
     pub tenant: Option<String>,
     pub model: String,

@@ -39,7 +39,7 @@ use bulwark_config::Config;
 use http::{HeaderMap, HeaderName};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use auth::Caller;
@@ -211,8 +211,8 @@ pub fn router(state: AppState) -> Router {
                 })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(axum::middleware::map_request(assign_request_id))
 }
 
 /// Serves until `shutdown` resolves. `ready` is called once everything that can refuse
@@ -366,6 +366,28 @@ where
             }
         }
     }
+}
+
+/// The header that carries the `x-request-id` a client sent, once the gateway has put
+/// its own in its place.
+pub const CLIENT_REQUEST_ID: &str = "x-client-request-id";
+
+/// Gives every request the gateway's own id (a UUID) in `x-request-id`, which the answer
+/// carries back and the audit log records: ids are unique whatever clients send. A
+/// client's own id (printable, up to 128 bytes) moves to `x-client-request-id` and is
+/// recorded beside it.
+async fn assign_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
+    let headers = req.headers_mut();
+    if let Some(theirs) = headers.remove("x-request-id") {
+        let ok = theirs.len() <= 128 && theirs.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            headers.insert(CLIENT_REQUEST_ID, theirs);
+        }
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        headers.insert("x-request-id", v);
+    }
+    req
 }
 
 /// Says at start-up which guard settings are active, and loudly when there is none.

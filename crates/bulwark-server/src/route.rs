@@ -282,6 +282,7 @@ pub async fn record_unrouted(
     // Cheap clones; the strings are made only for requests that get a record here.
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let id = req.headers().get("x-request-id").cloned();
+    let client_id = req.headers().get(crate::CLIENT_REQUEST_ID).cloned();
     let resp = next.run(req).await;
     if resp.extensions().get::<Audited>().is_some() {
         return resp;
@@ -290,6 +291,10 @@ pub async fn record_unrouted(
     let record = bulwark_audit::Record {
         time_ms: now_ms(),
         request_id: request_id(id.as_ref()),
+        client_request_id: client_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         key_id: key.map(|k| k.id().to_owned()),
         tenant: key.map(|k| k.tenant().to_owned()),
         target: "none".into(),
@@ -495,6 +500,11 @@ impl Answered<'_> {
         bulwark_audit::Record {
             time_ms: now_ms(),
             request_id: request_id(self.headers.get("x-request-id")),
+            client_request_id: self
+                .headers
+                .get(crate::CLIENT_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             key_id: key.map(|k| k.id().to_owned()),
             tenant: key.map(|k| k.tenant().to_owned()),
             model: self.model.clone(),

@@ -393,7 +393,7 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                     }
                 }
                 "csv" => {
-                    writeln!(out, "time_ms,event,request_id,key_id,tenant,model,target,jurisdiction,class,status,error,latency_ms,prompt_tokens,completion_tokens,cache,guard,decision,response_sha256,completed")?;
+                    writeln!(out, "time_ms,event,request_id,key_id,tenant,model,target,jurisdiction,class,status,error,latency_ms,prompt_tokens,completion_tokens,cache,guard,decision,response_sha256,completed,client_request_id")?;
                     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
                     fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
                         v.map(|v| v.to_string()).unwrap_or_default()
@@ -401,7 +401,7 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                     for r in records {
                         writeln!(
                             out,
-                            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                             r.time_ms,
                             r.event.as_str(),
                             q(&r.request_id),
@@ -420,7 +420,8 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                             q(r.guard.as_deref().unwrap_or("")),
                             q(&r.decision),
                             r.response_sha256.as_deref().unwrap_or(""),
-                            opt(r.completed)
+                            opt(r.completed),
+                            q(r.client_request_id.as_deref().unwrap_or(""))
                         )?;
                     }
                 }

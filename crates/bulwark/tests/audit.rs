@@ -839,3 +839,41 @@ async fn a_full_disk_refuses_requests_and_loses_no_acknowledged_one() {
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_request_id_is_kept_beside_the_gateways_own() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = setup("audit-client-id", &mock);
+    let b = s.start().await;
+    let client = reqwest::Client::new();
+    let mut ours = BTreeSet::new();
+    for _ in 0..2 {
+        let r = client
+            .post(b.url("/v1/chat/completions"))
+            .header("x-request-id", "client-42")
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let id = r
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert_ne!(id, "client-42");
+        ours.insert(id);
+    }
+    assert_eq!(ours.len(), 2, "the gateway's ids are unique");
+    drop(b);
+    let records = s.export();
+    for id in &ours {
+        let r = records
+            .iter()
+            .find(|r| r["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no record for {id}"));
+        assert_eq!(r["client_request_id"], json!("client-42"), "{r}");
+    }
+}
