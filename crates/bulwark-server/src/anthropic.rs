@@ -77,17 +77,8 @@ pub async fn count_tokens(
         Ok(c) => c,
         Err(e) => return Error(e).into_response(),
     };
-    if let Some(k) = &caller.0 {
-        if !k.allows_model(&body.model) {
-            return Error(
-                ApiError::new(
-                    ErrorKind::PermissionDenied,
-                    format!("This key may not use the model `{}`.", body.model),
-                )
-                .with_code(bulwark_api::ErrorCode::ModelNotAllowed),
-            )
-            .into_response();
-        }
+    if let Some(refused) = route::model_refused(&caller, &body.model) {
+        return refused;
     }
     let first = match state.models.candidates(&body.model) {
         Ok(c) => c.first().map(|s| (*s).to_owned()),
@@ -161,7 +152,7 @@ pub async fn render(resp: Response, model: &str) -> Response {
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     if crate::sse::is_event_stream(&parts.headers) {
-        let mut framer = Framer::new(1 << 20);
+        let mut framer = Framer::new(crate::sse::MAX_EVENT);
         let mut t = StreamTranslator::new(model);
         let events = body
             .into_data_stream()

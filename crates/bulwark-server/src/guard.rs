@@ -127,6 +127,14 @@ fn top_role(key: &str) -> (Role, bool) {
 /// Every string of `body` (values, object keys, long integers) with its role, in a
 /// fixed order that [`rewrite`] follows.
 fn walk<'a>(body: &'a Value, out: &mut Vec<Leaf<'a>>) {
+    /// An object key: a field of its own.
+    fn key<'a>(k: &'a str, out: &mut Vec<Leaf<'a>>) {
+        out.push(Leaf {
+            role: Role::Field,
+            content: false,
+            text: k.into(),
+        });
+    }
     fn any<'a>(v: &'a Value, role: Role, content: bool, out: &mut Vec<Leaf<'a>>) {
         match v {
             Value::String(s) => out.push(Leaf {
@@ -146,11 +154,7 @@ fn walk<'a>(body: &'a Value, out: &mut Vec<Leaf<'a>>) {
             Value::Array(items) => items.iter().for_each(|i| any(i, role, content, out)),
             Value::Object(map) => {
                 for (k, v) in map {
-                    out.push(Leaf {
-                        role: Role::Field,
-                        content: false,
-                        text: k.as_str().into(),
-                    });
+                    key(k, out);
                     any(v, role, content, out);
                 }
             }
@@ -169,11 +173,7 @@ fn walk<'a>(body: &'a Value, out: &mut Vec<Leaf<'a>>) {
             (Role::Input, Role::Field)
         };
         for (k, v) in map {
-            out.push(Leaf {
-                role: Role::Field,
-                content: false,
-                text: k.as_str().into(),
-            });
+            key(k, out);
             match (k.as_str(), v) {
                 ("content", Value::String(_)) => any(v, own, true, out),
                 ("content", Value::Array(parts)) => {
@@ -181,11 +181,7 @@ fn walk<'a>(body: &'a Value, out: &mut Vec<Leaf<'a>>) {
                         match p {
                             Value::Object(pm) => {
                                 for (pk, pv) in pm {
-                                    out.push(Leaf {
-                                        role: Role::Field,
-                                        content: false,
-                                        text: pk.as_str().into(),
-                                    });
+                                    key(pk, out);
                                     if pk == "text" && pv.is_string() {
                                         any(pv, own, true, out);
                                     } else {
@@ -205,11 +201,7 @@ fn walk<'a>(body: &'a Value, out: &mut Vec<Leaf<'a>>) {
         return any(body, Role::Field, false, out);
     };
     for (k, v) in map {
-        out.push(Leaf {
-            role: Role::Field,
-            content: false,
-            text: k.as_str().into(),
-        });
+        key(k, out);
         match (k.as_str(), v) {
             ("messages", Value::Array(msgs)) => msgs.iter().for_each(|m| message(m, out)),
             _ => {

@@ -145,6 +145,20 @@ fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
     ))
 }
 
+/// The layers of every `/v1` route: the API-key check (before any body is read), and
+/// outside it the audit record of requests refused before routing.
+fn v1_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            route::record_unrouted,
+        ))
+}
+
 /// The whole HTTP application.
 ///
 /// Layers, outermost first: request id (set, then propagated to the response), trace,
@@ -158,28 +172,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{id}", get(ops::get_model))
-        .route("/v1/guard/scan", post(ops::guard_scan))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            route::record_unrouted,
-        ));
+        .route("/v1/guard/scan", post(ops::guard_scan));
     // The Anthropic Messages API: the same layers, and its own error shape outermost.
     let messages = Router::new()
         .route("/v1/messages", post(anthropic::messages))
-        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            route::record_unrouted,
-        ))
-        .route_layer(axum::middleware::from_fn(anthropic::errors));
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens));
+    let api = v1_layers(api, &state);
+    let messages =
+        v1_layers(messages, &state).route_layer(axum::middleware::from_fn(anthropic::errors));
     Router::new()
         .merge(api)
         .merge(messages)

@@ -22,9 +22,6 @@ use crate::state::UpstreamRoute;
 /// How much of an upstream's error body is read to build our error.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-/// Largest SSE event held while it arrives; a longer one passes through unframed.
-const MAX_EVENT: usize = 1 << 20;
-
 /// Set when an answer's body ended in a failure (the upstream cut it off): the audit
 /// record then says the answer did not complete. Travels in the response's extensions.
 #[derive(Clone, Default)]
@@ -64,7 +61,7 @@ pub async fn forward(
         // silently short one. Either way the answer is marked failed for the audit log.
         let failed_flag = StreamFailed::default();
         let flag = failed_flag.clone();
-        let mut framer = is_sse.then(|| crate::sse::Framer::new(MAX_EVENT));
+        let mut framer = is_sse.then(|| crate::sse::Framer::new(crate::sse::MAX_EVENT));
         let mut failed = false;
         let stream = resp
             .body

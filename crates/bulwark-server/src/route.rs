@@ -182,6 +182,17 @@ pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("unavailable"))
 }
 
+/// A key may use only its models: the 403 to answer when this one may not use `model`.
+pub(crate) fn model_refused(caller: &Caller, model: &str) -> Option<Response> {
+    match &caller.0 {
+        Some(k) if !k.allows_model(model) => Some(denied(
+            bulwark_api::ErrorCode::ModelNotAllowed,
+            format!("This key may not use the model `{model}`."),
+        )),
+        _ => None,
+    }
+}
+
 fn denied(code: bulwark_api::ErrorCode, message: String) -> Response {
     Error(ApiError::new(ErrorKind::PermissionDenied, message).with_code(code)).into_response()
 }
@@ -716,13 +727,8 @@ async fn serve_inner(
     mut parsed: Parsed,
 ) -> Response {
     let key = caller.0.as_ref();
-    if let Some(k) = key {
-        if !k.allows_model(&body.model) {
-            return denied(
-                bulwark_api::ErrorCode::ModelNotAllowed,
-                format!("This key may not use the model `{}`.", body.model),
-            );
-        }
+    if let Some(refused) = model_refused(caller, &body.model) {
+        return refused;
     }
     let default = key
         .and_then(|k| k.record.spec.default_class)

@@ -19,6 +19,10 @@ pub fn event(json: &impl serde::Serialize) -> Bytes {
 
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// Largest SSE event held while it arrives, where a stream is forwarded or translated
+/// event by event; a longer one passes through unframed.
+pub const MAX_EVENT: usize = 1 << 20;
+
 /// Whether a response is an SSE stream.
 pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
     headers
