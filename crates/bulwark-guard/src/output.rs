@@ -398,6 +398,33 @@ mod gate_tests {
     }
 
     proptest! {
+        /// With values to keep out of URLs, chunking never changes the result, and no
+        /// URL that goes out holds one.
+        #[test]
+        fn no_url_holds_a_sensitive_value_however_cut(
+            parts in proptest::collection::vec(prop_oneof![
+                "[a-z <>!\\[\\]()/.:?=\"]{0,8}",
+                Just("![i](https://e.test/x?q=[PHONE_1])".to_owned()),
+                Just("see https://e.test/p/[EMAIL_2] now".to_owned()),
+                Just("{\"u\":\"https://e.test/c?d=j%40ex.io\"}".to_owned()),
+                Just("[ok](https://d.test/y)".to_owned()),
+            ], 0..8),
+            cut in 0usize..200,
+        ) {
+            let values = Sensitive::new(["[PHONE_1]", "[EMAIL_2]"], ["j@ex.io"]);
+            let text = parts.concat();
+            let mut c = cut.min(text.len());
+            while !text.is_char_boundary(c) { c -= 1; }
+            let mut g = LinkGate::with_values(true, values.clone());
+            let got = g.push(&text[..c]) + &g.push(&text[c..]) + &g.finish();
+            let mut w = LinkGate::with_values(true, values.clone());
+            let whole = w.push(&text) + &w.finish();
+            prop_assert_eq!(&got, &whole);
+            for m in bare_url_re().find_iter(&got) {
+                prop_assert!(values.carried(m.as_str()).is_none(), "{} in {}", m.as_str(), got);
+            }
+        }
+
         /// Chunking never changes the result.
         #[test]
         fn chunking_invariant(
