@@ -107,6 +107,10 @@ struct RawChatRequest {
     #[serde(default)]
     tools: Option<Vec<Value>>,
     #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    #[serde(default)]
     response_format: Option<Value>,
     #[serde(flatten)]
     sampling: RawSampling,
@@ -122,10 +126,219 @@ pub struct ChatRequest {
     pub stream: bool,
     pub include_usage: bool,
     pub sampling: SamplingParams,
-    /// Features the local engine does not implement yet; upstreams may.
-    pub uses_tools: bool,
-    pub uses_response_format: bool,
+    /// Function tools the model may call (other tool types are in `other_tools`).
+    pub tools: Vec<FunctionTool>,
+    /// Tool types other than `function` (upstreams may serve them; the local engine not).
+    pub other_tools: Vec<String>,
+    pub tool_choice: ToolChoice,
+    /// Whether the model may call several tools in one turn (OpenAI's default: yes).
+    pub parallel_tool_calls: bool,
+    pub response_format: ResponseFormat,
+    /// A feature the local engine does not implement; upstreams may.
     pub wants_logprobs: bool,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionTool {
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema of the arguments (an object schema; `{}` when none was given).
+    pub parameters: Value,
+    pub strict: bool,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides (the default when tools are given).
+    Auto,
+    /// No tool call (the default without tools).
+    None,
+    /// At least one tool call.
+    Required,
+    /// A call of this function.
+    Function(String),
+}
+
+/// The form of the answer's text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON that validates against `schema`.
+    JsonSchema {
+        name: String,
+        schema: Value,
+        strict: bool,
+    },
+}
+
+/// Tool names as OpenAI allows them: letters, digits, `_` and `-`, at most 64.
+fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn parse_tools(raw: Option<&[Value]>) -> Result<(Vec<FunctionTool>, Vec<String>), ApiError> {
+    let mut functions = Vec::new();
+    let mut others = Vec::new();
+    for (i, tool) in raw.unwrap_or_default().iter().enumerate() {
+        let kind = tool.get("type").and_then(Value::as_str).unwrap_or("");
+        if kind != "function" {
+            if kind.is_empty() {
+                return Err(ApiError::invalid(
+                    "tools",
+                    format!("`tools[{i}].type` is missing; function tools have `\"type\": \"function\"`."),
+                ));
+            }
+            others.push(kind.to_owned());
+            continue;
+        }
+        let Some(f) = tool.get("function").filter(|f| f.is_object()) else {
+            return Err(ApiError::invalid(
+                "tools",
+                format!("`tools[{i}].function` must be an object with a `name`."),
+            ));
+        };
+        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+        if !valid_tool_name(name) {
+            return Err(ApiError::invalid(
+                "tools",
+                format!("`tools[{i}].function.name` must be 1 to 64 letters, digits, `_` or `-`, got {:?}.", f.get("name").unwrap_or(&Value::Null).to_string()),
+            ));
+        }
+        if functions.iter().any(|t: &FunctionTool| t.name == name) {
+            return Err(ApiError::invalid(
+                "tools",
+                format!("Two tools are named `{name}`; tool names must be unique."),
+            ));
+        }
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "tools",
+                    format!("`tools[{i}].function.parameters` must be a JSON Schema object."),
+                ))
+            }
+        };
+        functions.push(FunctionTool {
+            name: name.to_owned(),
+            description: f
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            parameters,
+            strict: f.get("strict").and_then(Value::as_bool).unwrap_or(false),
+        });
+    }
+    Ok((functions, others))
+}
+
+fn parse_tool_choice(
+    raw: Option<&Value>,
+    tools: &[FunctionTool],
+    any_tools: bool,
+) -> Result<ToolChoice, ApiError> {
+    let choice = match raw {
+        None | Some(Value::Null) => {
+            return Ok(if any_tools { ToolChoice::Auto } else { ToolChoice::None })
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("`tool_choice` must be `auto`, `none`, `required` or a named function, got `{other}`."),
+                ))
+            }
+        },
+        Some(v) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
+            match (v.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(name)) => ToolChoice::Function(name.to_owned()),
+                // Other named tool types (allowed_tools, custom) are the upstream's to judge.
+                (Some(_), _) if !tools.is_empty() || any_tools => return Ok(ToolChoice::Auto),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        "`tool_choice` as an object must be `{\"type\": \"function\", \"function\": {\"name\": ...}}`.",
+                    ))
+                }
+            }
+        }
+    };
+    match &choice {
+        ToolChoice::Required if !any_tools => Err(ApiError::invalid(
+            "tool_choice",
+            "`tool_choice` is `required` but no `tools` were given.",
+        )),
+        ToolChoice::Function(name) if !tools.iter().any(|t| &t.name == name) => {
+            Err(ApiError::invalid(
+                "tool_choice",
+                format!("`tool_choice` names the function `{name}`, which is not among `tools`."),
+            ))
+        }
+        _ => Ok(choice),
+    }
+}
+
+fn parse_response_format(raw: Option<&Value>) -> Result<ResponseFormat, ApiError> {
+    let Some(v) = raw.filter(|v| !v.is_null()) else {
+        return Ok(ResponseFormat::Text);
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let spec = v
+                .get("json_schema")
+                .filter(|s| s.is_object())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "response_format",
+                        "`response_format.json_schema` must be an object with `name` and `schema`.",
+                    )
+                })?;
+            let name = spec.get("name").and_then(Value::as_str).unwrap_or("");
+            if !valid_tool_name(name) {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "`response_format.json_schema.name` must be 1 to 64 letters, digits, `_` or `-`.",
+                ));
+            }
+            let schema = match spec.get("schema") {
+                None | Some(Value::Null) => serde_json::json!({}),
+                Some(s @ (Value::Object(_) | Value::Bool(_))) => s.clone(),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "response_format",
+                        "`response_format.json_schema.schema` must be a JSON Schema object.",
+                    ))
+                }
+            };
+            Ok(ResponseFormat::JsonSchema {
+                name: name.to_owned(),
+                schema,
+                strict: spec.get("strict").and_then(Value::as_bool).unwrap_or(false),
+            })
+        }
+        _ => Err(ApiError::invalid(
+            "response_format",
+            "`response_format.type` must be `text`, `json_object` or `json_schema`.",
+        )),
+    }
 }
 
 /// Deserialize with the failing field's path in the message.
@@ -171,10 +384,10 @@ impl ChatRequest {
                 ))
             }
         };
-        let uses_response_format = match &raw.response_format {
-            None | Some(Value::Null) => false,
-            Some(v) => v.get("type").and_then(Value::as_str) != Some("text"),
-        };
+        let (tools, other_tools) = parse_tools(raw.tools.as_deref())?;
+        let any_tools = !tools.is_empty() || !other_tools.is_empty();
+        let tool_choice = parse_tool_choice(raw.tool_choice.as_ref(), &tools, any_tools)?;
+        let response_format = parse_response_format(raw.response_format.as_ref())?;
         Ok(ChatRequest {
             n,
             model: raw.model,
@@ -182,8 +395,11 @@ impl ChatRequest {
             stream: raw.stream.unwrap_or(false),
             include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
             sampling: raw.sampling.validate()?,
-            uses_tools: raw.tools.is_some_and(|t| !t.is_empty()),
-            uses_response_format,
+            tools,
+            other_tools,
+            tool_choice,
+            parallel_tool_calls: raw.parallel_tool_calls.unwrap_or(true),
+            response_format,
             wants_logprobs: raw.logprobs.unwrap_or(false),
         })
     }

@@ -10,6 +10,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context window was reached.
     Length,
+    /// The model called tools; the answer is in `tool_calls`.
+    ToolCalls,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -32,7 +34,38 @@ impl Usage {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the model only called tools.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A call of a function, as OpenAI returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as a JSON text.
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// A function call with a fresh id (`call_` and 24 hex digits, as OpenAI's look).
+    pub fn function(name: String, arguments: String) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        ToolCall {
+            id: format!("call_{}", &id[..24]),
+            kind: "function",
+            function: FunctionCall { name, arguments },
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -71,7 +104,8 @@ impl ChatCompletion {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content,
+                    content: Some(content),
+                    tool_calls: Vec::new(),
                 },
                 finish_reason: finish,
                 logprobs: None,
@@ -87,6 +121,27 @@ pub struct Delta<'a> {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+/// A piece of a streamed tool call: the first carries its id and name, later ones more
+/// of its arguments.
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta<'a> {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub arguments: &'a str,
 }
 
 #[derive(Debug, Serialize)]

@@ -15,6 +15,7 @@ mod sampler;
 mod stats;
 pub mod template;
 pub mod text;
+pub mod tools;
 mod worker;
 
 use std::num::NonZeroU32;
@@ -75,6 +76,9 @@ pub enum EngineError {
     QueueFull { depth: usize },
     #[error("the engine has stopped")]
     Stopped,
+    /// A JSON Schema or grammar that llama.cpp's grammar sampler cannot take.
+    #[error("{0}")]
+    Grammar(String),
 }
 
 /// Something that happened to a generation, in order.
@@ -111,10 +115,37 @@ pub struct Generation {
     pub prompt_tokens: u32,
 }
 
+/// A GBNF grammar that llama.cpp parsed against this model's vocabulary: every token
+/// a generation under it samples keeps the output a prefix of a sentence of the
+/// grammar, and the end of generation is allowed only where a sentence is complete.
+#[derive(Debug, Clone)]
+pub struct Grammar(Arc<str>);
+
+impl Grammar {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 pub(crate) struct Job {
     tokens: Vec<LlamaToken>,
     params: SamplingParams,
+    grammar: Option<Grammar>,
     events: mpsc::UnboundedSender<Event>,
+}
+
+/// The GBNF that llama.cpp's converter writes for a JSON Schema (`{}` and `true` are
+/// any JSON value). Schemas it cannot express are an error naming what failed.
+pub fn json_schema_gbnf(schema: &serde_json::Value) -> Result<String, EngineError> {
+    llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+        let reason = e.to_string();
+        let reason = reason
+            .strip_prefix("JsonSchemaToGrammarError: ")
+            .unwrap_or(&reason);
+        EngineError::Grammar(format!(
+            "llama.cpp's grammar cannot express this JSON Schema ({reason})"
+        ))
+    })
 }
 
 /// A loaded model and its decode loop.
@@ -245,17 +276,47 @@ impl Engine {
         Ok(Prompt { tokens })
     }
 
+    /// The chat template this model renders conversations with.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// Compiles a GBNF grammar (start rule `root`) for this model.
+    pub fn grammar(&self, gbnf: &str) -> Result<Grammar, EngineError> {
+        llama_cpp_2::sampling::LlamaSampler::grammar(&self.model, gbnf, "root")
+            .map_err(|e| EngineError::Grammar(format!("the grammar does not parse: {e}")))?;
+        Ok(Grammar(Arc::from(gbnf)))
+    }
+
+    /// The grammar of JSON documents that validate against `schema`, by llama.cpp's own
+    /// JSON Schema converter.
+    pub fn schema_grammar(&self, schema: &serde_json::Value) -> Result<Grammar, EngineError> {
+        let gbnf = json_schema_gbnf(schema)?;
+        self.grammar(&gbnf)
+    }
+
     /// Queues a generation. Fails at once when the queue is full.
     pub fn generate(
         &self,
         prompt: Prompt,
         params: SamplingParams,
     ) -> Result<Generation, EngineError> {
+        self.generate_constrained(prompt, params, None)
+    }
+
+    /// Queues a generation whose output follows `grammar`.
+    pub fn generate_constrained(
+        &self,
+        prompt: Prompt,
+        params: SamplingParams,
+        grammar: Option<Grammar>,
+    ) -> Result<Generation, EngineError> {
         let (tx, events) = mpsc::unbounded_channel();
         let prompt_tokens = u32::try_from(prompt.tokens.len()).unwrap_or(u32::MAX);
         let job = Job {
             tokens: prompt.tokens,
             params,
+            grammar,
             events: tx,
         };
         self.stats.queued(1);

@@ -15,8 +15,15 @@ const PENALTY_LAST_N: i32 = 64;
 /// llama.cpp's "pick a random seed".
 const RANDOM_SEED: u32 = u32::MAX;
 
-pub(crate) fn build(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
-    let mut chain = Vec::with_capacity(6);
+/// The chain for one sequence; a grammar, when given, comes first, so that every later
+/// stage only sees the tokens it allows.
+pub(crate) fn build(
+    params: &SamplingParams,
+    n_vocab: i32,
+    grammar: Option<LlamaSampler>,
+) -> LlamaSampler {
+    let mut chain = Vec::with_capacity(7);
+    chain.extend(grammar);
     let presence = params.presence_penalty.unwrap_or(0.0);
     let frequency = params.frequency_penalty.unwrap_or(0.0);
     if presence != 0.0 || frequency != 0.0 {

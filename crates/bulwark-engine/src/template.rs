@@ -11,11 +11,31 @@ use serde::Serialize;
 /// Used when a GGUF carries no template: ChatML, the most common convention.
 pub const CHATML_FALLBACK: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-/// A message as a template sees it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// A message as a template sees it (the fields Hugging Face templates read).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct TemplateMessage {
     pub role: String,
     pub content: String,
+    /// An assistant's calls: `{"type": "function", "function": {"name", "arguments"}}`,
+    /// the arguments as an object (templates write them with `tojson`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<serde_json::Value>,
+    /// A tool result's call id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool result's function name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl TemplateMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        TemplateMessage {
+            role: role.into(),
+            content: content.into(),
+            ..TemplateMessage::default()
+        }
+    }
 }
 
 /// A compiled chat template.
@@ -23,6 +43,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    source: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -52,17 +73,35 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
+            source: source.to_owned(),
         })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders the conversation with the generation prompt appended.
     pub fn render(&self, messages: &[TemplateMessage]) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None)
+    }
+
+    /// Renders the conversation with `tools` (OpenAI's `{"type": "function", ...}`
+    /// objects) in the template's `tools` variable, as Hugging Face's
+    /// `apply_chat_template(tools=...)` does.
+    pub fn render_with_tools(
+        &self,
+        messages: &[TemplateMessage],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String, TemplateError> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| TemplateError(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => true,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -80,10 +119,7 @@ mod tests {
     const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     fn msg(role: &str, content: &str) -> TemplateMessage {
-        TemplateMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        TemplateMessage::new(role, content)
     }
 
     #[test]

@@ -112,6 +112,19 @@ impl Worker {
                     self.stats.cancelled();
                     continue;
                 }
+                let grammar = match &job.grammar {
+                    None => None,
+                    Some(g) => match LlamaSampler::grammar(&self.model, g.as_str(), "root") {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            let _ = job
+                                .events
+                                .send(Event::Failed(format!("the grammar did not compile: {e}")));
+                            self.stats.failed();
+                            continue;
+                        }
+                    },
+                };
                 free.pop();
                 self.stats.active(1);
                 let remaining = self.ctx_size.saturating_sub(job.tokens.len() as u32);
@@ -121,7 +134,7 @@ impl Worker {
                     .map_or(remaining, |m| m.min(remaining));
                 slots.push(Slot {
                     seq,
-                    sampler: sampler::build(&job.params, n_vocab),
+                    sampler: sampler::build(&job.params, n_vocab, grammar),
                     stops: StopMatcher::new(job.params.stop.clone()),
                     job,
                     prefilled: 0,
@@ -243,7 +256,9 @@ impl Worker {
         idx: i32,
     ) -> Outcome {
         let token = s.sampler.sample(ctx, idx);
-        if vocab.is_eog(token) && !s.job.params.ignore_eos {
+        // Under a grammar the end of generation is sampled only where the output is
+        // complete, so it always ends the sequence.
+        if vocab.is_eog(token) && (!s.job.params.ignore_eos || s.job.grammar.is_some()) {
             return self.flush(s, FinishReason::Stop);
         }
         s.generated += 1;

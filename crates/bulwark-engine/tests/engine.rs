@@ -38,10 +38,7 @@ fn greedy(max_tokens: u32) -> SamplingParams {
 
 fn chat(engine: &Engine, user: &str) -> bulwark_engine::Prompt {
     let text = engine
-        .apply_chat_template(&[TemplateMessage {
-            role: "user".into(),
-            content: user.into(),
-        }])
+        .apply_chat_template(&[TemplateMessage::new("user", user)])
         .unwrap_or_else(|e| panic!("template: {e}"));
     engine
         .tokenize(&text)

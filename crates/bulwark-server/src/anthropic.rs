@@ -90,36 +90,22 @@ pub async fn count_tokens(
             Ok(Target::Local(engine)) => Some(engine),
             _ => None,
         });
-    let messages: Vec<bulwark_engine::template::TemplateMessage> = chat["messages"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .map(|m| bulwark_engine::template::TemplateMessage {
-                    role: match m["role"].as_str().unwrap_or("user") {
-                        "system" => "system",
-                        "assistant" => "assistant",
-                        "tool" => "tool",
-                        _ => "user",
-                    }
-                    .to_owned(),
-                    content: text_of(&m["content"]),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     match local {
         Some(engine) => {
-            let counted = engine
-                .apply_chat_template(&messages)
-                .and_then(|p| engine.tokenize(&p));
+            // Exact: the prompt the engine would decode, tools and all.
+            let counted = bulwark_api::chat::ChatRequest::from_json(&chat)
+                .map_err(Error)
+                .and_then(|req| crate::plan::plan(&engine, &req))
+                .and_then(|plan| engine.tokenize(&plan.prompt).map_err(Error::from));
             match counted {
                 Ok(p) => Json(json!({"input_tokens": p.len()})).into_response(),
-                Err(e) => Error::from(e).into_response(),
+                Err(e) => e.into_response(),
             }
         }
         None => {
-            let bytes: usize = messages.iter().map(|m| m.content.len() + 4).sum::<usize>()
-                + chat.get("tools").map_or(0, |t| t.to_string().len());
+            let bytes: usize = chat["messages"].as_array().map_or(0, |m| {
+                m.iter().map(|m| text_of(&m["content"]).len() + 4).sum()
+            }) + chat.get("tools").map_or(0, |t| t.to_string().len());
             let mut resp = Json(json!({"input_tokens": bytes.div_ceil(4)})).into_response();
             resp.headers_mut().insert(
                 "x-bulwark-token-count",

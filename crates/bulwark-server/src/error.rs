@@ -41,6 +41,9 @@ impl From<EngineError> for Error {
             )
             .with_code(bulwark_api::ErrorCode::QueueFull)
             .with_retry_after(1),
+            EngineError::Grammar(reason) => {
+                ApiError::invalid("response_format", format!("{reason}. Simplify the schema."))
+            }
             EngineError::Template(t) => ApiError::new(
                 ErrorKind::InvalidRequest,
                 format!("The model's chat template rejected these messages: {t}"),

@@ -15,6 +15,7 @@ pub mod extract;
 pub mod guard;
 mod local;
 mod ops;
+mod plan;
 mod proxy;
 pub mod route;
 pub mod sse;

@@ -12,16 +12,16 @@ use axum::Json;
 use bulwark_api::chat::ChatRequest;
 use bulwark_api::completions::CompletionRequest;
 use bulwark_api::response::{
-    AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChunkChoice, Delta, FinishReason,
-    TextChoice, TextCompletion, Usage,
+    ChatChoice, ChatChunk, ChatCompletion, ChunkChoice, Delta, FinishReason, FunctionDelta,
+    TextChoice, TextCompletion, ToolCallDelta, Usage,
 };
 use bulwark_api::{ApiError, ErrorKind};
-use bulwark_engine::template::TemplateMessage;
 use bulwark_engine::{Engine, Event, Generation};
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 
 use crate::error::Error;
+use crate::plan::{self, Reading};
 use crate::sse;
 
 fn now() -> u64 {
@@ -78,115 +78,175 @@ async fn collect(mut generation: Generation) -> Result<Collected, Error> {
 }
 
 pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Error> {
-    if req.uses_tools {
-        return Err(unsupported("tools", "Tool calling"));
-    }
-    if req.uses_response_format {
-        return Err(unsupported(
-            "response_format",
-            "Structured output (`response_format`)",
-        ));
-    }
     if req.wants_logprobs {
         return Err(unsupported("logprobs", "`logprobs`"));
     }
-    let messages = req
-        .messages
-        .iter()
-        .map(|m| {
-            Ok(TemplateMessage {
-                role: m.role.template_name().to_owned(),
-                content: m.text()?,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let prompt = engine.apply_chat_template(&messages)?;
-    let prompt = engine.tokenize(&prompt)?;
+    let plan = plan::plan(&engine, &req)?;
+    let prompt = engine.tokenize(&plan.prompt)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now();
-    if req.n > 1 && req.stream {
-        let mut generations = Vec::with_capacity(req.n as usize);
-        for i in 0..req.n {
-            let mut sampling = req.sampling.clone();
-            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i));
-            generations.push(engine.generate(prompt.clone(), sampling)?);
-        }
-        return Ok(sse::response(chat_stream_n(
-            generations,
-            id,
-            created,
-            req.model,
-            req.include_usage,
-        )));
-    }
-    if req.n > 1 {
-        return choices(&engine, prompt, &req, id, created).await;
-    }
-    let generation = engine.generate(prompt, req.sampling)?;
-    if req.stream {
-        return Ok(sse::response(chat_stream(
-            generation,
-            id,
-            created,
-            req.model,
-            req.include_usage,
-        )));
-    }
-    let done = collect(generation).await?;
-    Ok(Json(ChatCompletion::new(
-        id,
-        created,
-        req.model,
-        done.text,
-        done.finish,
-        done.usage,
-    ))
-    .into_response())
-}
-
-/// `n` choices of one prompt, decoded side by side in the engine's batch: choice `i`
-/// samples with `seed + i` when a seed is given (so that the choices differ), else with
-/// its own random seed. As for any batched request, a repeat may differ in late tokens
-/// (ARCHITECTURE.md, the decode loop). Usage counts the prompt once and every choice's
-/// tokens.
-async fn choices(
-    engine: &Arc<Engine>,
-    prompt: bulwark_engine::Prompt,
-    req: &ChatRequest,
-    id: String,
-    created: u64,
-) -> Result<Response, Error> {
+    // Choice `i` samples with `seed + i` when a seed is given (so that the choices
+    // differ), else with its own random seed.
     let mut generations = Vec::with_capacity(req.n as usize);
     for i in 0..req.n {
         let mut sampling = req.sampling.clone();
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(i));
-        generations.push(collect(engine.generate(prompt.clone(), sampling)?));
+        generations.push(engine.generate_constrained(
+            prompt.clone(),
+            sampling,
+            plan.grammar.clone(),
+        )?);
     }
-    let done = futures_util::future::try_join_all(generations).await?;
+    if req.stream && matches!(plan.reading, Reading::Text) {
+        return Ok(sse::response(if generations.len() == 1 {
+            let generation = generations.pop().ok_or_else(stopped)?;
+            chat_stream(generation, id, created, req.model, req.include_usage).left_stream()
+        } else {
+            chat_stream_n(generations, id, created, req.model, req.include_usage).right_stream()
+        }));
+    }
+    // Tool calls are read from a whole choice, so those answers stream once decoded.
+    let done = futures_util::future::try_join_all(generations.into_iter().map(collect)).await?;
     let prompt_tokens = done.first().map_or(0, |d| d.usage.prompt_tokens);
     let completion_tokens = done.iter().map(|d| d.usage.completion_tokens).sum();
-    let mut answer = ChatCompletion::new(
-        id,
-        created,
-        req.model.clone(),
-        String::new(),
-        FinishReason::Stop,
-        Usage::new(prompt_tokens, completion_tokens),
-    );
-    answer.choices = done
+    let usage = Usage::new(prompt_tokens, completion_tokens);
+    let choices: Vec<ChatChoice> = done
         .into_iter()
         .enumerate()
-        .map(|(i, d)| ChatChoice {
-            index: i as u32,
-            message: AssistantMessage {
-                role: "assistant",
-                content: d.text,
-            },
-            finish_reason: d.finish,
-            logprobs: None,
+        .map(|(i, d)| {
+            let (message, finish_reason) = plan.reading.message(d.text, d.finish);
+            ChatChoice {
+                index: i as u32,
+                message,
+                finish_reason,
+                logprobs: None,
+            }
         })
         .collect();
-    Ok(Json(answer).into_response())
+    if req.stream {
+        return Ok(sse::response(stream::iter(
+            whole_choices_stream(&choices, &id, created, &req.model, req.include_usage, usage)
+                .into_iter()
+                .map(Ok),
+        )));
+    }
+    Ok(Json(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model: req.model,
+        choices,
+        usage,
+    })
+    .into_response())
+}
+
+fn stopped() -> Error {
+    Error::from(bulwark_engine::EngineError::Stopped)
+}
+
+/// The chunks of answers already complete: per choice a role chunk, its text, each tool
+/// call as OpenAI streams one (a chunk with its id and name, then one with its
+/// arguments), and its finish chunk; then the usage chunk when asked for, and `[DONE]`.
+fn whole_choices_stream(
+    choices: &[ChatChoice],
+    id: &str,
+    created: u64,
+    model: &str,
+    include_usage: bool,
+    usage: Usage,
+) -> Vec<Bytes> {
+    let usage_field = include_usage.then_some(None);
+    let chunk = |index: u32, delta: Delta<'_>, finish: Option<FinishReason>| {
+        sse::event(&ChatChunk {
+            id,
+            object: "chat.completion.chunk",
+            created,
+            model,
+            choices: vec![ChunkChoice {
+                index,
+                delta,
+                finish_reason: finish,
+                logprobs: None,
+            }],
+            usage: usage_field,
+        })
+    };
+    let mut out = Vec::new();
+    for c in choices {
+        out.push(chunk(
+            c.index,
+            Delta {
+                role: Some("assistant"),
+                content: Some(""),
+                tool_calls: None,
+            },
+            None,
+        ));
+        if let Some(text) = c.message.content.as_deref().filter(|t| !t.is_empty()) {
+            out.push(chunk(
+                c.index,
+                Delta {
+                    role: None,
+                    content: Some(text),
+                    tool_calls: None,
+                },
+                None,
+            ));
+        }
+        for (i, call) in c.message.tool_calls.iter().enumerate() {
+            let head = ToolCallDelta {
+                index: i as u32,
+                id: Some(&call.id),
+                kind: Some("function"),
+                function: FunctionDelta {
+                    name: Some(&call.function.name),
+                    arguments: "",
+                },
+            };
+            let args = ToolCallDelta {
+                index: i as u32,
+                id: None,
+                kind: None,
+                function: FunctionDelta {
+                    name: None,
+                    arguments: &call.function.arguments,
+                },
+            };
+            for part in [head, args] {
+                out.push(chunk(
+                    c.index,
+                    Delta {
+                        role: None,
+                        content: None,
+                        tool_calls: Some(vec![part]),
+                    },
+                    None,
+                ));
+            }
+        }
+        out.push(chunk(
+            c.index,
+            Delta {
+                role: None,
+                content: None,
+                tool_calls: None,
+            },
+            Some(c.finish_reason),
+        ));
+    }
+    if include_usage {
+        out.push(sse::event(&ChatChunk {
+            id,
+            object: "chat.completion.chunk",
+            created,
+            model,
+            choices: Vec::new(),
+            usage: Some(Some(usage)),
+        }));
+    }
+    out.push(Bytes::from_static(sse::DONE));
+    out
 }
 
 /// The SSE frames of a chat stream: a role chunk, content chunks, a finish chunk, the
@@ -223,6 +283,7 @@ fn chat_stream(
             Delta {
                 role: Some("assistant"),
                 content: Some(""),
+                tool_calls: None,
             },
             None,
         )),
@@ -234,6 +295,7 @@ fn chat_stream(
                 Delta {
                     role: None,
                     content: Some(&text),
+                    tool_calls: None,
                 },
                 None,
             )),
@@ -245,6 +307,7 @@ fn chat_stream(
                     Delta {
                         role: None,
                         content: None,
+                        tool_calls: None,
                     },
                     Some(finish),
                 )),
@@ -311,6 +374,7 @@ fn chat_stream_n(
                 Delta {
                     role: Some("assistant"),
                     content: Some(""),
+                    tool_calls: None,
                 },
                 None,
                 usage_field,
@@ -331,6 +395,7 @@ fn chat_stream_n(
                         Delta {
                             role: None,
                             content: Some(&text),
+                            tool_calls: None,
                         },
                         None,
                         usage_field,
@@ -343,6 +408,7 @@ fn chat_stream_n(
                             Delta {
                                 role: None,
                                 content: None,
+                                tool_calls: None,
                             },
                             Some(finish),
                             usage_field,
@@ -355,6 +421,7 @@ fn chat_stream_n(
                                     Delta {
                                         role: None,
                                         content: None,
+                                        tool_calls: None,
                                     },
                                     None,
                                     Some(Some(total)),
