@@ -135,9 +135,11 @@ pub(crate) struct Job {
 }
 
 /// The GBNF that llama.cpp's converter writes for a JSON Schema (`{}` and `true` are
-/// any JSON value). Schemas it cannot express are an error naming what failed.
+/// any JSON value), for compact JSON: at most one space between tokens, where the
+/// converter would allow newlines and indentation that a small model can spend its
+/// whole `max_tokens` on. Schemas it cannot express are an error naming what failed.
 pub fn json_schema_gbnf(schema: &serde_json::Value) -> Result<String, EngineError> {
-    llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+    let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
         let reason = e.to_string();
         let reason = reason
             .strip_prefix("JsonSchemaToGrammarError: ")
@@ -145,7 +147,18 @@ pub fn json_schema_gbnf(schema: &serde_json::Value) -> Result<String, EngineErro
         EngineError::Grammar(format!(
             "llama.cpp's grammar cannot express this JSON Schema ({reason})"
         ))
-    })
+    })?;
+    Ok(gbnf
+        .lines()
+        .map(|l| {
+            if l.starts_with("space ::=") {
+                r#"space ::= | " ""#
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// A loaded model and its decode loop.

@@ -95,6 +95,9 @@ pub fn call_schema(family: Family, tools: &[Spec<'_>], only: Option<&str>) -> Va
     }
 }
 
+/// The most calls one answer in the generic format may make.
+pub const GENERIC_MAX_CALLS: usize = 4;
+
 /// The schema of a whole answer in the generic format.
 pub fn generic_schema(tools: &[Spec<'_>], must: Must<'_>, parallel: bool) -> Value {
     let only = match must {
@@ -106,9 +109,14 @@ pub fn generic_schema(tools: &[Spec<'_>], must: Must<'_>, parallel: bool) -> Val
         "items": call_schema(Family::Generic, tools, only),
         "minItems": 1,
     });
-    if !parallel || only.is_some() {
-        calls["maxItems"] = json!(1);
-    }
+    // Models without a tool format of their own were never taught when to stop
+    // calling; a small one repeats a call until `max_tokens`. Four calls in a turn is
+    // room enough for a real plan.
+    calls["maxItems"] = json!(if !parallel || only.is_some() {
+        1
+    } else {
+        GENERIC_MAX_CALLS
+    });
     let call = json!({
         "type": "object",
         "properties": { "tool_calls": calls },
@@ -228,10 +236,16 @@ pub fn parse(family: Family, text: &str, known: &dyn Fn(&str) -> bool) -> Parsed
                 let read: Option<Vec<_>> =
                     calls.iter().map(|c| read_call(c, family, known)).collect();
                 match read {
-                    Some(calls) if !calls.is_empty() => Parsed {
-                        content: None,
-                        calls,
-                    },
+                    Some(mut calls) if !calls.is_empty() => {
+                        // The same call twice in one turn is a small model repeating
+                        // itself, not a plan: keep the first.
+                        let mut seen = std::collections::HashSet::new();
+                        calls.retain(|c| seen.insert(c.clone()));
+                        Parsed {
+                            content: None,
+                            calls,
+                        }
+                    }
                     _ => all_text(),
                 }
             } else if let Some(r) = v.get("response").and_then(Value::as_str) {
@@ -353,6 +367,8 @@ mod tests {
             (Family::Generic, r#"{"tool_calls":[{"name":"get_weather","arguments":{"city":"Paris"}}]}"#,
              r#"None [("get_weather", "{\"city\":\"Paris\"}")]"#),
             (Family::Generic, r#"{"response":"It is sunny."}"#, r#"Some("It is sunny.") []"#),
+            (Family::Generic, r#"{"tool_calls":[{"name":"add","arguments":{"a":1}},{"name":"add","arguments":{"a":1}},{"name":"add","arguments":{"a":2}}]}"#,
+             r#"None [("add", "{\"a\":1}"), ("add", "{\"a\":2}")]"#),
             (Family::Generic, r#"{"tool_calls":[{"name":"rm_rf","arguments":{}}]}"#,
              r#"Some("{\"tool_calls\":[{\"name\":\"rm_rf\",\"arguments\":{}}]}") []"#),
             (Family::Generic, "plain words", r#"Some("plain words") []"#),

@@ -94,16 +94,8 @@ fn violations(v: &Value, schema: &Value, at: &str, out: &mut Vec<String>) {
             }
             None => out.push(format!("{at}: {v} is not an integer")),
         },
-        Some("number") => {
-            if !v.is_number() {
-                out.push(format!("{at}: {v} is not a number"));
-            }
-        }
-        Some("boolean") => {
-            if !v.is_boolean() {
-                out.push(format!("{at}: {v} is not a boolean"));
-            }
-        }
+        Some("number") if !v.is_number() => out.push(format!("{at}: {v} is not a number")),
+        Some("boolean") if !v.is_boolean() => out.push(format!("{at}: {v} is not a boolean")),
         Some("array") => match v.as_array() {
             Some(items) => {
                 let n = items.len() as u64;
@@ -266,4 +258,11 @@ fn schemas_the_converter_cannot_express_are_refused_with_a_reason() {
         e.grammar("root ::= ( unclosed"),
         Err(EngineError::Grammar(_))
     ));
+}
+
+#[test]
+fn schema_grammars_write_compact_json() {
+    let g = bulwark_engine::json_schema_gbnf(&json!({"type": "object"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(g.lines().any(|l| l == r#"space ::= | " ""#), "{g}");
 }
