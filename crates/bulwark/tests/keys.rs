@@ -311,11 +311,13 @@ async fn budget_runs_out_and_usage_is_persisted() {
     let r = send(&b, Some(&other), body, None).await;
     assert!(r.body.contains("\"usage\""), "{}", r.body);
 
-    // Usage reaches the database (flushed every 50 ms) and the CLI shows it.
+    // Usage reaches the database (flushed every 50 ms) and the CLI shows it. A request
+    // is counted when it is admitted and its tokens when its stream ends, so a flush
+    // can fall between the two: wait for the tokens.
     let mut shown = Value::Null;
     for _ in 0..100 {
         shown = serde_json::from_str(&cli(&b, &["show", id_of(&other)])).unwrap_or_default();
-        if shown["usage"][0]["requests"] == 2 {
+        if shown["usage"][0]["completion_tokens"] == 12 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
