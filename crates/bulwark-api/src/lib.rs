@@ -10,6 +10,7 @@ pub mod chat;
 pub mod completions;
 pub mod error;
 pub mod response;
+pub mod responses;
 pub mod sampling;
 
 pub use error::{ApiError, ErrorCode, ErrorKind};

@@ -140,13 +140,13 @@ pub(crate) struct Job {
 /// whole `max_tokens` on. Schemas it cannot express are an error naming what failed.
 pub fn json_schema_gbnf(schema: &serde_json::Value) -> Result<String, EngineError> {
     let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
-        let reason = e.to_string();
-        let reason = reason
-            .strip_prefix("JsonSchemaToGrammarError: ")
-            .unwrap_or(&reason);
-        EngineError::Grammar(format!(
-            "llama.cpp's grammar cannot express this JSON Schema ({reason})"
-        ))
+        // The binding reports only a status code, not the converter's reason.
+        tracing::debug!(error = %e, "JSON Schema conversion failed");
+        EngineError::Grammar(
+            "llama.cpp's grammar cannot express this JSON Schema (its converter refuses, \
+             among others, `$ref`s that point outside the schema)"
+                .to_owned(),
+        )
     })?;
     Ok(gbnf
         .lines()

@@ -13,21 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bulwark_api::anthropic::{self, StreamTranslator};
 use bulwark_api::chat::ChatRequest;
-use bulwark_api::{ApiError, ErrorKind};
-use bytes::Bytes;
-use futures_util::StreamExt;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use bulwark_api::ErrorKind;
+use http::{header, HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::extract::JsonObject;
 use crate::route::{self, Parsed, Protocol};
-use crate::sse::{Framer, Piece};
 use crate::state::{AppState, Target};
-
-/// Largest non-streamed answer translated.
-const MAX_ANSWER: usize = 64 << 20;
 
 /// `POST /v1/messages`.
 pub async fn messages(
@@ -132,109 +126,28 @@ fn text_of(content: &Value) -> String {
 /// A successful chat answer, JSON or streamed, as Anthropic's message or event sequence.
 /// Errors are left to [`errors`].
 pub async fn render(resp: Response, model: &str) -> Response {
-    if resp.status() != StatusCode::OK {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    if crate::sse::is_event_stream(&parts.headers) {
-        let mut framer = Framer::new(crate::sse::MAX_EVENT);
-        let mut t = StreamTranslator::new(model);
-        let events = body
-            .into_data_stream()
-            .map(Some)
-            .chain(futures_util::stream::once(async { None }))
-            .map(move |item| {
-                let out = match item {
-                    Some(Ok(bytes)) => {
-                        let mut pieces = Vec::new();
-                        framer.push(&bytes, &mut pieces);
-                        let mut out = String::new();
-                        for p in pieces {
-                            let (Piece::Event(b) | Piece::Raw(b)) = p;
-                            translate_event(&b, &mut t, &mut out);
-                        }
-                        out
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "answer stream failed");
-                        t.error("api_error", "The answer stream failed.")
-                    }
-                    None => {
-                        let mut out = String::new();
-                        if let Some(rest) = framer.finish() {
-                            translate_event(&rest, &mut t, &mut out);
-                        }
-                        out.push_str(&t.finish());
-                        out
-                    }
-                };
-                Ok::<Bytes, axum::Error>(Bytes::from(out))
-            })
-            .filter(|b| std::future::ready(!matches!(b, Ok(b) if b.is_empty())));
-        return Response::from_parts(parts, Body::from_stream(events));
-    }
-    let bytes = match axum::body::to_bytes(body, MAX_ANSWER).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "answer body failed while translating it");
-            return Error(
-                ApiError::new(ErrorKind::BadGateway, "The answer could not be read.")
-                    .with_code(bulwark_api::ErrorCode::UpstreamUnavailable),
-            )
-            .into_response();
-        }
-    };
-    let Ok(chat) = serde_json::from_slice::<Value>(&bytes) else {
-        return Error(
-            ApiError::new(
-                ErrorKind::BadGateway,
-                "The model's answer was not a chat completion.",
-            )
-            .with_code(bulwark_api::ErrorCode::UpstreamInvalidAnswer),
-        )
-        .into_response();
-    };
-    let out = serde_json::to_vec(&anthropic::message_from_chat(&chat, model)).unwrap_or_default();
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Response::from_parts(parts, Body::from(out))
+    crate::translate::render(resp, StreamTranslator::new(model), |chat| {
+        anthropic::message_from_chat(chat, model)
+    })
+    .await
 }
 
-/// One chat SSE event (or comment) into Anthropic events.
-fn translate_event(event: &[u8], t: &mut StreamTranslator, out: &mut String) {
-    let text = String::from_utf8_lossy(event);
-    for line in text.lines() {
-        if let Some(comment) = line.strip_prefix(':') {
-            // The gateway's own trailers (receipt, guard notes) stay comments.
-            out.push_str(&format!(":{comment}\n\n"));
-            continue;
-        }
-        let Some(data) = line.strip_prefix("data:").map(str::trim_start) else {
-            continue;
+impl crate::translate::Translator for StreamTranslator {
+    fn push(&mut self, chunk: &Value) -> String {
+        StreamTranslator::push(self, chunk)
+    }
+
+    fn finish(&mut self) -> String {
+        StreamTranslator::finish(self)
+    }
+
+    fn error(&mut self, kind: ErrorKind, message: &str) -> String {
+        let kind = match kind {
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::RateLimited => "rate_limit_error",
+            _ => "api_error",
         };
-        if data == "[DONE]" {
-            out.push_str(&t.finish());
-            continue;
-        }
-        match serde_json::from_str::<Value>(data) {
-            Ok(v) if v.get("error").is_some() => {
-                let message = v
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("The answer stream failed.");
-                let kind = match v.pointer("/error/type").and_then(Value::as_str) {
-                    Some("invalid_request_error") => "invalid_request_error",
-                    Some("rate_limit_error") => "rate_limit_error",
-                    _ => "api_error",
-                };
-                out.push_str(&t.error(kind, message));
-            }
-            Ok(v) => out.push_str(&t.push(&v)),
-            Err(_) => {}
-        }
+        StreamTranslator::error(self, kind, message)
     }
 }
 

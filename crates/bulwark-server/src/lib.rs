@@ -17,11 +17,13 @@ mod local;
 mod ops;
 mod plan;
 mod proxy;
+mod responses;
 pub mod route;
 pub mod sse;
 pub mod state;
 mod tap;
 pub mod tls;
+mod translate;
 mod usage;
 
 use std::future::Future;
@@ -171,6 +173,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{id}", get(ops::get_model))
         .route("/v1/guard/scan", post(ops::guard_scan));

@@ -76,12 +76,15 @@ impl RouteReport {
 
 /// The protocol a client speaks: answers are produced in the chat form and rendered in
 /// it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Protocol {
     /// OpenAI chat or text completions: the chat form itself.
     OpenAi,
     /// The Anthropic Messages API ([`crate::anthropic`]).
     Anthropic,
+    /// The OpenAI Responses API ([`crate::responses`]), with the client's request,
+    /// whose settings a response object echoes.
+    Responses(std::sync::Arc<serde_json::Value>),
 }
 
 impl Protocol {
@@ -89,6 +92,7 @@ impl Protocol {
         match self {
             Protocol::OpenAi => resp,
             Protocol::Anthropic => crate::anthropic::render(resp, model).await,
+            Protocol::Responses(request) => crate::responses::render(resp, &request, model).await,
         }
     }
 }

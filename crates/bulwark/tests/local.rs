@@ -63,7 +63,11 @@ async fn bad_input_gets_openai_shaped_errors() {
         ("body over limit", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"x".repeat(5000)}]}).to_string()),
         ("wrong content type", "POST", "text/plain", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}]}).to_string()),
         ("prompt longer than context", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":long}]}).to_string()),
-        ("tools on the local engine", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}).to_string()),
+        ("tool result for no call", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"},{"role":"tool","tool_call_id":"call_x","content":"42"}]}).to_string()),
+        ("schema the grammar cannot express", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":{"$ref":"https://example.invalid/s.json"}}}}).to_string()),
+        ("tool_choice names no tool", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}}).to_string()),
+        ("tool type the engine lacks", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"web_search"}]}).to_string()),
+        ("tools with response_format", "POST", "application/json", json!({"model":"smollm2","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"response_format":{"type":"json_object"}}).to_string()),
         ("wrong method", "GET", "application/json", String::new()),
     ];
     let mut out = String::new();
@@ -114,7 +118,11 @@ async fn bad_input_gets_openai_shaped_errors() {
         body over limit: 413 null "request_too_large" | The request body is larger than the limit of 4096 bytes (server.max_body_bytes).
         wrong content type: 415 null "unsupported_media_type" | Expected `Content-Type: application/json`, got text/plain.
         prompt longer than context: 400 "messages" "context_length_exceeded" | This model's maximum context length is 128 tokens, but the prompt has 231 tokens. Shorten the prompt (it must leave room for at least one generated token).
-        tools on the local engine: 400 "tools" "unsupported_parameter" | Tool calling is not supported by the local engine yet.
+        tool result for no call: 400 "messages" "invalid_value" | `messages[1]` is a tool result for the call `call_x`, which no earlier assistant message made; send the assistant message with its `tool_calls` before the results.
+        schema the grammar cannot express: 400 "response_format" "invalid_value" | llama.cpp's grammar cannot express this JSON Schema (its converter refuses, among others, `$ref`s that point outside the schema). Simplify the schema.
+        tool_choice names no tool: 400 "tool_choice" "invalid_value" | `tool_choice` names the function `g`, which is not among `tools`.
+        tool type the engine lacks: 400 "tools" "unsupported_parameter" | A tool of type `web_search` is not supported by the local engine.
+        tools with response_format: 400 "response_format" "unsupported_parameter" | `response_format` together with `tools` is not supported by the local engine.
         wrong method: 405 null "method_not_allowed" | `GET` is not allowed on `/v1/chat/completions`.
         unknown route: 404
     "#]]

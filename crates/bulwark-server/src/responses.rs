@@ -1,0 +1,81 @@
+//! `POST /v1/responses`: the OpenAI Responses API on the same pipeline as chat
+//! completions. The request is translated into the chat form at the edge
+//! ([`bulwark_api::responses::to_chat`]) and served by [`crate::route::serve`] (keys,
+//! guard, policy, cache, routing, audit, receipts), which renders the answer as a
+//! response object or the Responses event stream before the audit record and the
+//! receipt are made. Errors keep OpenAI's shape, which this API shares.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bulwark_api::chat::ChatRequest;
+use bulwark_api::responses::{self, StreamTranslator};
+use bulwark_api::ErrorKind;
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::extract::JsonObject;
+use crate::route::{self, Parsed, Protocol};
+use crate::state::AppState;
+
+/// `POST /v1/responses`.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Response {
+    let chat = match responses::to_chat(&body.value) {
+        Ok(c) => c,
+        Err(e) => return Error(e).into_response(),
+    };
+    let parsed = match ChatRequest::from_json(&chat) {
+        Ok(p) => p,
+        Err(e) => return Error(e).into_response(),
+    };
+    let request = Arc::new(body.value);
+    let body = JsonObject {
+        value: chat,
+        model: body.model,
+    };
+    route::serve(
+        &state,
+        &caller,
+        &headers,
+        body,
+        Parsed::Chat(parsed),
+        Protocol::Responses(request),
+    )
+    .await
+}
+
+/// A successful chat answer as a response object or the Responses event stream.
+pub async fn render(resp: Response, request: &Value, model: &str) -> Response {
+    crate::translate::render(resp, StreamTranslator::new(request, model), |chat| {
+        responses::response_from_chat(chat, request, model)
+    })
+    .await
+}
+
+impl crate::translate::Translator for StreamTranslator {
+    fn push(&mut self, chunk: &Value) -> String {
+        StreamTranslator::push(self, chunk)
+    }
+
+    fn finish(&mut self) -> String {
+        StreamTranslator::finish(self)
+    }
+
+    fn error(&mut self, kind: ErrorKind, message: &str) -> String {
+        let code = match kind {
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
+            _ => "server_error",
+        };
+        StreamTranslator::error(self, code, message)
+    }
+}
