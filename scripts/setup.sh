@@ -13,6 +13,8 @@ command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)              # TLS tests: certificates, s_client interop
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v node >/dev/null 2>&1 || need+=(nodejs)                  # the OpenAI JS SDK test
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs the whole test suite: Rust unit and integration tests (which start
-# the real binary and mock upstreams on loopback), then the OpenAI Python SDK tests.
+# the real binary and mock upstreams on loopback), then the client SDK tests (Python, and
+# the OpenAI JS SDK driven from them).
 # Everything builds once, in the release profile (llama.cpp compiles once per profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ if [ ! -x .venv/bin/pytest ] || ! cmp -s tests/sdk/requirements.txt .venv/.requi
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
   cp tests/sdk/requirements.txt .venv/.requirements
 fi
+
+# The JS test client, exactly as its lock file pins it (a few seconds).
+npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
 cargo fmt --all --check
 cargo build --release --locked --workspace --all-targets
