@@ -61,11 +61,19 @@ name = "mock"
 base_url = "{mock_upstream}/v1"
 api_key_env = "MOCK_UPSTREAM_KEY"
 models = {{ "remote-model" = "mock-large", "remote-tools" = "tool-caller" }}
+
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+base_url = "{mock_upstream}/v1"
+api_key_env = "MOCK_ANTHROPIC_KEY"
+models = {{ "claude-model" = "mock-claude", "claude-tools" = "claude-tools" }}
 """
     with tempfile.TemporaryDirectory() as tmp:
         cfg = pathlib.Path(tmp) / "bulwark.toml"
         cfg.write_text(config)
-        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test", "BULWARK_DATA_DIR": f"{tmp}/data",
+        env = {**os.environ, "MOCK_UPSTREAM_KEY": "sk-upstream-test", "MOCK_ANTHROPIC_KEY": "sk-ant-upstream-test",
+               "BULWARK_DATA_DIR": f"{tmp}/data",
                "BULWARK_MODEL_DIR": str(ROOT / "models")}
         proc, url = _start([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=env)
         _wait_ready(proc, url)

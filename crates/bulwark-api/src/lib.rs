@@ -12,5 +12,6 @@ pub mod error;
 pub mod response;
 pub mod responses;
 pub mod sampling;
+pub mod to_anthropic;
 
 pub use error::{ApiError, ErrorCode, ErrorKind};

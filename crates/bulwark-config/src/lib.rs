@@ -373,6 +373,17 @@ pub struct RawLocalModel {
     pub unified_kv: Option<bool>,
 }
 
+/// The protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// OpenAI chat and text completions.
+    #[default]
+    OpenAi,
+    /// The Anthropic Messages API.
+    Anthropic,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
@@ -380,8 +391,13 @@ pub struct RawUpstream {
     pub name: String,
     /// Base URL including the version prefix, e.g. `http://10.0.0.5:8000/v1`.
     pub base_url: String,
+    /// The protocol it speaks: `openai` (chat completions, the default) or `anthropic`
+    /// (the Messages API at `{base_url}/messages`).
+    #[serde(default)]
+    pub kind: UpstreamKind,
     /// Name of the environment variable holding the upstream's API key (sent as a
-    /// bearer token). The key itself never appears in the config file.
+    /// bearer token, or as `x-api-key` to an `anthropic` upstream). The key itself never
+    /// appears in the config file.
     pub api_key_env: Option<String>,
     /// Model names offered to clients, mapped to the upstream's own model names.
     #[serde(default)]
@@ -616,6 +632,7 @@ pub struct LocalModelConfig {
 #[derive(Debug)]
 pub struct UpstreamConfig {
     pub name: String,
+    pub kind: UpstreamKind,
     /// Without a trailing slash.
     pub base_url: String,
     /// More base URLs of replicas of the same upstream, without trailing slashes.
@@ -873,6 +890,7 @@ impl RawConfig {
             };
             upstreams.push(UpstreamConfig {
                 name: u.name,
+                kind: u.kind,
                 base_url,
                 replicas,
                 api_key,

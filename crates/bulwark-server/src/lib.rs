@@ -8,6 +8,7 @@
 //! [`error::Error`], the only place that turns failures into HTTP responses.
 
 pub mod anthropic;
+mod anthropic_upstream;
 pub mod auth;
 pub mod cache;
 pub mod error;

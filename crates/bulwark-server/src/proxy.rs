@@ -10,6 +10,7 @@
 use axum::body::Body;
 use axum::response::Response;
 use bulwark_api::{ApiError, ErrorKind};
+use bulwark_config::UpstreamKind;
 use bulwark_upstream::{read_to_limit, Endpoint};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -45,8 +46,20 @@ pub async fn forward(
     if let Some(obj) = body.as_object_mut() {
         obj.insert("model".into(), Value::String(route.upstream_model.clone()));
     }
+    if route.upstream.kind() == UpstreamKind::Anthropic {
+        return crate::anthropic_upstream::forward(route, endpoint, &body).await;
+    }
+    send(route, endpoint, &body).await
+}
+
+/// Sends `body` as it is and passes the answer back (translated by nobody).
+pub(crate) async fn send(
+    route: &UpstreamRoute,
+    endpoint: Endpoint,
+    body: &Value,
+) -> Result<Response, Error> {
     let upstream = route.upstream.name().to_owned();
-    let resp = route.upstream.send(endpoint, &body).await?;
+    let resp = route.upstream.send(endpoint, body).await?;
     let status = resp.status;
 
     if (200..300).contains(&status) {

@@ -54,6 +54,7 @@ pub fn mock_router(record: bool) -> (Router, MockLog) {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(|| async { Json(json!({"object":"list","data":[{"id":"mock","object":"model","owned_by":"mock"}]})) }))
         // What it received, for tests in other processes (the SDK tests): recorded
         // request bodies, oldest first. Empty unless recording.
@@ -67,6 +68,20 @@ pub fn mock_router(record: bool) -> (Router, MockLog) {
                     .map(|v| v.iter().map(|(_, _, b)| b.clone()).collect())
                     .unwrap_or_default();
                 Json(json!({ "received": bodies }))
+            }),
+        )
+        // The credential each request carried (`Bearer ...` or `x-api-key ...`), with
+        // its path, oldest first.
+        .route(
+            "/_mock/credentials",
+            get(|State(s): State<MockState>| async move {
+                let seen: Vec<Value> = s
+                    .rec
+                    .bodies
+                    .lock()
+                    .map(|v| v.iter().map(|(p, a, _)| json!([p, a])).collect())
+                    .unwrap_or_default();
+                Json(json!({ "credentials": seen }))
             }),
         )
         .with_state(state);
@@ -424,6 +439,155 @@ fn tool_caller(body: &Value, chat: bool, echo: bool) -> Response {
         ));
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream::iter(
+            frames
+                .into_iter()
+                .map(Ok::<Bytes, std::convert::Infallible>),
+        )))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `/v1/messages`: an Anthropic-protocol upstream, written in that protocol (not by the
+/// gateway's own translation). It records the request with its `x-api-key`. Models:
+/// `error-NNN` answers status NNN in Anthropic's error shape; `claude-tools` calls the
+/// first tool it is offered with `{"city": "Paris"}` until the last turn carries a
+/// `tool_result`, which it quotes; any other model answers "mock reply to: " and the
+/// last user text. Streams send the exact event sequence, text a word per delta and
+/// tool input in pieces of five characters.
+async fn messages(
+    State(s): State<MockState>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if s.record {
+        let key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(|k| format!("x-api-key {k}"));
+        if let Ok(mut v) = s.rec.bodies.lock() {
+            v.push(("/v1/messages".to_owned(), key, body.clone()));
+        }
+    }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_owned();
+    if headers.get("anthropic-version").is_none() {
+        let err = json!({"type": "error", "error": {"type": "invalid_request_error", "message": "anthropic-version header is required"}});
+        return (StatusCode::BAD_REQUEST, Json(err)).into_response();
+    }
+    if let Some(code) = model
+        .strip_prefix("error-")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let err = json!({"type": "error", "error": {"type": "api_error", "message": format!("mock error {code}")}});
+        return (status, Json(err)).into_response();
+    }
+    let last = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let blocks: Vec<Value> = match &last["content"] {
+        Value::String(t) => vec![json!({"type": "text", "text": t})],
+        Value::Array(b) => b.clone(),
+        _ => Vec::new(),
+    };
+    let said: String = blocks
+        .iter()
+        .filter(|b| b["type"] == "text")
+        .filter_map(|b| b["text"].as_str())
+        .collect();
+    let result = blocks
+        .iter()
+        .find(|b| b["type"] == "tool_result")
+        .map(|b| match &b["content"] {
+            Value::String(t) => t.clone(),
+            other => other.to_string(),
+        });
+    let tool = body
+        .pointer("/tools/0/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let (content, stop) = match (&tool, &result) {
+        (Some(name), None) if model == "claude-tools" => (
+            json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Paris"}}]),
+            "tool_use",
+        ),
+        (_, Some(r)) if model == "claude-tools" => (
+            json!([{"type": "text", "text": format!("The tool said: {r}")}]),
+            "end_turn",
+        ),
+        _ => (
+            json!([{"type": "text", "text": format!("mock reply to: {said}")}]),
+            "end_turn",
+        ),
+    };
+    let usage = json!({"input_tokens": 3, "output_tokens": 5});
+    let message = json!({"id": "msg_mock_1", "type": "message", "role": "assistant", "model": model,
+        "content": content, "stop_reason": stop, "stop_sequence": null, "usage": usage});
+    if !body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        return Json(message).into_response();
+    }
+    let ev = |name: &str, data: Value| Bytes::from(format!("event: {name}\ndata: {data}\n\n"));
+    let mut start = message.clone();
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    start["usage"] = json!({"input_tokens": 3, "output_tokens": 1});
+    let mut frames = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": start}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+    ];
+    for (i, b) in content.as_array().into_iter().flatten().enumerate() {
+        if b["type"] == "tool_use" {
+            let mut head = b.clone();
+            head["input"] = json!({});
+            frames.push(ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": i, "content_block": head}),
+            ));
+            let input: Vec<char> = b["input"].to_string().chars().collect();
+            for piece in input.chunks(5) {
+                let piece: String = piece.iter().collect();
+                frames.push(ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                ));
+            }
+        } else {
+            frames.push(ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": i,
+                "content_block": {"type": "text", "text": ""}}),
+            ));
+            for w in b["text"].as_str().unwrap_or("").split_inclusive(' ') {
+                frames.push(ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "text_delta", "text": w}}),
+                ));
+            }
+        }
+        frames.push(ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": i}),
+        ));
+    }
+    frames.push(ev(
+        "message_delta",
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+    ));
+    frames.push(ev("message_stop", json!({"type": "message_stop"})));
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from_stream(stream::iter(

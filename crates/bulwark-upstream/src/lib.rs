@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use breaker::Breaker;
 
-use bulwark_config::UpstreamConfig;
+use bulwark_config::{UpstreamConfig, UpstreamKind};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
@@ -25,6 +25,8 @@ use secrecy::{ExposeSecret, SecretString};
 pub enum Endpoint {
     ChatCompletions,
     Completions,
+    /// The Anthropic Messages API, on `kind = "anthropic"` upstreams.
+    Messages,
 }
 
 impl Endpoint {
@@ -32,9 +34,13 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
+            Endpoint::Messages => "/messages",
         }
     }
 }
+
+/// The Messages API version sent to Anthropic-protocol upstreams.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -104,6 +110,7 @@ impl Drop for InFlight {
 /// One configured upstream: one or more replicas behind one name.
 pub struct Upstream {
     name: String,
+    kind: UpstreamKind,
     replicas: Vec<Replica>,
     api_key: Option<SecretString>,
     client: reqwest::Client,
@@ -156,6 +163,7 @@ impl Upstream {
             })?;
         Ok(Upstream {
             name: cfg.name.clone(),
+            kind: cfg.kind,
             replicas: std::iter::once(&cfg.base_url)
                 .chain(&cfg.replicas)
                 .map(|url| Replica {
@@ -175,6 +183,11 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The protocol it speaks.
+    pub fn kind(&self) -> UpstreamKind {
+        self.kind
     }
 
     /// The client-facing model names this upstream serves, with the upstream's names.
@@ -294,8 +307,15 @@ impl Upstream {
         let in_flight = InFlight::enter(&replica.in_flight);
         let url = format!("{}{}", replica.base_url, endpoint.path());
         let mut req = self.client.post(url).json(body);
-        if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key.expose_secret());
+        match (&self.api_key, self.kind) {
+            (Some(key), UpstreamKind::OpenAi) => req = req.bearer_auth(key.expose_secret()),
+            (Some(key), UpstreamKind::Anthropic) => {
+                req = req.header("x-api-key", key.expose_secret())
+            }
+            (None, _) => {}
+        }
+        if self.kind == UpstreamKind::Anthropic {
+            req = req.header("anthropic-version", ANTHROPIC_VERSION);
         }
         let resp = req.send().await.map_err(|e| self.classify(e))?;
         let header = |name: reqwest::header::HeaderName| {
@@ -461,6 +481,7 @@ mod tests {
     fn upstream(replicas: usize) -> Upstream {
         let cfg = UpstreamConfig {
             name: "u".into(),
+            kind: UpstreamKind::OpenAi,
             base_url: "http://127.0.0.1:9/v1".into(),
             replicas: (1..replicas)
                 .map(|i| format!("http://127.0.0.1:{}/v1", 9 + i))
