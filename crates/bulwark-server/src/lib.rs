@@ -11,6 +11,7 @@ pub mod anthropic;
 mod anthropic_upstream;
 pub mod auth;
 pub mod cache;
+mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod guard;
@@ -175,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/responses", post(responses::create))
+        .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{id}", get(ops::get_model))
         .route("/v1/guard/scan", post(ops::guard_scan));

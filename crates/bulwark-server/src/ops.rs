@@ -64,6 +64,19 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
             verification: m.verification.get().copied(),
         })
         .collect();
+    out.extend(models.embedder.iter().map(|e| {
+        let ready = e.embedder.get().is_some();
+        ModelObject {
+            id: e.config.name.clone(),
+            object: "model",
+            created: models.created,
+            owned_by: "bulwark".into(),
+            served_by: "local".into(),
+            verified: Some(ready),
+            status: Some(if ready { "ready" } else { "loading" }),
+            verification: ready.then_some("pinned-digest"),
+        }
+    }));
     out.extend(models.upstream.iter().map(|(name, r)| ModelObject {
         id: name.clone(),
         object: "model",

@@ -16,6 +16,7 @@
 use axum::response::{IntoResponse, Response};
 use bulwark_api::chat::ChatRequest;
 use bulwark_api::completions::CompletionRequest;
+use bulwark_api::embeddings::EmbeddingsRequest;
 use bulwark_api::{ApiError, ErrorKind};
 use bulwark_keys::{now_ms, Limited};
 use bulwark_policy::{decide, Candidate, DataClass, Policy};
@@ -101,12 +102,15 @@ impl Protocol {
 pub enum Parsed {
     Chat(ChatRequest),
     Completion(CompletionRequest),
+    Embeddings(EmbeddingsRequest),
 }
 
 impl Parsed {
-    /// (cache kind, deterministic, streamed, usage chunk wanted).
-    fn cache_facts(&self) -> (bulwark_cache::Kind, bool, bool, bool) {
-        match self {
+    /// (cache kind, deterministic, streamed, usage chunk wanted); embeddings are not
+    /// cached (`kind` is `None`).
+    fn cache_facts(&self) -> (Option<bulwark_cache::Kind>, bool, bool, bool) {
+        let (kind, deterministic, stream, usage) = match self {
+            Parsed::Embeddings(_) => return (None, false, false, false),
             Parsed::Chat(r) => (
                 bulwark_cache::Kind::Chat,
                 r.sampling.is_deterministic(),
@@ -119,7 +123,8 @@ impl Parsed {
                 r.stream,
                 r.include_usage,
             ),
-        }
+        };
+        (Some(kind), deterministic, stream, usage)
     }
 
     /// Asks the target for the usage chunk of a stream.
@@ -127,6 +132,7 @@ impl Parsed {
         match self {
             Parsed::Chat(r) => r.include_usage = true,
             Parsed::Completion(r) => r.include_usage = true,
+            Parsed::Embeddings(_) => {}
         }
     }
 
@@ -134,6 +140,7 @@ impl Parsed {
         match self {
             Parsed::Chat(_) => Endpoint::ChatCompletions,
             Parsed::Completion(_) => Endpoint::Completions,
+            Parsed::Embeddings(_) => Endpoint::Embeddings,
         }
     }
 }
@@ -663,6 +670,8 @@ fn refused(parsed: &Parsed, model: &str, e: &ApiError) -> Response {
     let (chat, stream, usage) = match parsed {
         Parsed::Chat(r) => (true, r.stream, r.include_usage),
         Parsed::Completion(r) => (false, r.stream, r.include_usage),
+        // An embedding has no text to say why in: the refusal stays an error.
+        Parsed::Embeddings(_) => return Error(e.clone()).into_response(),
     };
     let zero = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
     let mut resp = if !stream {
@@ -759,7 +768,15 @@ async fn serve_inner(
     let guard = state.guard.as_ref().zip(guard_config);
     if let Some((g, cfg)) = guard {
         let heavy = g.runs_encoder(cfg);
-        let (g, cfg) = (std::sync::Arc::clone(g), cfg.clone());
+        let (g, mut cfg) = (std::sync::Arc::clone(g), cfg.clone());
+        // Text being embedded instructs no model: an injection in a document being
+        // indexed is flagged (x-bulwark-guard), not refused, so that whole corpora can
+        // be embedded. Personal data and secrets are handled as configured.
+        if matches!(parsed, Parsed::Embeddings(_))
+            && cfg.injection == bulwark_config::GuardAction::Block
+        {
+            cfg.injection = bulwark_config::GuardAction::Flag;
+        }
         let mut value = std::mem::take(&mut body.value);
         let Some((value, screened)) = crate::guard::off_workers(heavy, move || {
             let r = g.screen(&mut value, &cfg);
@@ -791,6 +808,9 @@ async fn serve_inner(
                         Parsed::Chat(_) => ChatRequest::from_json(&body.value).map(Parsed::Chat),
                         Parsed::Completion(_) => {
                             CompletionRequest::from_json(&body.value).map(Parsed::Completion)
+                        }
+                        Parsed::Embeddings(_) => {
+                            EmbeddingsRequest::from_json(&body.value).map(Parsed::Embeddings)
                         }
                     };
                     match reparsed {
@@ -840,13 +860,16 @@ async fn serve_inner(
         .cache
         .as_ref()
         .filter(|c| c.cacheable(deterministic))
-        .map(|c| {
-            (
-                c,
-                bulwark_cache::key(tenant, class.as_str(), kind, &body.value),
-            )
+        .and_then(|c| {
+            kind.map(|kind| {
+                (
+                    c,
+                    bulwark_cache::key(tenant, class.as_str(), kind, &body.value),
+                    kind,
+                )
+            })
         });
-    if let Some((cache, key)) = &cached {
+    if let Some((cache, key, _)) = &cached {
         if let Some(answer) = cache.get(key) {
             let mut resp = cache::replay(&answer, stream, include_usage);
             if let Some((_, cfg)) = guard {
@@ -894,8 +917,8 @@ async fn serve_inner(
     }
     let (result, route) = dispatch(state, policy, class, body, parsed).await;
     let mut resp = match (result, &cached) {
-        (Ok(resp), Some((cache, key))) => {
-            let mut resp = cache.store_when_complete(resp, *key, kind);
+        (Ok(resp), Some((cache, key, kind))) => {
+            let mut resp = cache.store_when_complete(resp, *key, *kind);
             resp.headers_mut()
                 .insert(cache::CACHE_HEADER, HeaderValue::from_static("miss"));
             resp
@@ -1053,9 +1076,26 @@ async fn attempt(
                 req.model = name.to_owned();
                 local::completion(engine, req).await
             }
+            Parsed::Embeddings(_) => Err(wrong_kind(name, "a chat model; it serves no embeddings")),
+        },
+        Ok(Target::Embedder(embedder)) => match parsed {
+            Parsed::Embeddings(req) => crate::embeddings::local(embedder, req, name).await,
+            _ => Err(wrong_kind(
+                name,
+                "an embedding model; send it to /v1/embeddings",
+            )),
         },
         Ok(Target::Upstream(route)) => proxy::forward(route, endpoint, body.clone()).await,
     }
+}
+
+/// A request sent to a model of the wrong kind: a 400 naming both.
+fn wrong_kind(model: &str, what: &str) -> Error {
+    Error(
+        ApiError::new(ErrorKind::InvalidRequest, format!("`{model}` is {what}."))
+            .with_param("model")
+            .with_code(bulwark_api::ErrorCode::InvalidValue),
+    )
 }
 
 /// What happened to the candidates tried so far.

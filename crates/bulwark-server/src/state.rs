@@ -40,6 +40,13 @@ pub struct LocalModel {
     pub verification: OnceLock<&'static str>,
 }
 
+/// The sentence embedding model served in-process. It appears once loaded.
+pub struct EmbeddingModel {
+    pub config: bulwark_config::EmbeddingsConfig,
+    pub embedder: OnceLock<Arc<bulwark_guard::encoder::Embedder>>,
+    pub residency: Residency,
+}
+
 /// A client-facing model name served by an upstream.
 pub struct UpstreamRoute {
     pub upstream: Arc<Upstream>,
@@ -50,6 +57,8 @@ pub struct UpstreamRoute {
 /// Every model this gateway serves, by the name clients use.
 pub struct Models {
     pub local: BTreeMap<String, LocalModel>,
+    /// `None` when off, or when its files are missing and it was not required.
+    pub embedder: Option<EmbeddingModel>,
     pub upstream: BTreeMap<String, UpstreamRoute>,
     /// Client-facing names that stand for an ordered list of candidate models.
     pub routes: BTreeMap<String, RouteConfig>,
@@ -70,6 +79,7 @@ pub struct Models {
 /// Where a request goes.
 pub enum Target<'a> {
     Local(Arc<Engine>),
+    Embedder(Arc<bulwark_guard::encoder::Embedder>),
     Upstream(&'a UpstreamRoute),
 }
 
@@ -104,8 +114,23 @@ impl Models {
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let embedder = config.embeddings.clone().and_then(|e| {
+            let present = ["model.safetensors", "tokenizer.json"]
+                .iter()
+                .all(|f| e.dir.join(f).exists());
+            if !present && !e.required {
+                tracing::warn!(dir = %e.dir.display(), "no embedding model: its files are missing (scripts/fetch-model.sh fetches them); /v1/embeddings serves upstream models only");
+                return None;
+            }
+            Some(EmbeddingModel {
+                config: e,
+                embedder: OnceLock::new(),
+                residency: host.clone(),
+            })
+        });
         Ok(Models {
             local,
+            embedder,
             upstream,
             routes: config
                 .routes
@@ -146,7 +171,13 @@ impl Models {
         if let Some(route) = self.routes.get(model) {
             return Ok(route.candidates.iter().map(String::as_str).collect());
         }
-        if self.local.contains_key(model) || self.upstream.contains_key(model) {
+        if self.local.contains_key(model)
+            || self.upstream.contains_key(model)
+            || self
+                .embedder
+                .as_ref()
+                .is_some_and(|e| e.config.name == model)
+        {
             return Ok(vec![model]);
         }
         Err(ApiError::model_not_found(model))
@@ -158,12 +189,29 @@ impl Models {
             .get(model)
             .map(|m| &m.residency)
             .or_else(|| self.upstream.get(model).map(|r| &r.residency))
+            .or_else(|| {
+                self.embedder
+                    .as_ref()
+                    .filter(|e| e.config.name == model)
+                    .map(|e| &e.residency)
+            })
     }
 
     pub fn resolve(&self, model: &str) -> Result<Target<'_>, ApiError> {
         if let Some(m) = self.local.get(model) {
             return match m.engine.get() {
                 Some(engine) => Ok(Target::Local(Arc::clone(engine))),
+                None => Err(ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!("The model `{model}` is still loading; retry shortly (GET /readyz says when it is ready)."),
+                )
+                .with_code(bulwark_api::ErrorCode::ModelLoading)
+                .with_retry_after(1)),
+            };
+        }
+        if let Some(e) = self.embedder.as_ref().filter(|e| e.config.name == model) {
+            return match e.embedder.get() {
+                Some(embedder) => Ok(Target::Embedder(Arc::clone(embedder))),
                 None => Err(ApiError::new(
                     ErrorKind::Unavailable,
                     format!("The model `{model}` is still loading; retry shortly (GET /readyz says when it is ready)."),
@@ -181,6 +229,10 @@ impl Models {
     /// True once every local model is loaded.
     pub fn ready(&self) -> bool {
         self.local.values().all(|m| m.engine.get().is_some())
+            && self
+                .embedder
+                .as_ref()
+                .is_none_or(|e| e.embedder.get().is_some())
     }
 
     /// Verifies and loads every local model, in order. The first failure is returned
@@ -198,6 +250,15 @@ impl Models {
             tracing::info!(model = %name, verification = how, elapsed_ms = started.elapsed().as_millis() as u64, "model ready");
             let _ = m.verification.set(how);
             let _ = m.engine.set(Arc::new(engine));
+        }
+        if let Some(e) = &self.embedder {
+            let cfg = e.config.clone();
+            let started = std::time::Instant::now();
+            let embedder = tokio::task::spawn_blocking(move || load_embedder(&cfg))
+                .await
+                .map_err(|err| format!("loading `{}` panicked: {err}", e.config.name))??;
+            tracing::info!(model = %e.config.name, verification = "pinned-digest", elapsed_ms = started.elapsed().as_millis() as u64, "embedding model ready");
+            let _ = e.embedder.set(Arc::new(embedder));
         }
         Ok(())
     }
@@ -268,6 +329,26 @@ fn check_registry(
     } else {
         "registry"
     })
+}
+
+/// Checks the embedding model's files against their pinned digests, then loads it.
+fn load_embedder(
+    cfg: &bulwark_config::EmbeddingsConfig,
+) -> Result<bulwark_guard::encoder::Embedder, String> {
+    use bulwark_config::default_embedder::{MODEL_SHA256, TOKENIZER_SHA256};
+    for (file, digest) in [
+        ("model.safetensors", MODEL_SHA256),
+        ("tokenizer.json", TOKENIZER_SHA256),
+    ] {
+        bulwark_supply::verify_sha256(&cfg.dir.join(file), digest).map_err(|e| {
+            format!(
+                "embedding model `{}`: {e} (run scripts/fetch-model.sh)",
+                cfg.name
+            )
+        })?;
+    }
+    bulwark_guard::encoder::Embedder::load(&cfg.dir)
+        .map_err(|e| format!("embedding model `{}`: {e}", cfg.name))
 }
 
 fn load_one(

@@ -55,6 +55,7 @@ pub fn mock_router(record: bool) -> (Router, MockLog) {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(|| async { Json(json!({"object":"list","data":[{"id":"mock","object":"model","owned_by":"mock"}]})) }))
         // What it received, for tests in other processes (the SDK tests): recorded
         // request bodies, oldest first. Empty unless recording.
@@ -596,6 +597,43 @@ async fn messages(
                 .map(Ok::<Bytes, std::convert::Infallible>),
         )))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `/v1/embeddings`: for each input, a vector of four numbers made from its length and
+/// the sum of its bytes (deterministic, so tests can compare), in OpenAI's shape.
+async fn embeddings(
+    State(s): State<MockState>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if s.record {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Ok(mut v) = s.rec.bodies.lock() {
+            v.push(("/v1/embeddings".to_owned(), auth, body.clone()));
+        }
+    }
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(t) => vec![t.clone()],
+        Value::Array(items) => items.iter().map(|i| i.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let sum: u64 = t.bytes().map(u64::from).sum();
+            json!({"object": "embedding", "index": i,
+                   "embedding": [t.len() as f64, (sum % 1000) as f64, 0.5, -0.5]})
+        })
+        .collect();
+    Json(
+        json!({"object": "list", "data": data, "model": body["model"],
+                "usage": {"prompt_tokens": inputs.len() * 2, "total_tokens": inputs.len() * 2}}),
+    )
+    .into_response()
 }
 
 /// A mock upstream running on a loopback port in the background.

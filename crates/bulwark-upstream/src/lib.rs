@@ -27,6 +27,7 @@ pub enum Endpoint {
     Completions,
     /// The Anthropic Messages API, on `kind = "anthropic"` upstreams.
     Messages,
+    Embeddings,
 }
 
 impl Endpoint {
@@ -35,6 +36,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Messages => "/messages",
+            Endpoint::Embeddings => "/embeddings",
         }
     }
 }
