@@ -135,9 +135,11 @@ pub(crate) struct Job {
 }
 
 /// The GBNF that llama.cpp's converter writes for a JSON Schema (`{}` and `true` are
-/// any JSON value), for compact JSON: at most one space between tokens, where the
-/// converter would allow newlines and indentation that a small model can spend its
-/// whole `max_tokens` on. Schemas it cannot express are an error naming what failed.
+/// any JSON value), with two changes: compact JSON (at most one space between tokens,
+/// where the converter would allow newlines and indentation that a small model can
+/// spend its whole `max_tokens` on), and exponents of at most two digits (the
+/// converter allows sixteen, and `1e1911101017222403` is JSON that no parser can hold
+/// as a number). Schemas it cannot express are an error that says so.
 pub fn json_schema_gbnf(schema: &serde_json::Value) -> Result<String, EngineError> {
     let gbnf = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
         // The binding reports only a status code, not the converter's reason.
@@ -152,9 +154,9 @@ pub fn json_schema_gbnf(schema: &serde_json::Value) -> Result<String, EngineErro
         .lines()
         .map(|l| {
             if l.starts_with("space ::=") {
-                r#"space ::= | " ""#
+                r#"space ::= | " ""#.to_owned()
             } else {
-                l
+                l.replace("[eE] [-+]? integral-part", "[eE] [-+]? [0-9]{1,2}")
             }
         })
         .collect::<Vec<_>>()

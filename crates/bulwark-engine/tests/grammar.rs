@@ -266,3 +266,25 @@ fn schema_grammars_write_compact_json() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(g.lines().any(|l| l == r#"space ::= | " ""#), "{g}");
 }
+/// Found by `output_always_validates`: the converter lets an exponent have 16 digits,
+/// which is JSON but no number a parser can hold (`1.17E1911101017222403`).
+#[test]
+fn numbers_stay_in_range() {
+    let g = bulwark_engine::json_schema_gbnf(&json!({"type": "number"}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!g.contains("[eE] [-+]? integral-part"), "{g}");
+    let sampling = SamplingParams {
+        temperature: Some(1.1218375),
+        seed: Some(2_606_148_414),
+        max_tokens: Some(400),
+        ..Default::default()
+    };
+    let (text, _) = run(
+        engine(),
+        "Write some JSON.",
+        &json!({"type": "number"}),
+        sampling,
+    );
+    let n: f64 = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    assert!(n.is_finite(), "{text}");
+}
