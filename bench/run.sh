@@ -3,6 +3,7 @@
 #   bench/run.sh            # gateway overhead (with LiteLLM) and local engine
 #   bench/run.sh gateway    # only one of them
 #   bench/run.sh engine
+#   bench/run.sh grammar    # constrained decoding against llama-cpp-python, same grammar
 #   bench/run.sh logic      # the gateway's per-request logic, no network
 #   bench/run.sh guard      # the guard: quality on the dev split and on documents (vs prompt-guardrail), PII, speed
 #   bench/run.sh audit      # the audit log: records per second, crypto cost
@@ -20,7 +21,7 @@ if [ ! -x "$VENV/bin/litellm" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>
     llama-cpp-python==0.3.36 'litellm[proxy]==1.100.5'
 fi
 cargo build --release --locked -p bulwark -p bulwark-testkit
-cargo build --release --locked -p bulwark-engine --example batch_throughput
+cargo build --release --locked -p bulwark-engine --example batch_throughput --example schema_gbnf
 cargo build --release --locked -p bulwark-server --example hot_path_cost
 cargo build --release --locked -p bulwark-guard --example scan_cost --example eval_pii
 cargo build --release --locked -p bulwark-audit --example throughput
@@ -34,6 +35,9 @@ if [ "$what" = all ] || [ "$what" = gateway ]; then
 fi
 if [ "$what" = all ] || [ "$what" = engine ]; then
   "../$VENV/bin/python" engine.py | tee -a "../$out"
+fi
+if [ "$what" = all ] || [ "$what" = grammar ]; then
+  "../$VENV/bin/python" grammar.py | tee -a "../$out"
 fi
 if [ "$what" = all ] || [ "$what" = logic ]; then
   ../target/release/examples/hot_path_cost | tee -a "../$out"

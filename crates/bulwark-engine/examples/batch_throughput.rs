@@ -2,8 +2,9 @@
 //!
 //! `batch_throughput MODEL [THREADS] [GEN]`: aggregate decode throughput at 1, 4 and 8
 //! concurrent sequences, one JSON line each.
-//! `batch_throughput MODEL THREADS GEN PROMPT_FILE`: one greedy run of that prompt,
-//! printing its prompt and decode speed as one JSON line.
+//! `batch_throughput MODEL THREADS GEN PROMPT_FILE [GRAMMAR_FILE]`: one greedy run of that
+//! prompt (under that GBNF grammar, start rule `root`, when given), printing its prompt
+//! and decode speed as one JSON line.
 
 use std::time::Instant;
 
@@ -37,7 +38,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let prompt = engine.tokenize(&std::fs::read_to_string(prompt_file)?)?;
         let n_prompt = prompt.len();
         let start = Instant::now();
-        let mut g = engine.generate(prompt, params)?;
+        let grammar = match args.next() {
+            Some(file) => Some(engine.grammar(&std::fs::read_to_string(file)?)?),
+            None => None,
+        };
+        let mut g = engine.generate_constrained(prompt, params, grammar)?;
         let (mut first, mut last, mut tokens) = (None, start, 0u32);
         while let Some(ev) = g.events.blocking_recv() {
             match ev {
@@ -51,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let first = first.ok_or("no tokens")?;
         println!(
-            "{{\"prompt_tokens\":{n_prompt},\"ttft_s\":{:.6},\"decode_tps\":{:.2}}}",
+            "{{\"prompt_tokens\":{n_prompt},\"ttft_s\":{:.6},\"decode_tps\":{:.2},\"tokens\":{tokens}}}",
             (first - start).as_secs_f64(),
             f64::from(tokens - 1) / (last - first).as_secs_f64()
         );

@@ -283,9 +283,10 @@ impl Encoder {
     /// As [`Encoder::load`], from the two files' bytes. Untrusted input: anything but
     /// the expected tensors (names, shapes, f32 or f16) is an error naming the file.
     pub fn from_bytes(weights: &[u8], tokenizer: &[u8]) -> Result<Encoder, EncoderError> {
+        let tokenizer = tokenizer_from(tokenizer)?;
         let base =
             SafeTensors::deserialize(weights).map_err(|e| format_err("model.safetensors", e))?;
-        Self::build(tokenizer_from(tokenizer)?, &base)
+        Self::build(tokenizer, &base)
     }
 
     fn build(
@@ -526,10 +527,11 @@ impl Embedder {
     /// for [`Encoder::from_bytes`].
     pub fn load(dir: &Path) -> Result<Embedder, EncoderError> {
         let (weights, tokenizer) = read_model_files(dir)?;
+        let tokenizer = tokenizer_from(&tokenizer)?;
         let base =
             SafeTensors::deserialize(&weights).map_err(|e| format_err("model.safetensors", e))?;
         Ok(Embedder {
-            trunk: Trunk::build(tokenizer_from(&tokenizer)?, &base, None)?,
+            trunk: Trunk::build(tokenizer, &base, None)?,
         })
     }
 
