@@ -141,13 +141,16 @@ def test_unknown_tool_result_and_bad_schema_are_clear_errors(oai):
 def test_anthropic_forced_tool_use_on_the_local_engine(claude):
     tool = {"name": "get_weather", "description": "The weather now in a city.",
             "input_schema": WEATHER_TOOL["function"]["parameters"]}
-    r = claude.messages.create(model="smollm2", max_tokens=100, tools=[tool],
+    # Greedy, so that the tiny model's call is the same every run (sampled, it may write a
+    # city name until max_tokens, which the answer then says: stop_reason max_tokens).
+    r = claude.messages.create(model="smollm2", max_tokens=300, tools=[tool], extra_body={"temperature": 0},
                                tool_choice={"type": "tool", "name": "get_weather"},
                                messages=[{"role": "user", "content": "Weather in Paris?"}])
     assert r.stop_reason == "tool_use"
     use = [b for b in r.content if b.type == "tool_use"]
     assert len(use) == 1 and use[0].name == "get_weather" and isinstance(use[0].input["city"], str)
-    with claude.messages.stream(model="smollm2", max_tokens=100, tools=[tool], tool_choice={"type": "any"},
+    with claude.messages.stream(model="smollm2", max_tokens=300, tools=[tool], tool_choice={"type": "any"},
+                                extra_body={"temperature": 0},
                                 messages=[{"role": "user", "content": "Weather in Paris?"}]) as s:
         kinds = [e.type for e in s]
         final = s.get_final_message()
