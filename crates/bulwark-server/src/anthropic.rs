@@ -12,7 +12,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bulwark_api::anthropic::{self, StreamTranslator};
-use bulwark_api::chat::ChatRequest;
 use bulwark_api::ErrorKind;
 use http::{header, HeaderMap, HeaderValue};
 use serde_json::{json, Value};
@@ -20,7 +19,7 @@ use serde_json::{json, Value};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::extract::JsonObject;
-use crate::route::{self, Parsed, Protocol};
+use crate::route::{self, Protocol};
 use crate::state::{AppState, Target};
 
 /// `POST /v1/messages`.
@@ -30,24 +29,13 @@ pub async fn messages(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Response {
-    let chat = match anthropic::to_chat(&body.value) {
-        Ok(c) => c,
-        Err(e) => return Error(e).into_response(),
-    };
-    let parsed = match ChatRequest::from_json(&chat) {
-        Ok(p) => p,
-        Err(e) => return Error(e).into_response(),
-    };
-    let body = JsonObject {
-        value: chat,
-        model: body.model,
-    };
-    route::serve(
+    let chat = anthropic::to_chat(&body.value);
+    route::serve_as_chat(
         &state,
         &caller,
         &headers,
-        body,
-        Parsed::Chat(parsed),
+        body.model,
+        chat,
         Protocol::Anthropic,
     )
     .await

@@ -8,18 +8,16 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
-use bulwark_api::chat::ChatRequest;
 use bulwark_api::responses::{self, StreamTranslator};
 use bulwark_api::ErrorKind;
 use http::HeaderMap;
 use serde_json::Value;
 
 use crate::auth::Caller;
-use crate::error::Error;
 use crate::extract::JsonObject;
-use crate::route::{self, Parsed, Protocol};
+use crate::route::{self, Protocol};
 use crate::state::AppState;
 
 /// `POST /v1/responses`.
@@ -29,25 +27,14 @@ pub async fn create(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Response {
-    let chat = match responses::to_chat(&body.value) {
-        Ok(c) => c,
-        Err(e) => return Error(e).into_response(),
-    };
-    let parsed = match ChatRequest::from_json(&chat) {
-        Ok(p) => p,
-        Err(e) => return Error(e).into_response(),
-    };
+    let chat = responses::to_chat(&body.value);
     let request = Arc::new(body.value);
-    let body = JsonObject {
-        value: chat,
-        model: body.model,
-    };
-    route::serve(
+    route::serve_as_chat(
         &state,
         &caller,
         &headers,
-        body,
-        Parsed::Chat(parsed),
+        body.model,
+        chat,
         Protocol::Responses(request),
     )
     .await

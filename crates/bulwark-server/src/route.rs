@@ -285,6 +285,26 @@ pub async fn serve(
     resp
 }
 
+/// Serves a request of another protocol that its handler has translated into the chat
+/// form (`chat`): validated as a chat request, then [`serve`]d, its answer rendered in
+/// `protocol`.
+pub async fn serve_as_chat(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    model: String,
+    chat: Result<serde_json::Value, ApiError>,
+    protocol: Protocol,
+) -> Response {
+    let parsed = match chat.and_then(|c| ChatRequest::from_json(&c).map(|p| (c, p))) {
+        Ok(p) => p,
+        Err(e) => return Error(e).into_response(),
+    };
+    let (value, parsed) = parsed;
+    let body = JsonObject { value, model };
+    serve(state, caller, headers, body, Parsed::Chat(parsed), protocol).await
+}
+
 /// Marks an answer whose request [`serve`] has recorded.
 #[derive(Clone, Copy)]
 struct Audited;

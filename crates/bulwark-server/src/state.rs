@@ -201,23 +201,13 @@ impl Models {
         if let Some(m) = self.local.get(model) {
             return match m.engine.get() {
                 Some(engine) => Ok(Target::Local(Arc::clone(engine))),
-                None => Err(ApiError::new(
-                    ErrorKind::Unavailable,
-                    format!("The model `{model}` is still loading; retry shortly (GET /readyz says when it is ready)."),
-                )
-                .with_code(bulwark_api::ErrorCode::ModelLoading)
-                .with_retry_after(1)),
+                None => Err(loading(model)),
             };
         }
         if let Some(e) = self.embedder.as_ref().filter(|e| e.config.name == model) {
             return match e.embedder.get() {
                 Some(embedder) => Ok(Target::Embedder(Arc::clone(embedder))),
-                None => Err(ApiError::new(
-                    ErrorKind::Unavailable,
-                    format!("The model `{model}` is still loading; retry shortly (GET /readyz says when it is ready)."),
-                )
-                .with_code(bulwark_api::ErrorCode::ModelLoading)
-                .with_retry_after(1)),
+                None => Err(loading(model)),
             };
         }
         match self.upstream.get(model) {
@@ -329,6 +319,16 @@ fn check_registry(
     } else {
         "registry"
     })
+}
+
+/// A model asked for before it has loaded: 503 with `Retry-After`.
+fn loading(model: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        format!("The model `{model}` is still loading; retry shortly (GET /readyz says when it is ready)."),
+    )
+    .with_code(bulwark_api::ErrorCode::ModelLoading)
+    .with_retry_after(1)
 }
 
 /// Checks the embedding model's files against their pinned digests, then loads it.

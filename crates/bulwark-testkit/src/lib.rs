@@ -95,6 +95,35 @@ struct MockState {
     record: bool,
 }
 
+impl MockState {
+    /// Keeps a request's path, credential (`Bearer ...`, or `x-api-key ...` as an
+    /// Anthropic client sends it) and body, when recording.
+    fn record(&self, path: &str, headers: &HeaderMap, body: &Value) {
+        if !self.record {
+            return;
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let credential = header("authorization")
+            .map(str::to_owned)
+            .or_else(|| header("x-api-key").map(|k| format!("x-api-key {k}")));
+        if let Ok(mut v) = self.rec.bodies.lock() {
+            v.push((path.to_owned(), credential, body.clone()));
+        }
+    }
+}
+
+/// A `text/event-stream` answer of these frames.
+fn event_stream(frames: Vec<Bytes>) -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream::iter(
+            frames
+                .into_iter()
+                .map(Ok::<Bytes, std::convert::Infallible>),
+        )))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 /// Read access to what the mock received.
 #[derive(Clone)]
 pub struct MockLog {
@@ -158,15 +187,7 @@ async fn respond(
     path: &str,
     chat: bool,
 ) -> Response {
-    if s.record {
-        let auth = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if let Ok(mut v) = s.rec.bodies.lock() {
-            v.push((path.to_owned(), auth, body.clone()));
-        }
-    }
+    s.record(path, &headers, &body);
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -440,14 +461,7 @@ fn tool_caller(body: &Value, chat: bool, echo: bool) -> Response {
         ));
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .body(Body::from_stream(stream::iter(
-            frames
-                .into_iter()
-                .map(Ok::<Bytes, std::convert::Infallible>),
-        )))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    event_stream(frames)
 }
 
 /// `/v1/messages`: an Anthropic-protocol upstream, written in that protocol (not by the
@@ -462,15 +476,7 @@ async fn messages(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if s.record {
-        let key = headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(|k| format!("x-api-key {k}"));
-        if let Ok(mut v) = s.rec.bodies.lock() {
-            v.push(("/v1/messages".to_owned(), key, body.clone()));
-        }
-    }
+    s.record("/v1/messages", &headers, &body);
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -589,14 +595,7 @@ async fn messages(
         "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 5}}),
     ));
     frames.push(ev("message_stop", json!({"type": "message_stop"})));
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .body(Body::from_stream(stream::iter(
-            frames
-                .into_iter()
-                .map(Ok::<Bytes, std::convert::Infallible>),
-        )))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    event_stream(frames)
 }
 
 /// `/v1/embeddings`: for each input, a vector of four numbers made from its length and
@@ -606,15 +605,7 @@ async fn embeddings(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if s.record {
-        let auth = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if let Ok(mut v) = s.rec.bodies.lock() {
-            v.push(("/v1/embeddings".to_owned(), auth, body.clone()));
-        }
-    }
+    s.record("/v1/embeddings", &headers, &body);
     let inputs: Vec<String> = match &body["input"] {
         Value::String(t) => vec![t.clone()],
         Value::Array(items) => items.iter().map(|i| i.to_string()).collect(),
