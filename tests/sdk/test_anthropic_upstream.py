@@ -93,7 +93,13 @@ def test_the_guard_stands_between(claude, oai, mock_upstream):
     assert e.value.body["code"] == "prompt_injection_detected"
 
 
-def test_upstream_errors_and_text_completions(oai):
+def test_what_the_messages_api_cannot_do_is_a_clear_error(oai):
     with pytest.raises(openai.BadRequestError) as e:
         oai.completions.create(model="claude-model", prompt="hi")
     assert "no text completions" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model="claude-model", n=2, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.embeddings.create(model="claude-model", input="hi")
+    assert "no embeddings" in e.value.message

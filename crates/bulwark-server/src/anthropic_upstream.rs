@@ -40,6 +40,16 @@ pub(crate) async fn forward(
             .with_code(bulwark_api::ErrorCode::UnsupportedParameter),
         ));
     }
+    if chat.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(Error(
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                "`n` above 1 cannot be served by an Anthropic-protocol upstream, which writes one answer per request; send `n` requests.",
+            )
+            .with_param("n")
+            .with_code(bulwark_api::ErrorCode::UnsupportedParameter),
+        ));
+    }
     let request = to_anthropic::request_from_chat(chat)?;
     let include_usage = chat
         .pointer("/stream_options/include_usage")
