@@ -42,7 +42,7 @@ struct Slot {
     last: Option<LlamaToken>,
     /// Index in the current batch whose logits belong to this sequence.
     logits_at: Option<i32>,
-    sampler: LlamaSampler,
+    sampler: sampler::Sampler,
     generated: u32,
     max_tokens: u32,
     utf8: Utf8Decoder,
@@ -134,7 +134,7 @@ impl Worker {
                     .map_or(remaining, |m| m.min(remaining));
                 slots.push(Slot {
                     seq,
-                    sampler: sampler::build(&job.params, n_vocab, grammar),
+                    sampler: sampler::Sampler::new(sampler::build(&job.params, n_vocab), grammar),
                     stops: StopMatcher::new(job.params.stop.clone()),
                     job,
                     prefilled: 0,
