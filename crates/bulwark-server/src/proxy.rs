@@ -1,8 +1,10 @@
 //! Requests passed through to an OpenAI-compatible upstream.
 //!
 //! The body is forwarded as the client sent it, with `model` rewritten to the upstream's
-//! name. A successful response is streamed back chunk by chunk as it arrives (never
-//! buffered). Upstream failures become OpenAI-shaped 502/504 errors, and its own 4xx
+//! name. A successful stream is passed back event by event as it arrives (never
+//! buffered), each event checked to be well formed; a JSON answer is read whole (up to
+//! 64 MiB) and passed on only if it is JSON. A compressed answer, which the gateway
+//! never asks for, is refused. Upstream failures become OpenAI-shaped 502/504 errors, and its own 4xx
 //! answers about the request become ours (400, 429 with its `Retry-After`): an upstream
 //! body is never relayed as it came, and the message quoted from it has credentials
 //! redacted.
@@ -22,6 +24,46 @@ use crate::state::UpstreamRoute;
 
 /// How much of an upstream's error body is read to build our error.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Largest JSON answer taken from an upstream (it is read whole and checked to be JSON).
+const MAX_JSON_ANSWER: usize = 64 << 20;
+
+/// An upstream answer that is not what its protocol promises: 502, and why.
+fn invalid_answer(upstream: &str, why: &str) -> Error {
+    tracing::warn!(upstream, why, "upstream answer refused");
+    Error(
+        ApiError::new(
+            ErrorKind::BadGateway,
+            format!("Upstream `{upstream}` {why}; the answer was not passed on."),
+        )
+        .with_code(bulwark_api::ErrorCode::UpstreamInvalidAnswer),
+    )
+}
+
+/// The error event that ends a stream at a malformed event.
+fn malformed_event() -> Bytes {
+    let err = ApiError::new(
+        ErrorKind::BadGateway,
+        "The upstream sent a malformed event; the answer ends here.",
+    )
+    .with_code(bulwark_api::ErrorCode::UpstreamInvalidAnswer);
+    Bytes::from(format!("data: {}\n\n", err.body_json()))
+}
+
+/// Whether an SSE event is one a chat or Messages stream may carry: comments, fields,
+/// and `data:` lines that are JSON or `[DONE]`.
+fn well_formed_event(event: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return false;
+    };
+    text.lines().all(|line| match line.strip_prefix("data:") {
+        None => true,
+        Some(data) => {
+            let data = data.trim();
+            data == "[DONE]" || serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok()
+        }
+    })
+}
 
 /// Set when an answer's body ended in a failure (the upstream cut it off): the audit
 /// record then says the answer did not complete. Travels in the response's extensions.
@@ -63,18 +105,30 @@ pub(crate) async fn send(
     let status = resp.status;
 
     if (200..300).contains(&status) {
+        if let Some(enc) = resp
+            .content_encoding
+            .as_deref()
+            .filter(|e| !e.trim().eq_ignore_ascii_case("identity"))
+        {
+            return Err(invalid_answer(
+                &upstream,
+                &format!("sent a `{enc}`-encoded answer, which the gateway did not ask for"),
+            ));
+        }
         let is_sse = resp
             .content_type
             .as_deref()
             .is_some_and(|c| c.starts_with("text/event-stream"));
-        // A mid-stream failure cannot change the status any more: in an SSE stream it
-        // becomes a final `error` event, on a line of its own (only whole events are
-        // forwarded, so a half-sent one is dropped rather than glued to it); otherwise
-        // the connection is cut so the client sees a truncated body rather than a
-        // silently short one. Either way the answer is marked failed for the audit log.
+        if !is_sse {
+            return whole_json(&upstream, status, resp).await;
+        }
+        // A mid-stream failure cannot change the status any more: it becomes a final
+        // `error` event, on a line of its own (only whole events are forwarded, so a
+        // half-sent one is dropped rather than glued to it), and the answer is marked
+        // failed for the audit log. So does an event that is not well formed.
         let failed_flag = StreamFailed::default();
         let flag = failed_flag.clone();
-        let mut framer = is_sse.then(|| crate::sse::Framer::new(crate::sse::MAX_EVENT));
+        let mut framer = crate::sse::Framer::new(crate::sse::MAX_EVENT);
         let mut failed = false;
         let stream = resp
             .body
@@ -83,43 +137,48 @@ pub(crate) async fn send(
             .scan((), move |_, item| {
                 let out = match item {
                     _ if failed => None,
-                    Some(Ok(bytes)) => match &mut framer {
-                        None => Some(Ok::<Bytes, std::io::Error>(bytes)),
-                        Some(f) => {
-                            let mut pieces = Vec::new();
-                            f.push(&bytes, &mut pieces);
-                            let mut out = Vec::new();
-                            for p in pieces {
-                                match p {
-                                    crate::sse::Piece::Event(b) | crate::sse::Piece::Raw(b) => {
-                                        out.extend_from_slice(&b)
-                                    }
-                                }
+                    Some(Ok(bytes)) => {
+                        let mut pieces = Vec::new();
+                        framer.push(&bytes, &mut pieces);
+                        let mut out = Vec::new();
+                        for p in pieces {
+                            let (crate::sse::Piece::Event(b) | crate::sse::Piece::Raw(b)) = p;
+                            if !well_formed_event(&b) {
+                                // What follows a broken event cannot be trusted either.
+                                failed = true;
+                                flag.set();
+                                tracing::warn!(
+                                    bytes = b.len(),
+                                    "malformed event from the upstream; stream ended"
+                                );
+                                out.extend_from_slice(&malformed_event());
+                                break;
                             }
-                            Some(Ok(Bytes::from(out)))
+                            out.extend_from_slice(&b);
                         }
-                    },
+                        Some(Ok::<Bytes, std::io::Error>(Bytes::from(out)))
+                    }
                     Some(Err(e)) => {
                         failed = true;
                         flag.set();
                         tracing::warn!(error = %e, "upstream stream failed");
-                        if let Some(f) = &mut framer {
-                            if let Some(partial) = f.finish() {
-                                tracing::warn!(
-                                    bytes = partial.len(),
-                                    "a half-sent event was dropped"
-                                );
-                            }
-                            let err = Error::from(e).0;
-                            Some(Ok(Bytes::from(format!("data: {}\n\n", err.body_json()))))
-                        } else {
-                            Some(Err(std::io::Error::other(e.to_string())))
+                        if let Some(partial) = framer.finish() {
+                            tracing::warn!(bytes = partial.len(), "a half-sent event was dropped");
                         }
+                        let err = Error::from(e).0;
+                        Some(Ok(Bytes::from(format!("data: {}\n\n", err.body_json()))))
                     }
-                    None => Some(Ok(framer
-                        .as_mut()
-                        .and_then(crate::sse::Framer::finish)
-                        .unwrap_or_default())),
+                    None => match framer.finish() {
+                        Some(rest) if !well_formed_event(&rest) => {
+                            flag.set();
+                            tracing::warn!(
+                                bytes = rest.len(),
+                                "malformed last event from the upstream"
+                            );
+                            Some(Ok(malformed_event()))
+                        }
+                        rest => Some(Ok(rest.unwrap_or_default())),
+                    },
                 };
                 std::future::ready(out)
             })
@@ -129,21 +188,14 @@ pub(crate) async fn send(
         *out.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
         let ct = resp
             .content_type
-            .unwrap_or_else(|| "application/json".into());
+            .unwrap_or_else(|| "text/event-stream".into());
         if let Ok(v) = HeaderValue::from_str(&ct) {
             out.headers_mut().insert(header::CONTENT_TYPE, v);
         }
-        if is_sse {
-            out.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            out.headers_mut()
-                .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        } else if let Some(len) = resp.content_length {
-            // Still streamed as it arrives, but length-framed rather than chunked; if the
-            // upstream then sends fewer bytes, hyper closes the connection.
-            out.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
+        out.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        out.headers_mut()
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
         return Ok(out);
     }
 
@@ -198,6 +250,41 @@ pub(crate) async fn send(
             .with_code(bulwark_api::ErrorCode::UpstreamError),
         )),
     }
+}
+
+/// A non-streamed answer: read whole (up to [`MAX_JSON_ANSWER`]), passed on only if it
+/// is JSON, with its length.
+async fn whole_json(
+    upstream: &str,
+    status: u16,
+    resp: bulwark_upstream::UpstreamResponse,
+) -> Result<Response, Error> {
+    let ct = resp
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/json".into());
+    let bytes = read_to_limit(resp.body, MAX_JSON_ANSWER + 1)
+        .await
+        .map_err(Error::from)?;
+    if bytes.len() > MAX_JSON_ANSWER {
+        return Err(invalid_answer(
+            upstream,
+            &format!("sent an answer over {} MiB", MAX_JSON_ANSWER >> 20),
+        ));
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+        return Err(invalid_answer(
+            upstream,
+            "sent an answer that is not valid JSON",
+        ));
+    }
+    let mut out = Response::new(Body::from(bytes));
+    *out.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    if let Ok(v) = HeaderValue::from_str(&ct) {
+        out.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    out.extensions_mut().insert(StreamFailed::default());
+    Ok(out)
 }
 
 /// Longest part of an upstream's error message quoted in ours.

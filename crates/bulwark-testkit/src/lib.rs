@@ -216,6 +216,41 @@ async fn respond(
     if model == "tool-caller" || model == "tool-echo" {
         return tool_caller(&body, chat, model == "tool-echo");
     }
+    // Answers that break their protocol: `bad-json` is not JSON, `bad-sse` streams one
+    // good event and then one whose data is not JSON, `gzip-json` is compressed though
+    // nobody asked (its bytes are not gzip either: the gateway must not look inside).
+    match model.as_str() {
+        "bad-json" => {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{\"id\": \"mock\", \"choices\": [tru"))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        "bad-sse" => {
+            return event_stream(vec![
+                sse(
+                    &json!({"id":"mock-1","object":"chat.completion.chunk","created":0,"model":model,
+                    "choices":[{"index":0,"delta":{"content":"fine "},"finish_reason":null}]}),
+                ),
+                Bytes::from_static(b"data: {\"choices\": [{\"delta\": {\"content\": \"broken\n\n"),
+                sse(
+                    &json!({"id":"mock-1","object":"chat.completion.chunk","created":0,"model":model,
+                    "choices":[{"index":0,"delta":{"content":"never seen"},"finish_reason":null}]}),
+                ),
+                Bytes::from_static(b"data: [DONE]\n\n"),
+            ])
+        }
+        "gzip-json" => {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_ENCODING, "gzip")
+                .body(Body::from(vec![
+                    0x1f_u8, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3,
+                ]))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        _ => {}
+    }
     // `cut-stream` sends one event, half of the next, then breaks the connection.
     if model == "cut-stream" {
         let first = sse(

@@ -73,6 +73,8 @@ pub struct UpstreamResponse {
     pub retry_after: Option<String>,
     /// The body's length when the upstream declared it (not for streams).
     pub content_length: Option<u64>,
+    /// `Content-Encoding`, when the upstream set one (the gateway asks for none).
+    pub content_encoding: Option<String>,
     pub body: BoxStream<'static, Result<Bytes, UpstreamError>>,
 }
 
@@ -328,6 +330,7 @@ impl Upstream {
         };
         let content_type = header(reqwest::header::CONTENT_TYPE);
         let retry_after = header(reqwest::header::RETRY_AFTER);
+        let content_encoding = header(reqwest::header::CONTENT_ENCODING);
         let status = resp.status().as_u16();
         let content_length = resp.content_length();
         let name = self.name.clone();
@@ -358,6 +361,7 @@ impl Upstream {
             content_type,
             retry_after,
             content_length,
+            content_encoding,
             body,
         })
     }

@@ -20,7 +20,7 @@ base_url = "{mock_url}"
 api_key_env = "TEST_UPSTREAM_KEY"
 read_timeout_ms = {read_timeout_ms}
 connect_timeout_ms = 1000
-models = {{ "fast" = "mock-large", "drip" = "drip-150", "slow" = "slow-3000", "stall" = "stall", "e500" = "error-500", "e401" = "error-401", "e400" = "error-400", "e429" = "error-429" }}
+models = {{ "fast" = "mock-large", "drip" = "drip-150", "slow" = "slow-3000", "stall" = "stall", "e500" = "error-500", "e401" = "error-401", "e400" = "error-400", "e429" = "error-429", "badjson" = "bad-json", "badsse" = "bad-sse", "gzip" = "gzip-json" }}
 "#
     );
     let path = dir.write("bulwark.toml", &cfg);
@@ -233,4 +233,51 @@ async fn keep_alive_connections_are_reused() {
         );
     }
     assert_eq!(mock.received().len(), 20);
+}
+
+/// An upstream that breaks its protocol gets its answer refused, never passed on: JSON
+/// that is not JSON and a compressed answer nobody asked for are a 502; a stream ends at
+/// its first malformed event with an error event, and nothing after it reaches the
+/// client.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_that_break_the_protocol_are_refused() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("up-hostile");
+    let b = gateway(&dir, &mock.base_url(), 5000).await;
+    let client = reqwest::Client::new();
+    let mut out = String::new();
+    for model in ["badjson", "gzip"] {
+        let r = client
+            .post(b.url("/v1/chat/completions"))
+            .json(&chat(model, false))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = r.status().as_u16();
+        assert!(r.headers().get("content-encoding").is_none());
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        out += &format!(
+            "{model}: {status} {} | {}\n",
+            v["error"]["code"],
+            v["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    let r = client
+        .post(b.url("/v1/chat/completions"))
+        .json(&chat("badsse", true))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = r.text().await.unwrap_or_default();
+    assert!(
+        text.contains("fine ") && !text.contains("never seen") && !text.contains("broken"),
+        "{text}"
+    );
+    assert!(text.contains("upstream_invalid_answer"), "{text}");
+    expect![[r#"
+        badjson: 502 "upstream_invalid_answer" | Upstream `mock` sent an answer that is not valid JSON; the answer was not passed on.
+        gzip: 502 "upstream_invalid_answer" | Upstream `mock` sent a `gzip`-encoded answer, which the gateway did not ask for; the answer was not passed on.
+    "#]].assert_eq(&out);
 }
