@@ -488,9 +488,11 @@ impl StreamTranslator {
             self.open = Open::None;
         }
     }
+}
 
+impl crate::StreamTranslate for StreamTranslator {
     /// The events for one chat chunk.
-    pub fn push(&mut self, chunk: &Value) -> String {
+    fn push(&mut self, chunk: &Value) -> String {
         let mut out = String::new();
         if self.ended {
             return out;
@@ -559,14 +561,15 @@ impl StreamTranslator {
         out
     }
 
-    /// An error event in place of the rest of the stream.
-    pub fn error(&mut self, kind: &str, message: &str) -> String {
+    /// An error event of Anthropic's [`error_type`] for `kind`, in place of the rest
+    /// of the stream.
+    fn error(&mut self, kind: ErrorKind, message: &str) -> String {
         self.ended = true;
-        event("error", &error_body(kind, message))
+        event("error", &error_body(error_type(kind), message))
     }
 
     /// The closing events, once the chat stream has ended (`[DONE]`, or its end).
-    pub fn finish(&mut self) -> String {
+    fn finish(&mut self) -> String {
         let mut out = String::new();
         if self.ended {
             return out;
@@ -588,6 +591,7 @@ impl StreamTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StreamTranslate;
     use expect_test::{expect, Expect};
 
     fn check(body: Value, expect: Expect) {

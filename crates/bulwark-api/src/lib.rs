@@ -16,3 +16,15 @@ pub mod sampling;
 pub mod to_anthropic;
 
 pub use error::{ApiError, ErrorCode, ErrorKind};
+
+/// Chat completion chunks in, another protocol's stream events out (Anthropic
+/// Messages, OpenAI Responses): what the server drives a streamed answer through to
+/// render it in the client's protocol.
+pub trait StreamTranslate: Send + 'static {
+    /// The events for one chat chunk (its parsed JSON).
+    fn push(&mut self, chunk: &serde_json::Value) -> String;
+    /// The closing events, at `[DONE]` or the end of the chat stream. Once.
+    fn finish(&mut self) -> String;
+    /// An error event in place of the rest of the stream.
+    fn error(&mut self, kind: ErrorKind, message: &str) -> String;
+}

@@ -125,6 +125,35 @@ pub struct Delta<'a> {
     pub tool_calls: Option<Vec<ToolCallDelta<'a>>>,
 }
 
+impl<'a> Delta<'a> {
+    /// A choice's first chunk: its role, and empty text.
+    pub fn role() -> Self {
+        Delta {
+            role: Some("assistant"),
+            content: Some(""),
+            tool_calls: None,
+        }
+    }
+
+    /// More text.
+    pub fn text(text: &'a str) -> Self {
+        Delta {
+            role: None,
+            content: Some(text),
+            tool_calls: None,
+        }
+    }
+
+    /// Nothing new (the chunk that carries a finish reason).
+    pub fn empty() -> Self {
+        Delta {
+            role: None,
+            content: None,
+            tool_calls: None,
+        }
+    }
+}
+
 /// A piece of a streamed tool call: the first carries its id and name, later ones more
 /// of its arguments.
 #[derive(Debug, Serialize)]

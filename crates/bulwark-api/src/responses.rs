@@ -564,9 +564,11 @@ impl StreamTranslator {
             );
         }
     }
+}
 
+impl crate::StreamTranslate for StreamTranslator {
     /// One chat chunk (parsed JSON) in; the events it makes.
-    pub fn push(&mut self, chunk: &Value) -> String {
+    fn push(&mut self, chunk: &Value) -> String {
         let mut out = String::new();
         if self.ended {
             return out;
@@ -608,7 +610,7 @@ impl StreamTranslator {
 
     /// The end of the chat stream: close the open item and send `response.completed`
     /// (or `response.incomplete`). Once.
-    pub fn finish(&mut self) -> String {
+    fn finish(&mut self) -> String {
         let mut out = String::new();
         if self.ended {
             return out;
@@ -630,7 +632,12 @@ impl StreamTranslator {
     }
 
     /// A failure mid-stream: an `error` event, then nothing more.
-    pub fn error(&mut self, code: &str, message: &str) -> String {
+    fn error(&mut self, kind: ErrorKind, message: &str) -> String {
+        let code = match kind {
+            ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
+            _ => "server_error",
+        };
         let mut out = String::new();
         if self.ended {
             return out;
@@ -648,6 +655,7 @@ impl StreamTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StreamTranslate;
 
     #[test]
     fn a_conversation_with_calls_becomes_chat_messages() {

@@ -12,7 +12,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bulwark_api::anthropic::{self, StreamTranslator};
-use bulwark_api::ErrorKind;
 use http::{header, HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 
@@ -118,25 +117,6 @@ pub async fn render(resp: Response, model: &str) -> Response {
         anthropic::message_from_chat(chat, model)
     })
     .await
-}
-
-impl crate::translate::Translator for StreamTranslator {
-    fn push(&mut self, chunk: &Value) -> String {
-        StreamTranslator::push(self, chunk)
-    }
-
-    fn finish(&mut self) -> String {
-        StreamTranslator::finish(self)
-    }
-
-    fn error(&mut self, kind: ErrorKind, message: &str) -> String {
-        let kind = match kind {
-            ErrorKind::InvalidRequest => "invalid_request_error",
-            ErrorKind::RateLimited => "rate_limit_error",
-            _ => "api_error",
-        };
-        StreamTranslator::error(self, kind, message)
-    }
 }
 
 /// Route layer on the Anthropic routes: an error answered anywhere below (key check,

@@ -174,25 +174,9 @@ fn whole_choices_stream(
     };
     let mut out = Vec::new();
     for c in choices {
-        out.push(chunk(
-            c.index,
-            Delta {
-                role: Some("assistant"),
-                content: Some(""),
-                tool_calls: None,
-            },
-            None,
-        ));
+        out.push(chunk(c.index, Delta::role(), None));
         if let Some(text) = c.message.content.as_deref().filter(|t| !t.is_empty()) {
-            out.push(chunk(
-                c.index,
-                Delta {
-                    role: None,
-                    content: Some(text),
-                    tool_calls: None,
-                },
-                None,
-            ));
+            out.push(chunk(c.index, Delta::text(text), None));
         }
         for (i, call) in c.message.tool_calls.iter().enumerate() {
             let head = ToolCallDelta {
@@ -225,15 +209,7 @@ fn whole_choices_stream(
                 ));
             }
         }
-        out.push(chunk(
-            c.index,
-            Delta {
-                role: None,
-                content: None,
-                tool_calls: None,
-            },
-            Some(c.finish_reason),
-        ));
+        out.push(chunk(c.index, Delta::empty(), Some(c.finish_reason)));
     }
     if include_usage {
         out.push(sse::event(&ChatChunk {
@@ -278,41 +254,11 @@ fn chat_stream(
             usage,
         })
     };
-    let first = chunk(
-        Some((
-            Delta {
-                role: Some("assistant"),
-                content: Some(""),
-                tool_calls: None,
-            },
-            None,
-        )),
-        usage_field,
-    );
+    let first = chunk(Some((Delta::role(), None)), usage_field);
     frames(generation, first, move |ev| match ev {
-        Frame::Delta(text) => vec![chunk(
-            Some((
-                Delta {
-                    role: None,
-                    content: Some(&text),
-                    tool_calls: None,
-                },
-                None,
-            )),
-            usage_field,
-        )],
+        Frame::Delta(text) => vec![chunk(Some((Delta::text(&text), None)), usage_field)],
         Frame::Done(finish, usage) => {
-            let mut out = vec![chunk(
-                Some((
-                    Delta {
-                        role: None,
-                        content: None,
-                        tool_calls: None,
-                    },
-                    Some(finish),
-                )),
-                usage_field,
-            )];
+            let mut out = vec![chunk(Some((Delta::empty(), Some(finish))), usage_field)];
             if include_usage {
                 // OpenAI's final usage chunk: no choices, only usage.
                 out.push(chunk(None, Some(Some(usage))));
@@ -368,18 +314,7 @@ fn chat_stream_n(
     };
     let usage_field = include_usage.then_some(None);
     let first: Vec<Bytes> = (0..n as u32)
-        .map(|i| {
-            chunk(
-                i,
-                Delta {
-                    role: Some("assistant"),
-                    content: Some(""),
-                    tool_calls: None,
-                },
-                None,
-                usage_field,
-            )
-        })
+        .map(|i| chunk(i, Delta::role(), None, usage_field))
         .collect();
     let body = tagged
         .scan(
@@ -390,42 +325,17 @@ fn chat_stream_n(
                 }
                 let mut out = Vec::new();
                 match ev {
-                    Event::Delta(text) => out.push(chunk(
-                        index,
-                        Delta {
-                            role: None,
-                            content: Some(&text),
-                            tool_calls: None,
-                        },
-                        None,
-                        usage_field,
-                    )),
+                    Event::Delta(text) => {
+                        out.push(chunk(index, Delta::text(&text), None, usage_field))
+                    }
                     Event::Done { finish, usage } => {
                         *done += 1;
                         *completion += usage.completion_tokens;
-                        out.push(chunk(
-                            index,
-                            Delta {
-                                role: None,
-                                content: None,
-                                tool_calls: None,
-                            },
-                            Some(finish),
-                            usage_field,
-                        ));
+                        out.push(chunk(index, Delta::empty(), Some(finish), usage_field));
                         if *done == n {
                             if include_usage {
                                 let total = Usage::new(prompt_tokens, *completion);
-                                out.push(chunk(
-                                    0,
-                                    Delta {
-                                        role: None,
-                                        content: None,
-                                        tool_calls: None,
-                                    },
-                                    None,
-                                    Some(Some(total)),
-                                ));
+                                out.push(chunk(0, Delta::empty(), None, Some(Some(total))));
                             }
                             out.push(Bytes::from_static(sse::DONE));
                         }

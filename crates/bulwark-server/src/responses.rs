@@ -11,7 +11,6 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 use bulwark_api::responses::{self, StreamTranslator};
-use bulwark_api::ErrorKind;
 use http::HeaderMap;
 use serde_json::Value;
 
@@ -46,23 +45,4 @@ pub async fn render(resp: Response, request: &Value, model: &str) -> Response {
         responses::response_from_chat(chat, request, model)
     })
     .await
-}
-
-impl crate::translate::Translator for StreamTranslator {
-    fn push(&mut self, chunk: &Value) -> String {
-        StreamTranslator::push(self, chunk)
-    }
-
-    fn finish(&mut self) -> String {
-        StreamTranslator::finish(self)
-    }
-
-    fn error(&mut self, kind: ErrorKind, message: &str) -> String {
-        let code = match kind {
-            ErrorKind::InvalidRequest => "invalid_request_error",
-            ErrorKind::RateLimited => "rate_limit_exceeded",
-            _ => "server_error",
-        };
-        StreamTranslator::error(self, code, message)
-    }
 }

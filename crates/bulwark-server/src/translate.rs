@@ -1,12 +1,12 @@
 //! Rendering a chat answer in another protocol (Anthropic Messages, OpenAI Responses):
 //! a JSON answer read whole and converted once; a stream framed event by event, each
-//! chat chunk handed to the protocol's [`Translator`], the gateway's own SSE comments
+//! chat chunk handed to the protocol's [`StreamTranslate`], the gateway's own SSE comments
 //! (receipt, guard notes) passed on as comments. Errors are left to each protocol's
 //! error layer.
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use bulwark_api::{ApiError, ErrorKind};
+use bulwark_api::{ApiError, ErrorKind, StreamTranslate};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, HeaderValue, StatusCode};
@@ -18,19 +18,9 @@ use crate::sse::{Framer, Piece};
 /// Largest non-streamed answer translated.
 const MAX_ANSWER: usize = 64 << 20;
 
-/// Chat completion chunks in, a protocol's events out.
-pub(crate) trait Translator: Send + 'static {
-    /// The events for one chat chunk.
-    fn push(&mut self, chunk: &Value) -> String;
-    /// The closing events; called once, at `[DONE]` or the end of the body.
-    fn finish(&mut self) -> String;
-    /// An error event that ends the stream.
-    fn error(&mut self, kind: ErrorKind, message: &str) -> String;
-}
-
 /// A successful chat answer in another protocol: a stream through `t`, a JSON answer
 /// through `whole`.
-pub(crate) async fn render<T: Translator>(
+pub(crate) async fn render<T: StreamTranslate>(
     resp: Response,
     mut t: T,
     whole: impl FnOnce(&Value) -> Value,
@@ -106,7 +96,7 @@ pub(crate) async fn render<T: Translator>(
 }
 
 /// One chat SSE event (or comment) into the protocol's events.
-fn translate_event<T: Translator>(event: &[u8], t: &mut T, out: &mut String) {
+fn translate_event<T: StreamTranslate>(event: &[u8], t: &mut T, out: &mut String) {
     let text = String::from_utf8_lossy(event);
     for line in text.lines() {
         if let Some(comment) = line.strip_prefix(':') {
