@@ -16,6 +16,7 @@ mod stats;
 pub mod template;
 pub mod text;
 pub mod tools;
+pub mod watermark;
 mod worker;
 
 use std::num::NonZeroU32;
@@ -131,6 +132,7 @@ pub(crate) struct Job {
     tokens: Vec<LlamaToken>,
     params: SamplingParams,
     grammar: Option<Grammar>,
+    watermark: Option<watermark::WatermarkKey>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -161,6 +163,30 @@ pub fn json_schema_gbnf(schema: &serde_json::Value) -> Result<String, EngineErro
         })
         .collect::<Vec<_>>()
         .join("\n"))
+}
+
+fn text_tokens(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
+    model.vocab().tokenize(text.as_bytes(), false, false)
+}
+
+/// A model's tokenizer alone (its vocabulary, without the weights): for reading texts
+/// as the model would, e.g. to detect its watermark, without loading it to generate.
+pub struct Tokenizer(LlamaModel);
+
+impl Tokenizer {
+    pub fn load(path: &std::path::Path) -> Result<Tokenizer, EngineError> {
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        LlamaModel::load_from_file(backend()?, path, &params)
+            .map(Tokenizer)
+            .map_err(|e| EngineError::Load {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    pub fn tokens(&self, text: &str) -> Vec<LlamaToken> {
+        text_tokens(&self.0, text)
+    }
 }
 
 /// A loaded model and its decode loop.
@@ -326,12 +352,34 @@ impl Engine {
         params: SamplingParams,
         grammar: Option<Grammar>,
     ) -> Result<Generation, EngineError> {
+        self.queue(prompt, params, grammar, None)
+    }
+
+    /// Queues a generation whose text carries the watermark of `key`
+    /// ([`watermark`]): free text only, as constrained output is never marked.
+    pub fn generate_watermarked(
+        &self,
+        prompt: Prompt,
+        params: SamplingParams,
+        key: watermark::WatermarkKey,
+    ) -> Result<Generation, EngineError> {
+        self.queue(prompt, params, None, Some(key))
+    }
+
+    fn queue(
+        &self,
+        prompt: Prompt,
+        params: SamplingParams,
+        grammar: Option<Grammar>,
+        watermark: Option<watermark::WatermarkKey>,
+    ) -> Result<Generation, EngineError> {
         let (tx, events) = mpsc::unbounded_channel();
         let prompt_tokens = u32::try_from(prompt.tokens.len()).unwrap_or(u32::MAX);
         let job = Job {
             tokens: prompt.tokens,
             params,
             grammar,
+            watermark,
             events: tx,
         };
         self.stats.queued(1);
@@ -352,6 +400,12 @@ impl Engine {
                 Err(EngineError::Stopped)
             }
         }
+    }
+
+    /// The tokens of a text as this model reads it (no BOS, special tokens as text):
+    /// what watermark detection scores.
+    pub fn text_tokens(&self, text: &str) -> Vec<LlamaToken> {
+        text_tokens(&self.model, text)
     }
 
     /// Counters of the decode loop, e.g. how often sequences shared a batch.

@@ -10,6 +10,8 @@ use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
+use crate::watermark::WatermarkKey;
+
 pub(crate) const DEFAULT_TEMPERATURE: f32 = 0.8;
 pub(crate) const DEFAULT_TOP_K: u32 = 40;
 pub(crate) const DEFAULT_TOP_P: f32 = 0.95;
@@ -65,18 +67,46 @@ pub(crate) fn build(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
 /// the grammar over all 49k tokens of a vocabulary at every step halves decode speed
 /// (BENCHMARKS.md); most steps' first draw is allowed. Either way the token is one the
 /// grammar allows, drawn from the same distribution restricted to them.
+///
+/// A watermarked sequence (never one under a grammar) has the green tokens' logits
+/// raised before the chain runs ([`crate::watermark`]).
 pub(crate) struct Sampler {
     chain: LlamaSampler,
     grammar: Option<LlamaSampler>,
+    watermark: Option<Marking>,
+}
+
+/// A watermark key and the token its next green list follows.
+pub(crate) struct Marking {
+    pub(crate) key: WatermarkKey,
+    pub(crate) prev: LlamaToken,
 }
 
 impl Sampler {
-    pub(crate) fn new(chain: LlamaSampler, grammar: Option<LlamaSampler>) -> Self {
-        Sampler { chain, grammar }
+    pub(crate) fn new(
+        chain: LlamaSampler,
+        grammar: Option<LlamaSampler>,
+        watermark: Option<Marking>,
+    ) -> Self {
+        Sampler {
+            chain,
+            // Constrained output is never marked.
+            watermark: watermark.filter(|_| grammar.is_none()),
+            grammar,
+        }
     }
 
     /// The next token from the logits at `idx`, accepted by the chain and the grammar.
     pub(crate) fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
+        if let Some(mark) = &mut self.watermark {
+            let mut all = ctx.token_data_array_ith(idx);
+            mark.key.bias(mark.prev, &mut all.data);
+            all.apply_sampler(&mut self.chain);
+            let token = all.selected_token().unwrap_or_else(|| most_likely(&all));
+            self.chain.accept(token);
+            mark.prev = token;
+            return token;
+        }
         let Some(grammar) = &mut self.grammar else {
             return self.chain.sample(ctx, idx);
         };
@@ -113,11 +143,15 @@ fn redraw(
     all.apply_sampler(chain);
     // The grammar always allows something (the end of generation where the output is
     // complete); the chain always selects.
-    all.selected_token().unwrap_or_else(|| {
-        all.data
-            .iter()
-            .filter(|d| d.logit().is_finite())
-            .max_by(|a, b| a.logit().total_cmp(&b.logit()))
-            .map_or(LlamaToken(0), LlamaTokenData::id)
-    })
+    all.selected_token().unwrap_or_else(|| most_likely(&all))
+}
+
+/// The token with the highest finite logit (a chain always selects one; this is the
+/// answer should it not).
+fn most_likely(all: &LlamaTokenDataArray) -> LlamaToken {
+    all.data
+        .iter()
+        .filter(|d| d.logit().is_finite())
+        .max_by(|a, b| a.logit().total_cmp(&b.logit()))
+        .map_or(LlamaToken(0), LlamaTokenData::id)
 }

@@ -134,7 +134,15 @@ impl Worker {
                     .map_or(remaining, |m| m.min(remaining));
                 slots.push(Slot {
                     seq,
-                    sampler: sampler::Sampler::new(sampler::build(&job.params, n_vocab), grammar),
+                    sampler: sampler::Sampler::new(
+                        sampler::build(&job.params, n_vocab),
+                        grammar,
+                        job.watermark.clone().map(|key| sampler::Marking {
+                            key,
+                            // The first green list follows the prompt's last token.
+                            prev: job.tokens.last().copied().unwrap_or(LlamaToken(0)),
+                        }),
+                    ),
                     stops: StopMatcher::new(job.params.stop.clone()),
                     job,
                     prefilled: 0,

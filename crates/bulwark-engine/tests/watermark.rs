@@ -1,0 +1,218 @@
+//! The watermark on the real default model: what it writes with the key is detected,
+//! what it writes without it, what people wrote and what another key marked are not,
+//! and the mark survives edits and being pasted into other text.
+
+use std::sync::OnceLock;
+
+use bulwark_api::sampling::SamplingParams;
+use bulwark_engine::template::TemplateMessage;
+use bulwark_engine::watermark::{Verdict, WatermarkKey, MIN_TOKENS, P_THRESHOLD};
+use bulwark_engine::{Engine, EngineConfig, Event, Generation};
+use llama_cpp_2::token::LlamaToken;
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let cfg = EngineConfig {
+            name: "smollm2".into(),
+            path: bulwark_testkit::default_model_path(),
+            ctx_size: 1024,
+            threads: 2,
+            parallel: 4,
+            batch_size: 256,
+            queue_depth: 16,
+            unified_kv: true,
+        };
+        Engine::load(cfg).unwrap_or_else(|e| panic!("engine failed to load: {e}"))
+    })
+}
+
+fn key(b: u8) -> WatermarkKey {
+    WatermarkKey::from_bytes([b; 32])
+}
+
+const PROMPTS: [&str; 4] = [
+    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain in detail how bread is made, from the field to the bakery.",
+    "Describe a walk through a busy market in a city you like.",
+    "Write a letter to a friend about your plans for the summer holidays.",
+];
+
+fn sampling(seed: u32) -> SamplingParams {
+    SamplingParams {
+        max_tokens: Some(200),
+        // 200 tokens whatever the model would do: the test is about length.
+        ignore_eos: true,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    }
+}
+
+fn collect(mut g: Generation) -> String {
+    let mut text = String::new();
+    while let Some(ev) = g.events.blocking_recv() {
+        match ev {
+            Event::Delta(d) => text.push_str(&d),
+            Event::Done { .. } => return text,
+            Event::Failed(e) => panic!("generation failed: {e}"),
+        }
+    }
+    panic!("generation ended without Done")
+}
+
+/// The texts the model writes for [`PROMPTS`], marked with `with` or not marked.
+fn write(with: Option<&WatermarkKey>) -> Vec<String> {
+    let e = engine();
+    let gens: Vec<Generation> = PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let prompt = e
+                .apply_chat_template(&[TemplateMessage::new("user", *p)])
+                .and_then(|t| e.tokenize(&t))
+                .unwrap_or_else(|e| panic!("prompt: {e}"));
+            match with {
+                Some(k) => e.generate_watermarked(prompt, sampling(i as u32), k.clone()),
+                None => e.generate(prompt, sampling(i as u32)),
+            }
+            .unwrap_or_else(|e| panic!("generate: {e}"))
+        })
+        .collect();
+    gens.into_iter().map(collect).collect()
+}
+
+fn marked() -> &'static [String] {
+    static TEXTS: OnceLock<Vec<String>> = OnceLock::new();
+    TEXTS.get_or_init(|| write(Some(&key(1))))
+}
+
+fn human() -> Vec<&'static str> {
+    include_str!("data/human_sentences.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect()
+}
+
+#[test]
+fn marked_text_is_detected_at_200_tokens() {
+    for text in marked() {
+        let tokens = engine().text_tokens(text);
+        let d = key(1).detect(&tokens);
+        assert!(
+            d.p_value < 1e-6 && d.verdict == Verdict::Watermarked,
+            "{d:?} for {} tokens: {text}",
+            tokens.len()
+        );
+    }
+}
+
+#[test]
+fn unmarked_and_other_keys_text_is_not() {
+    for text in write(None) {
+        let d = key(1).detect(&engine().text_tokens(&text));
+        assert_eq!(d.verdict, Verdict::NotWatermarked, "{d:?}: {text}");
+    }
+    for text in marked() {
+        let d = key(2).detect(&engine().text_tokens(text));
+        assert_eq!(d.verdict, Verdict::NotWatermarked, "{d:?}: {text}");
+    }
+}
+
+#[test]
+fn human_text_is_not_called_marked() {
+    let e = engine();
+    let k = key(1);
+    let sentences = human();
+    assert!(sentences.len() >= 3_000, "{}", sentences.len());
+    // Every sentence alone, and passages of about 50, 100 and 200 tokens.
+    let (mut judged, mut too_short, mut false_alarms) = (0usize, 0usize, Vec::new());
+    let mut passages = Vec::new();
+    let mut open = [
+        (50, String::new()),
+        (100, String::new()),
+        (200, String::new()),
+    ];
+    for s in &sentences {
+        match k.detect(&e.text_tokens(s)).verdict {
+            Verdict::TooShort => too_short += 1,
+            Verdict::Watermarked => {
+                judged += 1;
+                false_alarms.push(s.to_string());
+            }
+            Verdict::NotWatermarked => judged += 1,
+        }
+        for (size, passage) in &mut open {
+            passage.push_str(s);
+            passage.push(' ');
+            if e.text_tokens(passage).len() >= *size {
+                passages.push(std::mem::take(passage));
+            }
+        }
+    }
+    for p in &passages {
+        let d = k.detect(&e.text_tokens(p));
+        assert_ne!(d.verdict, Verdict::TooShort);
+        judged += 1;
+        if d.verdict == Verdict::Watermarked {
+            false_alarms.push(p.clone());
+        }
+    }
+    eprintln!(
+        "human text: {judged} judged ({} passages), {too_short} sentences too short, {} false alarms",
+        passages.len(),
+        false_alarms.len()
+    );
+    assert!(judged >= 4_500, "{judged}");
+    // At most one in a thousand.
+    assert!(
+        false_alarms.len() * 1_000 <= judged,
+        "{} of {judged}: {false_alarms:?}",
+        false_alarms.len()
+    );
+}
+
+#[test]
+fn the_mark_survives_a_quarter_of_the_tokens_edited() {
+    let n_vocab = 49_152;
+    let mut rng = fastrand::Rng::with_seed(25);
+    for text in marked() {
+        let mut tokens = engine().text_tokens(text);
+        let edits = tokens.len() / 4;
+        for i in rand_indices(&mut rng, tokens.len(), edits) {
+            tokens[i] = LlamaToken(rng.i32(0..n_vocab));
+        }
+        let d = key(1).detect(&tokens);
+        assert_eq!(d.verdict, Verdict::Watermarked, "{d:?} after {edits} edits");
+    }
+}
+
+fn rand_indices(rng: &mut fastrand::Rng, n: usize, k: usize) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut all);
+    all.truncate(k);
+    all
+}
+
+#[test]
+fn the_mark_is_found_inside_other_text() {
+    let sentences = human();
+    let before: String = sentences[100..110].join(" ");
+    let after: String = sentences[500..510].join(" ");
+    let e = engine();
+    for text in marked() {
+        let pasted = format!("{before}\n\n{text}\n\n{after}");
+        let tokens = e.text_tokens(&pasted);
+        let own = e.text_tokens(text).len();
+        assert!(tokens.len() >= 2 * own, "{} vs {own}", tokens.len());
+        let d = key(1).detect(&tokens);
+        assert_eq!(d.verdict, Verdict::Watermarked, "{d:?}");
+    }
+}
+
+#[test]
+fn short_text_gets_no_verdict() {
+    let d = key(1).detect(&engine().text_tokens("Hello there, how are you?"));
+    assert!(d.tokens_scored < MIN_TOKENS);
+    assert_eq!(d.verdict, Verdict::TooShort);
+    assert!(P_THRESHOLD <= 1e-4);
+}
