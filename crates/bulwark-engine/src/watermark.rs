@@ -36,7 +36,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::LlamaToken;
 use sha2::{Digest, Sha256};
@@ -86,7 +86,12 @@ impl WatermarkKey {
             .finalize()
             .into();
         WatermarkKey {
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(&bytes).expect("HMAC takes any key length"),
+            // A key shorter than SHA-256's 64-byte block is zero-padded by HMAC itself.
+            mac: <Hmac<Sha256> as KeyInit>::new(&{
+                let mut block = [0u8; 64];
+                block[..KEY_LEN].copy_from_slice(&bytes);
+                block.into()
+            }),
             id: id[..6].iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
@@ -156,7 +161,9 @@ impl WatermarkKey {
         mac.update(DOMAIN);
         mac.update(&prev.0.to_le_bytes());
         let out = mac.finalize().into_bytes();
-        u64::from_le_bytes(out[..8].try_into().expect("SHA-256 has 32 bytes"))
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&out[..8]);
+        u64::from_le_bytes(seed)
     }
 
     /// Adds δ to the logit of every green token after `prev`.
