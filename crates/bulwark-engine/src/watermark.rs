@@ -19,9 +19,9 @@
 //!   as the paper advises, so repetition cannot fake a signal), and computes the exact
 //!   binomial tail: the probability that text written without this key has at least
 //!   that many green tokens. The whole text and windows of 25, 50, 100... tokens are
-//!   scored, so that a marked passage pasted into other writing is still found; the
-//!   best window's probability is multiplied by the number of windows tried
-//!   (Bonferroni), which keeps the false-alarm rate at or below [`P_THRESHOLD`].
+//!   scored, so that a marked passage pasted into other writing is still found; a
+//!   weighted Bonferroni correction (half the budget to the whole text, half shared by
+//!   the windows) keeps the false-alarm rate at or below [`P_THRESHOLD`].
 //!   Fewer than [`MIN_TOKENS`] scored tokens get no verdict.
 //!
 //! One token of context makes the mark survive edits well (an edited token disturbs
@@ -36,7 +36,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::LlamaToken;
 use sha2::{Digest, Sha256};
@@ -221,9 +222,10 @@ pub struct Detection {
     pub green_tokens: usize,
     /// (green − γT) / √(Tγ(1−γ)), over the whole text.
     pub z_score: f64,
-    /// How likely text without the mark is to score as high as this one's best window
-    /// ([`Window`]): the window's binomial tail times the number of windows tried
-    /// (Bonferroni), so that looking at many windows does not make false alarms.
+    /// How likely text without the mark is to score as high as this one: twice the
+    /// whole text's binomial tail, or twice the number of windows tried times the best
+    /// window's (a weighted Bonferroni correction, half the budget to the whole text),
+    /// whichever is lower; looking at many windows does not make false alarms.
     pub p_value: f64,
     /// The stretch that scored best: all of the text, or the marked part of a text
     /// that was pasted into other writing.
@@ -261,8 +263,11 @@ impl Detection {
                 p_value: binomial_tail(len, g, GAMMA),
             }
         };
-        let mut best = window(0, scored);
-        let mut tried = 1usize;
+        // Half the false-alarm budget goes to the whole text, half is shared by the
+        // windows (a weighted Bonferroni correction).
+        let whole = window(0, scored);
+        let mut best: Option<Window> = None;
+        let mut tried = 0usize;
         let mut len = MIN_TOKENS;
         while len < scored {
             for start in (0..=scored - len).step_by(len / 2) {
@@ -271,20 +276,25 @@ impl Detection {
                 let g = prefix[start + len] - prefix[start];
                 if (g as f64) > GAMMA * len as f64 {
                     let w = window(start, len);
-                    if w.p_value < best.p_value {
-                        best = w;
+                    if best.is_none_or(|b| w.p_value < b.p_value) {
+                        best = Some(w);
                     }
                 }
             }
             len *= 2;
         }
+        let (p_value, window) = match best {
+            Some(w) if tried as f64 * w.p_value < whole.p_value => {
+                ((2.0 * tried as f64 * w.p_value).min(1.0), w)
+            }
+            _ => ((2.0 * whole.p_value).min(1.0), whole),
+        };
         let t = scored as f64;
         let z_score = if scored == 0 {
             0.0
         } else {
             (green as f64 - GAMMA * t) / (t * GAMMA * (1.0 - GAMMA)).sqrt()
         };
-        let p_value = (best.p_value * tried as f64).min(1.0);
         let verdict = if scored < MIN_TOKENS {
             Verdict::TooShort
         } else if p_value <= P_THRESHOLD {
@@ -297,7 +307,7 @@ impl Detection {
             green_tokens: green,
             z_score,
             p_value,
-            window: best,
+            window,
             verdict,
         }
     }

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use bulwark_api::sampling::SamplingParams;
 use bulwark_engine::template::TemplateMessage;
-use bulwark_engine::watermark::{Verdict, WatermarkKey, MIN_TOKENS, P_THRESHOLD};
+use bulwark_engine::watermark::{Verdict, WatermarkKey, MIN_TOKENS};
 use bulwark_engine::{Engine, EngineConfig, Event, Generation};
 use llama_cpp_2::token::LlamaToken;
 
@@ -98,6 +98,10 @@ fn marked_text_is_detected_at_200_tokens() {
     for text in marked() {
         let tokens = engine().text_tokens(text);
         let d = key(1).detect(&tokens);
+        eprintln!(
+            "marked: {} of {} green, z {:.1}, p {:.1e}",
+            d.green_tokens, d.tokens_scored, d.z_score, d.p_value
+        );
         assert!(
             d.p_value < 1e-6 && d.verdict == Verdict::Watermarked,
             "{d:?} for {} tokens: {text}",
@@ -214,5 +218,4 @@ fn short_text_gets_no_verdict() {
     let d = key(1).detect(&engine().text_tokens("Hello there, how are you?"));
     assert!(d.tokens_scored < MIN_TOKENS);
     assert_eq!(d.verdict, Verdict::TooShort);
-    assert!(P_THRESHOLD <= 1e-4);
 }
