@@ -4,6 +4,7 @@
 #   bench/run.sh gateway    # only one of them
 #   bench/run.sh engine
 #   bench/run.sh grammar    # constrained decoding against llama-cpp-python, same grammar
+#   bench/run.sh watermark  # the watermark: decode speed, perplexity, edits survived, detection speed
 #   bench/run.sh logic      # the gateway's per-request logic, no network
 #   bench/run.sh guard      # the guard: quality on the dev split and on documents (vs prompt-guardrail), PII, speed
 #   bench/run.sh audit      # the audit log: records per second, crypto cost
@@ -15,20 +16,22 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 VENV=${BENCH_VENV:-bench/.venv}
-if [ ! -x "$VENV/bin/litellm" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+what=${1:-all}
+case "$what" in all|gateway|engine|grammar) needs_venv=1 ;; *) needs_venv= ;; esac
+if [ -n "$needs_venv" ] && { [ ! -x "$VENV/bin/litellm" ] || ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; }; then
   python3 -m venv "$VENV"
   CMAKE_ARGS="-DLLAMA_CURL=OFF -DGGML_NATIVE=ON" "$VENV/bin/pip" install --quiet --no-cache-dir \
     llama-cpp-python==0.3.36 'litellm[proxy]==1.100.5'
 fi
 cargo build --release --locked -p bulwark -p bulwark-testkit
-cargo build --release --locked -p bulwark-engine --example batch_throughput --example schema_gbnf
+cargo build --release --locked -p bulwark-engine --example batch_throughput --example schema_gbnf \
+  --example watermark_bench
 cargo build --release --locked -p bulwark-server --example hot_path_cost
 cargo build --release --locked -p bulwark-guard --example scan_cost --example eval_pii
 cargo build --release --locked -p bulwark-audit --example throughput
 cargo build --release --locked -p bulwark-supply --example supply_throughput
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
-what=${1:-all}
 cd bench
 if [ "$what" = all ] || [ "$what" = gateway ]; then
   LITELLM_BIN="../$VENV/bin/litellm" "../$VENV/bin/python" gateway.py | tee -a "../$out"
@@ -38,6 +41,10 @@ if [ "$what" = all ] || [ "$what" = engine ]; then
 fi
 if [ "$what" = all ] || [ "$what" = grammar ]; then
   "../$VENV/bin/python" grammar.py | tee -a "../$out"
+fi
+if [ "$what" = all ] || [ "$what" = watermark ]; then
+  ../target/release/examples/watermark_bench ../models/SmolLM2-135M-Instruct.Q4_1.gguf \
+    ../crates/bulwark-engine/tests/data/human_sentences.txt 3 | tee -a "../$out"
 fi
 if [ "$what" = all ] || [ "$what" = logic ]; then
   ../target/release/examples/hot_path_cost | tee -a "../$out"

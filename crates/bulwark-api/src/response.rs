@@ -231,6 +231,10 @@ pub struct ModelObject {
     /// `registry+signature`, `registry`, `pinned-digest`, or `none`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<&'static str>,
+    /// Whether everything it writes is watermarked (local models only; a key can ask
+    /// for the mark on any local model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]

@@ -124,6 +124,7 @@ fn main() {
         model_sha256: None,
         route: "target=vllm-fr; class=confidential; vllm-fr=allowed".into(),
         status: 200,
+        watermark: None,
     };
     let started = Instant::now();
     let mut receipt = String::new();

@@ -82,6 +82,9 @@ pub struct Record {
     pub latency_ms: u64,
     pub status: u16,
     pub cache: Option<String>,
+    /// The watermark a local model put in the answer (`scheme; key=ID; ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
     /// What this record is about; see [`Event`].
     #[serde(default)]
     pub event: Event,

@@ -34,6 +34,10 @@ pub struct Claims {
     pub model_sha256: Option<String>,
     pub route: String,
     pub status: u16,
+    /// The watermark the answer's text carries (`scheme; key=ID; ...`), when a local
+    /// model marked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
 }
 
 /// Receipt signing key (the gateway's). Seeds only; the key pairs are derived.
@@ -212,6 +216,7 @@ mod tests {
             model_sha256: None,
             route: "target=m".into(),
             status: 200,
+            watermark: None,
         }
     }
 

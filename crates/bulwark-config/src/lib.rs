@@ -408,6 +408,9 @@ pub struct RawLocalModel {
     /// requests run concurrently. false: one buffer per sequence, so that a greedy
     /// request's output never depends on what else is being decoded with it.
     pub unified_kv: Option<bool>,
+    /// Watermark what this model writes (free text, not tool calls or JSON under a
+    /// schema), keyed by `watermark.key` in the data directory. Default false.
+    pub watermark: Option<bool>,
 }
 
 /// The protocol an upstream speaks.
@@ -666,6 +669,7 @@ pub struct LocalModelConfig {
     pub batch_size: u32,
     pub queue_depth: usize,
     pub unified_kv: bool,
+    pub watermark: bool,
 }
 
 #[derive(Debug)]
@@ -714,6 +718,7 @@ impl LocalModelConfig {
             batch_size: 512,
             queue_depth: 64,
             unified_kv: true,
+            watermark: false,
         }
     }
 }
@@ -904,6 +909,7 @@ impl RawConfig {
                 batch_size,
                 queue_depth: m.queue_depth.unwrap_or(64),
                 unified_kv: m.unified_kv.unwrap_or(true),
+                watermark: m.watermark.unwrap_or(false),
             });
         }
 

@@ -206,7 +206,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+/// The process's llama.cpp backend, initialised once (with its logs sent to `tracing`):
+/// for code that loads a model of its own beside the engines, such as benchmarks.
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

@@ -103,6 +103,12 @@ impl WatermarkKey {
         &self.id
     }
 
+    /// What an answer marked with this key says of itself (header, receipt, audit):
+    /// `kgw-lefthash-v1; key=ID; gamma=0.25; delta=2`.
+    pub fn disclosure(&self) -> String {
+        format!("{SCHEME}; key={}; gamma={GAMMA}; delta={DELTA}", self.id)
+    }
+
     /// Reads the key at `path` (64 hex digits).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let text = std::fs::read_to_string(path).map_err(|e| KeyError::Io {

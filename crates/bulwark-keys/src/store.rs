@@ -42,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: a guard profile per key.
     "ALTER TABLE keys ADD COLUMN guard TEXT;",
+    // 3: watermarked answers per key.
+    "ALTER TABLE keys ADD COLUMN watermark INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// What a key may do; given when it is created (as JSON by the admin API, as
@@ -92,6 +94,11 @@ pub struct KeySpec {
     #[serde(default)]
     #[cfg_attr(feature = "cli", arg(long))]
     pub guard: Option<String>,
+    /// Watermark what the local models write for this key (as `watermark = true` on a
+    /// model does for everyone).
+    #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub watermark: bool,
 }
 
 impl KeySpec {
@@ -108,6 +115,7 @@ impl KeySpec {
             budget_tokens: None,
             budget_period: None,
             guard: None,
+            watermark: false,
         }
     }
 
@@ -279,8 +287,9 @@ impl Store {
             serde_json::to_string(&spec.models).map_err(|e| KeysError::Invalid(e.to_string()))?;
         self.conn.execute(
             "INSERT INTO keys (id, name, tenant, hash, models, max_class, default_class, policy,
-                               rpm, tpm, budget_tokens, budget_period, created_ms, guard)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                               rpm, tpm, budget_tokens, budget_period, created_ms, guard,
+                               watermark)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 id,
                 spec.name,
@@ -296,6 +305,7 @@ impl Store {
                 spec.budget().map(|(_, p)| p.as_str()),
                 to_i64(now),
                 spec.guard,
+                spec.watermark,
             ],
         )?;
         self.get(id)?
@@ -326,6 +336,7 @@ impl Store {
                     .get::<_, Option<String>>("budget_period")?
                     .and_then(|p| Period::parse(&p)),
                 guard: r.get("guard")?,
+                watermark: r.get("watermark")?,
             },
             created_ms: to_u64(r.get("created_ms")?),
             revoked_ms: r.get::<_, Option<i64>>("revoked_ms")?.map(to_u64),

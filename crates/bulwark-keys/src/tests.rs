@@ -91,7 +91,7 @@ fn migrations_are_versioned_and_reopening_keeps_keys() {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = Store::open(&path).err().unwrap().to_string();
@@ -108,24 +108,30 @@ fn a_version_1_database_is_upgraded_in_place() {
         .create(&KeySpec::named("old"))
         .unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("ALTER TABLE keys DROP COLUMN guard; PRAGMA user_version = 1;")
-        .unwrap();
+    conn.execute_batch(
+        "ALTER TABLE keys DROP COLUMN guard; ALTER TABLE keys DROP COLUMN watermark;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
     drop(conn);
     let keys = Keys::new(Store::open(&path).unwrap(), false).unwrap();
     let key = keys.authenticate(Some(&plaintext)).unwrap().unwrap();
     assert_eq!(
         (
             key.record.spec.name.as_str(),
-            key.record.spec.guard.as_deref()
+            key.record.spec.guard.as_deref(),
+            key.record.spec.watermark
         ),
-        ("old", None)
+        ("old", None, false)
     );
     let spec = KeySpec {
         guard: Some("strict".into()),
+        watermark: true,
         ..KeySpec::named("new")
     };
     let (record, _) = keys.create(&spec).unwrap();
     assert_eq!(record.spec.guard.as_deref(), Some("strict"));
+    assert!(record.spec.watermark);
 }
 
 #[test]

@@ -49,7 +49,9 @@ impl ResponseCache {
     /// Passes `resp` through unchanged, keeping a copy of its body; stores the answer if
     /// the body completes and parses as a whole answer.
     pub fn store_when_complete(self: &Arc<Self>, resp: Response, key: Key, kind: Kind) -> Response {
-        if resp.status() != StatusCode::OK {
+        // A marked answer is not stored: replayed, it would reach requests that did
+        // not ask for the mark, without the header that discloses it.
+        if resp.status() != StatusCode::OK || resp.headers().contains_key(crate::WATERMARK_HEADER) {
             return resp;
         }
         let sse = crate::sse::is_event_stream(resp.headers());

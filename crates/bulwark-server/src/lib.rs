@@ -27,6 +27,7 @@ mod tap;
 pub mod tls;
 mod translate;
 mod usage;
+pub mod watermark;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -73,6 +74,8 @@ pub enum ServeError {
     Tls(String),
     #[error("guard encoder: {0}; fetch it with scripts/fetch-model.sh, or set encoder = false in [guard] and its profiles to run the first stage alone")]
     Encoder(#[from] bulwark_guard::encoder::EncoderError),
+    #[error("{0}")]
+    Watermark(#[from] bulwark_engine::watermark::KeyError),
 }
 
 async fn chat_completions(
@@ -179,7 +182,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/models", get(ops::list_models))
         .route("/v1/models/{id}", get(ops::get_model))
-        .route("/v1/guard/scan", post(ops::guard_scan));
+        .route("/v1/guard/scan", post(ops::guard_scan))
+        .route("/v1/watermark/detect", post(watermark::detect));
     // The Anthropic Messages API: the same layers, and its own error shape outermost.
     let messages = Router::new()
         .route("/v1/messages", post(anthropic::messages))
@@ -272,6 +276,24 @@ pub async fn serve(
     };
     let guard = guard::EdgeGuard::for_config(&config)?.map(Arc::new);
     log_guard(&config);
+    // Made on first start, kept in the data directory, never logged.
+    let watermark = if config.local_models.is_empty() {
+        None
+    } else {
+        let key = bulwark_engine::watermark::WatermarkKey::load_or_create(
+            &config.server.data_dir.join(WATERMARK_KEY_FILE),
+        )?;
+        let marked: Vec<&str> = config
+            .local_models
+            .iter()
+            .filter(|m| m.watermark)
+            .map(|m| m.name.as_str())
+            .collect();
+        if !marked.is_empty() {
+            tracing::info!(models = ?marked, key_id = key.id(), scheme = bulwark_engine::watermark::SCHEME, "answers of these models are watermarked");
+        }
+        Some(key)
+    };
     let state = AppState {
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,
@@ -290,6 +312,7 @@ pub async fn serve(
         audit: audit.clone(),
         audit_content: config.audit.as_ref().is_some_and(|a| a.record_content),
         receipts,
+        watermark,
     };
     // Everything that can refuse to start (the audit log, keys, the guard) has opened:
     // only now does the caller say that it listens.
@@ -378,6 +401,11 @@ where
 /// The header that carries the `x-request-id` a client sent, once the gateway has put
 /// its own in its place.
 pub const CLIENT_REQUEST_ID: &str = "x-client-request-id";
+/// The watermarking key's file in the data directory.
+pub const WATERMARK_KEY_FILE: &str = "watermark.key";
+/// On answers a local model wrote with the watermark: the scheme, the key's public id
+/// and the parameters.
+pub const WATERMARK_HEADER: &str = "x-bulwark-watermark";
 
 /// Gives every request the gateway's own id (a UUID) in `x-request-id`, which the answer
 /// carries back and the audit log records: ids are unique whatever clients send. A

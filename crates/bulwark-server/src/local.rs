@@ -16,6 +16,7 @@ use bulwark_api::response::{
     TextChoice, TextCompletion, ToolCallDelta, Usage,
 };
 use bulwark_api::{ApiError, ErrorKind};
+use bulwark_engine::watermark::WatermarkKey;
 use bulwark_engine::{Engine, Event, Generation};
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
@@ -77,11 +78,40 @@ async fn collect(mut generation: Generation) -> Result<Collected, Error> {
     ))
 }
 
-pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Error> {
+/// Puts the watermark's disclosure on an answer that carries it.
+fn disclose(mut resp: Response, mark: Option<&WatermarkKey>) -> Response {
+    if let Some(key) = mark {
+        resp.headers_mut().insert(
+            crate::WATERMARK_HEADER,
+            crate::route::header_value(&key.disclosure()),
+        );
+    }
+    resp
+}
+
+/// `mark`: the key to watermark the answer with; answers read for tool calls and
+/// constrained ones (JSON under a schema) are never marked.
+pub async fn chat(
+    engine: Arc<Engine>,
+    req: ChatRequest,
+    mark: Option<WatermarkKey>,
+) -> Result<Response, Error> {
     if req.wants_logprobs {
         return Err(unsupported("logprobs", "`logprobs`"));
     }
     let plan = plan::plan(&engine, &req)?;
+    let mark = mark.filter(|_| plan.grammar.is_none() && matches!(plan.reading, Reading::Text));
+    chat_planned(engine, req, plan, mark.as_ref())
+        .await
+        .map(|resp| disclose(resp, mark.as_ref()))
+}
+
+async fn chat_planned(
+    engine: Arc<Engine>,
+    req: ChatRequest,
+    plan: plan::Plan,
+    mark: Option<&WatermarkKey>,
+) -> Result<Response, Error> {
     let prompt = engine.tokenize(&plan.prompt)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now();
@@ -91,11 +121,10 @@ pub async fn chat(engine: Arc<Engine>, req: ChatRequest) -> Result<Response, Err
     for i in 0..req.n {
         let mut sampling = req.sampling.clone();
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(i));
-        generations.push(engine.generate_constrained(
-            prompt.clone(),
-            sampling,
-            plan.grammar.clone(),
-        )?);
+        generations.push(match mark {
+            Some(key) => engine.generate_watermarked(prompt.clone(), sampling, key.clone()),
+            None => engine.generate_constrained(prompt.clone(), sampling, plan.grammar.clone()),
+        }?);
     }
     if req.stream && matches!(plan.reading, Reading::Text) {
         return Ok(sse::response(if generations.len() == 1 {
@@ -395,9 +424,25 @@ where
     head.chain(body).map(Ok)
 }
 
-pub async fn completion(engine: Arc<Engine>, req: CompletionRequest) -> Result<Response, Error> {
+pub async fn completion(
+    engine: Arc<Engine>,
+    req: CompletionRequest,
+    mark: Option<WatermarkKey>,
+) -> Result<Response, Error> {
     let prompt = engine.tokenize(&req.prompt)?;
-    let generation = engine.generate(prompt, req.sampling)?;
+    let generation = match &mark {
+        Some(key) => engine.generate_watermarked(prompt, req.sampling.clone(), key.clone()),
+        None => engine.generate(prompt, req.sampling.clone()),
+    }?;
+    completion_generated(req, generation)
+        .await
+        .map(|resp| disclose(resp, mark.as_ref()))
+}
+
+async fn completion_generated(
+    req: CompletionRequest,
+    generation: Generation,
+) -> Result<Response, Error> {
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now();
     let echo = req.echo.then(|| req.prompt.clone());

@@ -62,6 +62,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
                 "loading"
             }),
             verification: m.verification.get().copied(),
+            watermark: Some(m.config.watermark),
         })
         .collect();
     out.extend(models.embedder.iter().map(|e| {
@@ -75,6 +76,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
             verified: Some(ready),
             status: Some(if ready { "ready" } else { "loading" }),
             verification: ready.then_some("pinned-digest"),
+            watermark: None,
         }
     }));
     out.extend(models.upstream.iter().map(|(name, r)| ModelObject {
@@ -86,6 +88,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
         verified: None,
         status: None,
         verification: None,
+        watermark: None,
     }));
     out.extend(models.routes.keys().map(|name| ModelObject {
         id: name.clone(),
@@ -96,6 +99,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
         verified: None,
         status: None,
         verification: None,
+        watermark: None,
     }));
     out
 }

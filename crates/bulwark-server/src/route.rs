@@ -503,6 +503,7 @@ impl Answered<'_> {
                 .and_then(|m| m.config.sha256.clone()),
             route,
             status: parts.status.as_u16(),
+            watermark: watermark(parts),
         })
     }
 
@@ -564,9 +565,19 @@ impl Answered<'_> {
             latency_ms: self.started.elapsed().as_millis() as u64,
             status: parts.status.as_u16(),
             cache: header(cache::CACHE_HEADER),
+            watermark: watermark(parts),
             ..Default::default()
         }
     }
+}
+
+/// The watermark an answer carries, as its header discloses it.
+fn watermark(parts: &http::response::Parts) -> Option<String> {
+    parts
+        .headers
+        .get(crate::WATERMARK_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The request id (`x-request-id`, set by the outermost layer) as text.
@@ -874,12 +885,15 @@ async fn serve_inner(
     }
     // The cache is consulted after the class is known (it is part of the key) and
     // before anything is sent anywhere.
+    // A key that asks for watermarked answers never gets an unmarked one from the
+    // cache (and marked answers are never stored: see `cache::ResponseCache`).
+    let key_asks_watermark = key.is_some_and(|k| k.record.spec.watermark);
     let (kind, deterministic, stream, include_usage) = parsed.cache_facts();
     let tenant = key.map_or(cache::DEFAULT_TENANT, |k| k.tenant());
     let cached = state
         .cache
         .as_ref()
-        .filter(|c| c.cacheable(deterministic))
+        .filter(|c| c.cacheable(deterministic) && !key_asks_watermark)
         .and_then(|c| {
             kind.map(|kind| {
                 (
@@ -935,7 +949,7 @@ async fn serve_inner(
             }
         }
     }
-    let (result, route) = dispatch(state, policy, class, body, parsed).await;
+    let (result, route) = dispatch(state, policy, class, body, parsed, key_asks_watermark).await;
     let mut resp = match (result, &cached) {
         (Ok(resp), Some((cache, key, kind))) => {
             let mut resp = cache.store_when_complete(resp, *key, *kind);
@@ -975,6 +989,7 @@ async fn dispatch(
     class: DataClass,
     body: JsonObject,
     parsed: Parsed,
+    key_asks_watermark: bool,
 ) -> (Result<Response, Error>, Option<RouteReport>) {
     let models = &state.models;
     let names = match models.candidates(&body.model) {
@@ -1027,7 +1042,14 @@ async fn dispatch(
         // Hedged: the first candidate alone for `delay`, then the second one too; the
         // first success wins and the other future is dropped, which cancels its request.
         rest = &allowed[2..];
-        let a = Box::pin(attempt(state, first, &parsed, endpoint, &body.value));
+        let a = Box::pin(attempt(
+            state,
+            first,
+            &parsed,
+            endpoint,
+            &body.value,
+            key_asks_watermark,
+        ));
         match select(a, Box::pin(tokio::time::sleep(delay))).await {
             Either::Left((res, _)) => {
                 if let Some(done) = outcome.settle(first, res) {
@@ -1037,7 +1059,14 @@ async fn dispatch(
             }
             Either::Right(((), a)) => {
                 outcome.hedged = true;
-                let b = Box::pin(attempt(state, second, &parsed, endpoint, &body.value));
+                let b = Box::pin(attempt(
+                    state,
+                    second,
+                    &parsed,
+                    endpoint,
+                    &body.value,
+                    key_asks_watermark,
+                ));
                 let (won, res, other_name, other) = match select(a, b).await {
                     Either::Left((res, b)) => (*first, res, *second, b),
                     Either::Right((res, a)) => (*second, res, *first, a),
@@ -1054,7 +1083,15 @@ async fn dispatch(
     for name in rest {
         if let Some(done) = outcome.settle(
             name,
-            attempt(state, name, &parsed, endpoint, &body.value).await,
+            attempt(
+                state,
+                name,
+                &parsed,
+                endpoint,
+                &body.value,
+                key_asks_watermark,
+            )
+            .await,
         ) {
             return outcome.finish(done, name, &explain);
         }
@@ -1082,19 +1119,21 @@ async fn attempt(
     parsed: &Parsed,
     endpoint: Endpoint,
     body: &serde_json::Value,
+    key_asks_watermark: bool,
 ) -> Result<Response, Error> {
+    let mark = || state.watermark_for(name, key_asks_watermark);
     match state.models.resolve(name) {
         Err(e) => Err(Error(e)),
         Ok(Target::Local(engine)) => match parsed {
             Parsed::Chat(req) => {
                 let mut req = req.clone();
                 req.model = name.to_owned();
-                local::chat(engine, req).await
+                local::chat(engine, req, mark()).await
             }
             Parsed::Completion(req) => {
                 let mut req = req.clone();
                 req.model = name.to_owned();
-                local::completion(engine, req).await
+                local::completion(engine, req, mark()).await
             }
             Parsed::Embeddings(_) => Err(wrong_kind(name, "a chat model; it serves no embeddings")),
         },

@@ -29,6 +29,26 @@ pub struct AppState {
     pub audit_content: bool,
     /// `None` when answers carry no receipt.
     pub receipts: Option<Arc<bulwark_audit::receipt::Signer>>,
+    /// The key that marks what local models write (`data_dir/watermark.key`); `None`
+    /// when no model is served in-process.
+    pub watermark: Option<bulwark_engine::watermark::WatermarkKey>,
+}
+
+impl AppState {
+    /// The watermark for an answer of local model `name`: when the model or the
+    /// caller's key asks for one.
+    pub fn watermark_for(
+        &self,
+        name: &str,
+        key_asks: bool,
+    ) -> Option<bulwark_engine::watermark::WatermarkKey> {
+        let model_asks = self
+            .models
+            .local
+            .get(name)
+            .is_some_and(|m| m.config.watermark);
+        self.watermark.clone().filter(|_| model_asks || key_asks)
+    }
 }
 
 /// A model served in-process. The engine appears once loading has finished.

@@ -14,6 +14,7 @@ use bulwark_keys::{KeyRecord, KeySpec, Keys, Store};
 use clap::{Parser, Subcommand};
 
 mod models;
+mod watermark;
 use models::ModelsCommand;
 
 #[derive(Parser)]
@@ -67,6 +68,11 @@ enum Command {
     Receipt {
         #[command(subcommand)]
         command: ReceiptCommand,
+    },
+    /// The watermark of what the local models write: detect it in a text.
+    Watermark {
+        #[command(subcommand)]
+        command: watermark::WatermarkCommand,
     },
     /// Manage virtual API keys (in the data directory's key database).
     Keys {
@@ -393,7 +399,7 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                     }
                 }
                 "csv" => {
-                    writeln!(out, "time_ms,event,request_id,key_id,tenant,model,target,jurisdiction,class,status,error,latency_ms,prompt_tokens,completion_tokens,cache,guard,decision,response_sha256,completed,client_request_id")?;
+                    writeln!(out, "time_ms,event,request_id,key_id,tenant,model,target,jurisdiction,class,status,error,latency_ms,prompt_tokens,completion_tokens,cache,guard,decision,response_sha256,completed,client_request_id,watermark")?;
                     let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
                     fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
                         v.map(|v| v.to_string()).unwrap_or_default()
@@ -401,7 +407,7 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                     for r in records {
                         writeln!(
                             out,
-                            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                             r.time_ms,
                             r.event.as_str(),
                             q(&r.request_id),
@@ -421,7 +427,8 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                             q(&r.decision),
                             r.response_sha256.as_deref().unwrap_or(""),
                             opt(r.completed),
-                            q(r.client_request_id.as_deref().unwrap_or(""))
+                            q(r.client_request_id.as_deref().unwrap_or("")),
+                            q(r.watermark.as_deref().unwrap_or(""))
                         )?;
                     }
                 }
@@ -746,6 +753,7 @@ fn main() -> Result<()> {
             rt.block_on(serve(config, listen))
         }
         Command::Models { command } => models::run(command),
+        Command::Watermark { command } => watermark::run(command),
         Command::Keys { config, command } => keys_command(config, command),
         Command::Audit { command } => audit_command(command),
         Command::Receipt { command } => receipt_command(command),
