@@ -411,6 +411,9 @@ pub struct RawLocalModel {
     /// Watermark what this model writes (free text, not tool calls or JSON under a
     /// schema), keyed by `watermark.key` in the data directory. Default false.
     pub watermark: Option<bool>,
+    /// How strongly (δ, added to green tokens' logits): larger survives more editing
+    /// and costs more quality. Default 2.0; 0.5 to 10.
+    pub watermark_delta: Option<f32>,
 }
 
 /// The protocol an upstream speaks.
@@ -670,6 +673,8 @@ pub struct LocalModelConfig {
     pub queue_depth: usize,
     pub unified_kv: bool,
     pub watermark: bool,
+    /// δ of the watermark; `None`: the engine's default.
+    pub watermark_delta: Option<f32>,
 }
 
 #[derive(Debug)]
@@ -719,6 +724,7 @@ impl LocalModelConfig {
             queue_depth: 64,
             unified_kv: true,
             watermark: false,
+            watermark_delta: None,
         }
     }
 }
@@ -894,6 +900,12 @@ impl RawConfig {
                 None | Some(0) => default_threads(),
                 Some(t) => t,
             };
+            let watermark_delta = m.watermark_delta;
+            if let Some(d) = watermark_delta.filter(|d| !(0.5..=10.0).contains(d)) {
+                return Err(invalid(format!(
+                    "{what}: watermark_delta must be between 0.5 and 10, got {d}"
+                )));
+            }
             let path = if m.path.is_relative() {
                 base.join(&m.path)
             } else {
@@ -910,6 +922,7 @@ impl RawConfig {
                 queue_depth: m.queue_depth.unwrap_or(64),
                 unified_kv: m.unified_kv.unwrap_or(true),
                 watermark: m.watermark.unwrap_or(false),
+                watermark_delta,
             });
         }
 
@@ -1532,6 +1545,26 @@ mod policy_tests {
             &|_| None,
             Path::new("/models"),
         )
+    }
+
+    #[test]
+    fn watermarks_are_opt_in_per_model_with_a_bounded_strength() {
+        let c = parse("").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.local_models.iter().all(|m| !m.watermark));
+        let one = |extra: &str| {
+            parse(&format!(
+                "[[local_models]]\nname = \"m\"\npath = \"m.gguf\"\n{extra}"
+            ))
+        };
+        let c = one("watermark = true\nwatermark_delta = 3.0").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.local_models[0].watermark);
+        assert_eq!(c.local_models[0].watermark_delta, Some(3.0));
+        let err = one("watermark_delta = 40").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("watermark_delta must be between 0.5 and 10")),
+            "{err:?}"
+        );
     }
 
     #[test]

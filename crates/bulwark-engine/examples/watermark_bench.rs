@@ -1,6 +1,6 @@
 //! What the watermark costs and how it holds, on one model, in-process.
 //!
-//! `watermark_bench MODEL HUMAN_SENTENCES [ROUNDS]` writes one JSON object:
+//! `watermark_bench MODEL HUMAN_SENTENCES [ROUNDS] [DELTA]` writes one JSON object:
 //! - decode speed of the same prompts with and without the mark, interleaved (one
 //!   sequence at a time, sampling at the engine's defaults, 200 tokens);
 //! - perplexity of both outputs under the same model without the mark (the quality
@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bulwark_api::sampling::SamplingParams;
 use bulwark_engine::template::TemplateMessage;
-use bulwark_engine::watermark::{Verdict, WatermarkKey};
+use bulwark_engine::watermark::{Marker, Verdict, WatermarkKey, DEFAULT_DELTA};
 use bulwark_engine::{Engine, EngineConfig, Event};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -44,12 +44,7 @@ struct Sample {
     decode_tps: f64,
 }
 
-fn generate(
-    e: &Engine,
-    prompt: &str,
-    params: SamplingParams,
-    key: Option<&WatermarkKey>,
-) -> Sample {
+fn generate(e: &Engine, prompt: &str, params: SamplingParams, key: Option<&Marker>) -> Sample {
     let rendered = e
         .apply_chat_template(&[TemplateMessage::new("user", prompt)])
         .unwrap_or_default();
@@ -130,10 +125,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: watermark_bench MODEL HUMAN_SENTENCES [ROUNDS]";
+    let usage = "usage: watermark_bench MODEL HUMAN_SENTENCES [ROUNDS] [DELTA]";
     let path = args.next().ok_or(usage)?;
     let human = std::fs::read_to_string(args.next().ok_or(usage)?)?;
     let rounds: usize = args.next().map_or(Ok(2), |r| r.parse())?;
+    let delta: f32 = args.next().map_or(Ok(DEFAULT_DELTA), |d| d.parse())?;
     let engine = Engine::load(EngineConfig {
         name: "bench".into(),
         path: path.clone().into(),
@@ -145,6 +141,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unified_kv: true,
     })?;
     let key = WatermarkKey::from_bytes([42; 32]);
+    let marker = Marker {
+        key: key.clone(),
+        delta,
+    };
     let params = |seed: u32| SamplingParams {
         max_tokens: Some(200),
         seed: Some(seed),
@@ -158,9 +158,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let seed = (round * PROMPTS.len() + i) as u32;
             if (round + i) % 2 == 0 {
                 plain.push(generate(&engine, prompt, params(seed), None));
-                marked.push(generate(&engine, prompt, params(seed), Some(&key)));
+                marked.push(generate(&engine, prompt, params(seed), Some(&marker)));
             } else {
-                marked.push(generate(&engine, prompt, params(seed), Some(&key)));
+                marked.push(generate(&engine, prompt, params(seed), Some(&marker)));
                 plain.push(generate(&engine, prompt, params(seed), None));
             }
         }
@@ -184,39 +184,68 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (plain_ppl, marked_ppl) = (ppl(&plain), ppl(&marked));
 
-    // Robustness: random token replacement.
+    // Robustness: random token replacement, on these answers (they end where the model
+    // ends them) and on answers of exactly 200 tokens (past the model's end of turn).
+    let (mut plain_200, mut marked_200) = (Vec::new(), Vec::new());
+    for (i, prompt) in PROMPTS.iter().cycle().take(2 * PROMPTS.len()).enumerate() {
+        let long = SamplingParams {
+            ignore_eos: true,
+            ..params(1_000 + i as u32)
+        };
+        plain_200.push(generate(&engine, prompt, long.clone(), None));
+        marked_200.push(generate(&engine, prompt, long, Some(&marker)));
+    }
+    // And 400 tokens: two of those answers, one after the other.
+    let join = |s: &[Sample]| -> Vec<Sample> {
+        s.chunks(2)
+            .map(|pair| Sample {
+                prompt: String::new(),
+                text: pair
+                    .iter()
+                    .map(|x| x.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n\n"),
+                tokens: pair.iter().map(|x| x.tokens).sum(),
+                decode_tps: 0.0,
+            })
+            .collect()
+    };
+    let (plain_400, marked_400) = (join(&plain_200), join(&marked_200));
     let mut rng = fastrand::Rng::with_seed(7);
     let n_vocab = model.n_vocab();
-    let mut curve = Vec::new();
-    for rate in [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5] {
-        let judge = |s: &[Sample], rng: &mut fastrand::Rng| {
-            let mut hits = 0usize;
-            let mut judged = 0usize;
-            let mut ps = Vec::new();
-            for x in s {
-                let mut t = engine.text_tokens(&x.text);
-                let k = (t.len() as f64 * rate).round() as usize;
-                let mut idx: Vec<usize> = (0..t.len()).collect();
-                rng.shuffle(&mut idx);
-                for &i in &idx[..k] {
-                    t[i] = LlamaToken(rng.i32(0..n_vocab));
+    let mut curve = |marked: &[Sample], plain: &[Sample]| {
+        let mut out = Vec::new();
+        for rate in [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5] {
+            let mut judge = |s: &[Sample]| {
+                let (mut hits, mut judged, mut ps) = (0usize, 0usize, Vec::new());
+                for x in s {
+                    let mut t = engine.text_tokens(&x.text);
+                    let k = (t.len() as f64 * rate).round() as usize;
+                    let mut idx: Vec<usize> = (0..t.len()).collect();
+                    rng.shuffle(&mut idx);
+                    for &i in &idx[..k] {
+                        t[i] = LlamaToken(rng.i32(0..n_vocab));
+                    }
+                    let d = key.detect(&t);
+                    if d.verdict != Verdict::TooShort {
+                        judged += 1;
+                        hits += usize::from(d.verdict == Verdict::Watermarked);
+                        ps.push(d.p_value.max(1e-300).log10());
+                    }
                 }
-                let d = key.detect(&t);
-                if d.verdict != Verdict::TooShort {
-                    judged += 1;
-                    hits += usize::from(d.verdict == Verdict::Watermarked);
-                    ps.push(d.p_value.max(1e-300).log10());
-                }
-            }
-            (hits as f64 / judged.max(1) as f64, median(ps), judged)
-        };
-        let (tpr, median_log10_p, judged) = judge(&marked, &mut rng);
-        let (fpr, _, _) = judge(&plain, &mut rng);
-        curve.push(
-            serde_json::json!({"edit_rate": rate, "detected": tpr, "median_log10_p": median_log10_p,
-                                      "texts": judged, "unmarked_called_marked": fpr}),
-        );
-    }
+                (hits as f64 / judged.max(1) as f64, median(ps), judged)
+            };
+            let (tpr, median_log10_p, judged) = judge(marked);
+            let (fpr, _, _) = judge(plain);
+            out.push(serde_json::json!({"edit_rate": rate, "detected": tpr,
+                "median_log10_p": median_log10_p, "texts": judged, "unmarked_called_marked": fpr}));
+        }
+        out
+    };
+    let edit_curve = curve(&marked, &plain);
+    let edit_curve_200 = curve(&marked_200, &plain_200);
+    let edit_curve_400 = curve(&marked_400, &plain_400);
+    let median_tokens = median(marked.iter().map(|x| f64::from(x.tokens)).collect());
 
     // Greedy decoding: still marked where the model hesitates.
     let greedy: Vec<Sample> = PROMPTS
@@ -227,7 +256,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_tokens: Some(200),
                 ..Default::default()
             };
-            generate(&engine, p, params, Some(&key))
+            generate(&engine, p, params, Some(&marker))
         })
         .collect();
     let greedy_detected = greedy
@@ -276,6 +305,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let out = serde_json::json!({
+        "delta": delta,
         "texts": plain.len(),
         "tokens_plain": plain.iter().map(|x| x.tokens).sum::<u32>(),
         "tokens_marked": marked.iter().map(|x| x.tokens).sum::<u32>(),
@@ -284,7 +314,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "decode_ratio": marked_tps / plain_tps,
         "perplexity_plain": plain_ppl,
         "perplexity_marked": marked_ppl,
-        "edit_curve": curve,
+        "median_tokens_marked": median_tokens,
+        "edit_curve": edit_curve,
+        "edit_curve_200_tokens": edit_curve_200,
+        "edit_curve_400_tokens": edit_curve_400,
         "greedy_detected": format!("{greedy_detected} of {}", greedy.len()),
         "detect_tokens": tokens.len(),
         "detect_tokens_per_s": tokens.len() as f64 / (tokenize_s + score_s),

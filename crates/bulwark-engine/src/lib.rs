@@ -132,7 +132,7 @@ pub(crate) struct Job {
     tokens: Vec<LlamaToken>,
     params: SamplingParams,
     grammar: Option<Grammar>,
-    watermark: Option<watermark::WatermarkKey>,
+    watermark: Option<watermark::Marker>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -357,15 +357,15 @@ impl Engine {
         self.queue(prompt, params, grammar, None)
     }
 
-    /// Queues a generation whose text carries the watermark of `key`
-    /// ([`watermark`]): free text only, as constrained output is never marked.
+    /// Queues a generation whose text carries a watermark ([`watermark`]): free
+    /// text only, as constrained output is never marked.
     pub fn generate_watermarked(
         &self,
         prompt: Prompt,
         params: SamplingParams,
-        key: watermark::WatermarkKey,
+        marker: watermark::Marker,
     ) -> Result<Generation, EngineError> {
-        self.queue(prompt, params, None, Some(key))
+        self.queue(prompt, params, None, Some(marker))
     }
 
     fn queue(
@@ -373,7 +373,7 @@ impl Engine {
         prompt: Prompt,
         params: SamplingParams,
         grammar: Option<Grammar>,
-        watermark: Option<watermark::WatermarkKey>,
+        watermark: Option<watermark::Marker>,
     ) -> Result<Generation, EngineError> {
         let (tx, events) = mpsc::unbounded_channel();
         let prompt_tokens = u32::try_from(prompt.tokens.len()).unwrap_or(u32::MAX);

@@ -10,7 +10,7 @@ use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::watermark::WatermarkKey;
+use crate::watermark::Marker;
 
 pub(crate) const DEFAULT_TEMPERATURE: f32 = 0.8;
 pub(crate) const DEFAULT_TOP_K: u32 = 40;
@@ -76,9 +76,9 @@ pub(crate) struct Sampler {
     watermark: Option<Marking>,
 }
 
-/// A watermark key and the token its next green list follows.
+/// A watermark and the token its next green list follows.
 pub(crate) struct Marking {
-    pub(crate) key: WatermarkKey,
+    pub(crate) marker: Marker,
     pub(crate) prev: LlamaToken,
 }
 
@@ -100,7 +100,7 @@ impl Sampler {
     pub(crate) fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
         if let Some(mark) = &mut self.watermark {
             let mut all = ctx.token_data_array_ith(idx);
-            mark.key.bias(mark.prev, &mut all.data);
+            mark.marker.bias(mark.prev, &mut all.data);
             all.apply_sampler(&mut self.chain);
             let token = all.selected_token().unwrap_or_else(|| most_likely(&all));
             self.chain.accept(token);

@@ -8,7 +8,7 @@
 //!   *green* when `fmix64(seed ⊕ v·φ)`, read as a fraction of 2⁶⁴, is below
 //!   γ = [`GAMMA`]: a pseudo-random quarter of the vocabulary, different after every
 //!   token, that only the key holder can tell;
-//! - δ = [`DELTA`] is added to the logit of every green token before the sampler chain
+//! - δ ([`DEFAULT_DELTA`], or the model's `watermark_delta`) is added to the logit of every green token before the sampler chain
 //!   (penalties, top-k, top-p, min-p, temperature, then the draw), so a sampled token is
 //!   green more often than γ; the text's meaning is left to the model, which still
 //!   picks among its likely tokens. Greedy decoding takes the highest *biased* logit:
@@ -44,8 +44,10 @@ use sha2::{Digest, Sha256};
 
 /// The share of the vocabulary that is green after any token.
 pub const GAMMA: f64 = 0.25;
-/// What a green token's logit gains.
-pub const DELTA: f32 = 2.0;
+/// What a green token's logit gains unless configured otherwise. Detection does not
+/// depend on it: a larger δ marks more strongly (survives more editing) at a larger
+/// cost in quality.
+pub const DEFAULT_DELTA: f32 = 2.0;
 /// A text is called watermarked when text without the mark would reach its green count
 /// with at most this probability.
 pub const P_THRESHOLD: f64 = 1e-4;
@@ -101,12 +103,6 @@ impl WatermarkKey {
     /// without saying the key.
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// What an answer marked with this key says of itself (header, receipt, audit):
-    /// `kgw-lefthash-v1; key=ID; gamma=0.25; delta=2`.
-    pub fn disclosure(&self) -> String {
-        format!("{SCHEME}; key={}; gamma={GAMMA}; delta={DELTA}", self.id)
     }
 
     /// Reads the key at `path` (64 hex digits).
@@ -173,12 +169,12 @@ impl WatermarkKey {
         u64::from_le_bytes(seed)
     }
 
-    /// Adds δ to the logit of every green token after `prev`.
-    pub(crate) fn bias(&self, prev: LlamaToken, data: &mut [LlamaTokenData]) {
+    /// Adds `delta` to the logit of every green token after `prev`.
+    fn bias(&self, prev: LlamaToken, delta: f32, data: &mut [LlamaTokenData]) {
         let seed = self.seed(prev);
         for d in data {
             if is_green(seed, d.id()) {
-                d.set_logit(d.logit() + DELTA);
+                d.set_logit(d.logit() + delta);
             }
         }
     }
@@ -192,6 +188,28 @@ impl WatermarkKey {
             .map(|pair| is_green(self.seed(pair[0]), pair[1]))
             .collect();
         Detection::new(&marks)
+    }
+}
+
+/// What marks a generation: the key, and how strongly (δ).
+#[derive(Debug, Clone)]
+pub struct Marker {
+    pub key: WatermarkKey,
+    pub delta: f32,
+}
+
+impl Marker {
+    /// What an answer marked this way says of itself (header, receipt, audit):
+    /// `kgw-lefthash-v1; key=ID; gamma=0.25; delta=2`.
+    pub fn disclosure(&self) -> String {
+        format!(
+            "{SCHEME}; key={}; gamma={GAMMA}; delta={}",
+            self.key.id, self.delta
+        )
+    }
+
+    pub(crate) fn bias(&self, prev: LlamaToken, data: &mut [LlamaTokenData]) {
+        self.key.bias(prev, self.delta, data);
     }
 }
 

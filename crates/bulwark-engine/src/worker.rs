@@ -137,8 +137,8 @@ impl Worker {
                     sampler: sampler::Sampler::new(
                         sampler::build(&job.params, n_vocab),
                         grammar,
-                        job.watermark.clone().map(|key| sampler::Marking {
-                            key,
+                        job.watermark.clone().map(|marker| sampler::Marking {
+                            marker,
                             // The first green list follows the prompt's last token.
                             prev: job.tokens.last().copied().unwrap_or(LlamaToken(0)),
                         }),

@@ -16,7 +16,7 @@ use bulwark_api::response::{
     TextChoice, TextCompletion, ToolCallDelta, Usage,
 };
 use bulwark_api::{ApiError, ErrorKind};
-use bulwark_engine::watermark::WatermarkKey;
+use bulwark_engine::watermark::Marker;
 use bulwark_engine::{Engine, Event, Generation};
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
@@ -79,11 +79,11 @@ async fn collect(mut generation: Generation) -> Result<Collected, Error> {
 }
 
 /// Puts the watermark's disclosure on an answer that carries it.
-fn disclose(mut resp: Response, mark: Option<&WatermarkKey>) -> Response {
-    if let Some(key) = mark {
+fn disclose(mut resp: Response, mark: Option<&Marker>) -> Response {
+    if let Some(marker) = mark {
         resp.headers_mut().insert(
             crate::WATERMARK_HEADER,
-            crate::route::header_value(&key.disclosure()),
+            crate::route::header_value(&marker.disclosure()),
         );
     }
     resp
@@ -94,7 +94,7 @@ fn disclose(mut resp: Response, mark: Option<&WatermarkKey>) -> Response {
 pub async fn chat(
     engine: Arc<Engine>,
     req: ChatRequest,
-    mark: Option<WatermarkKey>,
+    mark: Option<Marker>,
 ) -> Result<Response, Error> {
     if req.wants_logprobs {
         return Err(unsupported("logprobs", "`logprobs`"));
@@ -110,7 +110,7 @@ async fn chat_planned(
     engine: Arc<Engine>,
     req: ChatRequest,
     plan: plan::Plan,
-    mark: Option<&WatermarkKey>,
+    mark: Option<&Marker>,
 ) -> Result<Response, Error> {
     let prompt = engine.tokenize(&plan.prompt)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
@@ -122,7 +122,7 @@ async fn chat_planned(
         let mut sampling = req.sampling.clone();
         sampling.seed = sampling.seed.map(|s| s.wrapping_add(i));
         generations.push(match mark {
-            Some(key) => engine.generate_watermarked(prompt.clone(), sampling, key.clone()),
+            Some(marker) => engine.generate_watermarked(prompt.clone(), sampling, marker.clone()),
             None => engine.generate_constrained(prompt.clone(), sampling, plan.grammar.clone()),
         }?);
     }
@@ -427,11 +427,11 @@ where
 pub async fn completion(
     engine: Arc<Engine>,
     req: CompletionRequest,
-    mark: Option<WatermarkKey>,
+    mark: Option<Marker>,
 ) -> Result<Response, Error> {
     let prompt = engine.tokenize(&req.prompt)?;
     let generation = match &mark {
-        Some(key) => engine.generate_watermarked(prompt, req.sampling.clone(), key.clone()),
+        Some(marker) => engine.generate_watermarked(prompt, req.sampling.clone(), marker.clone()),
         None => engine.generate(prompt, req.sampling.clone()),
     }?;
     completion_generated(req, generation)

@@ -36,18 +36,20 @@ pub struct AppState {
 
 impl AppState {
     /// The watermark for an answer of local model `name`: when the model or the
-    /// caller's key asks for one.
+    /// caller's key asks for one, at the model's strength.
     pub fn watermark_for(
         &self,
         name: &str,
         key_asks: bool,
-    ) -> Option<bulwark_engine::watermark::WatermarkKey> {
-        let model_asks = self
-            .models
-            .local
-            .get(name)
-            .is_some_and(|m| m.config.watermark);
-        self.watermark.clone().filter(|_| model_asks || key_asks)
+    ) -> Option<bulwark_engine::watermark::Marker> {
+        let model = &self.models.local.get(name)?.config;
+        let key = self.watermark.clone()?;
+        (model.watermark || key_asks).then(|| bulwark_engine::watermark::Marker {
+            key,
+            delta: model
+                .watermark_delta
+                .unwrap_or(bulwark_engine::watermark::DEFAULT_DELTA),
+        })
     }
 }
 

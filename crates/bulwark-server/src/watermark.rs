@@ -19,7 +19,6 @@ pub struct Report {
     pub scheme: &'static str,
     pub key_id: String,
     pub gamma: f64,
-    pub delta: f32,
     /// The p-value at or below which the verdict is `watermarked`.
     pub p_threshold: f64,
     /// The fewest scored tokens that get a verdict.
@@ -36,7 +35,6 @@ impl Report {
             scheme: watermark::SCHEME,
             key_id: key.id().to_owned(),
             gamma: watermark::GAMMA,
-            delta: watermark::DELTA,
             p_threshold: watermark::P_THRESHOLD,
             min_tokens: watermark::MIN_TOKENS,
             detection,
