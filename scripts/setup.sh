@@ -15,6 +15,8 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v node >/dev/null 2>&1 || need+=(nodejs)                  # the OpenAI JS SDK test
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)                  # the air-gap test: loopback in a namespace
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""

@@ -183,5 +183,7 @@ def test_bad_detect_requests_get_clear_errors(gw):
     assert r.status_code == 400 and "text" in r.json()["error"]["message"]
     r = httpx.post(f"{gw['url']}/v1/watermark/detect", json={"text": "x", "model": "nope"}, headers=h)
     assert r.status_code == 404, r.text
+    r = httpx.post(f"{gw['url']}/v1/watermark/detect", json={"text": "x"}, headers=h)
+    assert r.status_code == 400 and "name the one" in r.json()["error"]["message"], r.text
     r = httpx.post(f"{gw['url']}/v1/watermark/detect", json={"text": "x"})
     assert r.status_code == 401

@@ -369,6 +369,10 @@ pub struct RawServer {
     /// Most connections served at once; more wait in the listen queue until one
     /// closes. Default 4096.
     pub max_connections: Option<usize>,
+    /// An air-gapped deployment: refuse to start when any upstream (or replica) is not
+    /// on a local address (loopback, RFC 1918 private, link-local, IPv6 unique-local),
+    /// so that nothing can be sent off the site by a config mistake. Default false.
+    pub offline: Option<bool>,
 }
 
 /// `[server.tls]`: rustls on aws-lc-rs. TLS 1.3 and 1.2; key exchange offers the
@@ -450,6 +454,11 @@ pub struct RawUpstream {
     /// Longest silence allowed while waiting for response bytes (headers or the next
     /// stream chunk), in milliseconds. Default 300000.
     pub read_timeout_ms: Option<u64>,
+    /// Longest an answer may take, from the request to its last byte, streamed or not,
+    /// retries included, in milliseconds: an upstream that drips bytes just fast enough
+    /// to stay under `read_timeout_ms` still ends here (504, or an error event in a
+    /// stream). Default 600000 (10 minutes).
+    pub deadline_ms: Option<u64>,
     /// Where the upstream runs: ISO 3166 country (`FR`) or region (`EU`). Without it (and
     /// `trust`), the upstream receives public data only.
     pub jurisdiction: Option<String>,
@@ -624,6 +633,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
+    /// `[server] offline`: every upstream must be on a local address.
+    pub offline: bool,
 }
 
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -690,6 +701,8 @@ pub struct UpstreamConfig {
     pub models: Vec<(String, String)>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// `deadline_ms`: the whole answer, first byte to last.
+    pub deadline: Duration,
     pub residency: Residency,
     pub retries: u32,
     pub breaker_failures: u32,
@@ -745,6 +758,7 @@ impl Config {
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
+                offline: false,
             },
             local_models: vec![LocalModelConfig::default_model(model_dir)],
             upstreams: Vec::new(),
@@ -977,6 +991,7 @@ impl RawConfig {
                 models: u.models.into_iter().collect(),
                 connect_timeout: Duration::from_millis(u.connect_timeout_ms.unwrap_or(5_000)),
                 read_timeout: Duration::from_millis(u.read_timeout_ms.unwrap_or(300_000)),
+                deadline: Duration::from_millis(u.deadline_ms.unwrap_or(600_000).max(1)),
                 retries: u.retries.unwrap_or(1).min(10),
                 breaker_failures: u.breaker_failures.unwrap_or(5).max(1),
                 breaker_cooldown: Duration::from_millis(u.breaker_cooldown_ms.unwrap_or(30_000)),
@@ -1148,6 +1163,7 @@ impl RawConfig {
                 header_read_timeout,
                 body_read_timeout,
                 max_connections,
+                offline: self.server.offline.unwrap_or(false),
                 tls: self.server.tls.map(|t| TlsConfig {
                     cert: base.join(t.cert),
                     key: base.join(t.key),
@@ -1394,7 +1410,7 @@ mod tests {
                   |
                 2 | listen_addr = "x"
                   | ^^^^^^^^^^^
-                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`, `tls`, `header_read_timeout_ms`, `body_read_timeout_ms`, `max_connections`
+                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`, `tls`, `header_read_timeout_ms`, `body_read_timeout_ms`, `max_connections`, `offline`
 
             "#]],
         );

@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 mod local;
+pub mod offline;
 mod ops;
 mod plan;
 mod proxy;
@@ -76,6 +77,8 @@ pub enum ServeError {
     Encoder(#[from] bulwark_guard::encoder::EncoderError),
     #[error("{0}")]
     Watermark(#[from] bulwark_engine::watermark::KeyError),
+    #[error("[server] offline = true, but {}; point them at addresses on this site or leave offline mode", .0.join("; "))]
+    Offline(Vec<String>),
 }
 
 async fn chat_completions(
@@ -237,6 +240,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> Result<(), ServeError> {
+    if config.server.offline {
+        let problems = offline::problems(&config);
+        if !problems.is_empty() {
+            return Err(ServeError::Offline(problems));
+        }
+        tracing::info!("offline: every upstream is on a local address");
+    }
     let models = Arc::new(Models::from_config(&config)?);
     let audit = match &config.audit {
         None => {

@@ -89,7 +89,7 @@ fn disclose(mut resp: Response, mark: Option<&Marker>) -> Response {
     resp
 }
 
-/// `mark`: the key to watermark the answer with; answers read for tool calls and
+/// `mark`: the watermark to write the answer with; answers read for tool calls and
 /// constrained ones (JSON under a schema) are never marked.
 pub async fn chat(
     engine: Arc<Engine>,

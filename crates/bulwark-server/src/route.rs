@@ -258,9 +258,33 @@ pub async fn serve(
         .map(|_| sha256_hex(&serde_json::to_vec(&body.value).unwrap_or_default()));
     let request_content =
         (state.audit.is_some() && state.audit_content).then(|| body.value.clone());
+    let mut abandoned = Abandoned {
+        pending: state.audit.clone().map(|audit| {
+            let key = caller.0.as_ref();
+            let record = bulwark_audit::Record {
+                request_id: request_id(headers.get("x-request-id")),
+                client_request_id: client_request_id(headers),
+                key_id: key.map(|k| k.id().to_owned()),
+                tenant: key.map(|k| k.tenant().to_owned()),
+                model: model.clone(),
+                target: "none".into(),
+                status: CLIENT_CLOSED_REQUEST,
+                error: Some(
+                    bulwark_api::ErrorCode::ClientClosedRequest
+                        .as_str()
+                        .to_owned(),
+                ),
+                ..Default::default()
+            };
+            (audit, record)
+        }),
+        started,
+    };
     let resp = serve_inner(state, caller, headers, body, parsed).await;
     // In the client's protocol before the digest and the record are made.
     let resp = protocol.render(resp, &model).await;
+    // From here the answer's own record is made.
+    abandoned.pending = None;
     let tokens = resp
         .extensions()
         .get::<Tokens>()
@@ -543,11 +567,7 @@ impl Answered<'_> {
         bulwark_audit::Record {
             time_ms: now_ms(),
             request_id: request_id(self.headers.get("x-request-id")),
-            client_request_id: self
-                .headers
-                .get(crate::CLIENT_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            client_request_id: client_request_id(self.headers),
             key_id: key.map(|k| k.id().to_owned()),
             tenant: key.map(|k| k.tenant().to_owned()),
             model: self.model.clone(),
@@ -578,6 +598,42 @@ fn watermark(parts: &http::response::Parts) -> Option<String> {
         .get(crate::WATERMARK_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// The `x-request-id` the client sent, kept beside the gateway's own.
+fn client_request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(crate::CLIENT_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The status recorded for a request whose client left before its answer was ready
+/// (nginx's "client closed request"); no client ever sees it.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The record of a request whose client went away before the answer was ready (its
+/// future was dropped, e.g. while an upstream dripped its answer): without it, such a
+/// request would leave no trace in the log. Disarmed once the answer exists, which then
+/// makes its own record.
+struct Abandoned {
+    pending: Option<(
+        std::sync::Arc<bulwark_audit::AuditLog>,
+        bulwark_audit::Record,
+    )>,
+    started: std::time::Instant,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some((audit, mut record)) = self.pending.take() {
+            record.time_ms = now_ms();
+            record.latency_ms = self.started.elapsed().as_millis() as u64;
+            if let Err(e) = audit.append(&record) {
+                tracing::error!(error = %e, "audit record for an abandoned request not written");
+            }
+        }
+    }
 }
 
 /// The request id (`x-request-id`, set by the outermost layer) as text.

@@ -52,11 +52,17 @@ pub async fn detect(
         _ => {
             return Err(Error(ApiError::invalid(
                 "text",
-                "Send `{\"text\": \"...\", \"model\": \"...\"}`: `text` (a string) is required; `model` defaults to the first local model.",
+                "Send `{\"text\": \"...\", \"model\": \"...\"}`: `text` (a string) is required; `model` may be left out when one local model is served.",
             )))
         }
     };
     let model = match v.get("model") {
+        None | Some(serde_json::Value::Null) if state.models.local.len() > 1 => {
+            return Err(Error(ApiError::invalid(
+                "model",
+                "Several local models are served: name the one whose tokenizer reads the text in `model`.",
+            )))
+        }
         None | Some(serde_json::Value::Null) => state.models.local.keys().next().cloned(),
         Some(serde_json::Value::String(m)) => Some(m.clone()),
         Some(_) => {

@@ -9,6 +9,7 @@
 //! | `slow-MS`        | waits MS milliseconds before answering (see [`MockLog::completed`]) |
 //! | `flaky-N`        | answers 503 to its first N requests, then normally                |
 //! | `drip-MS`        | streams, waiting MS milliseconds between chunks                  |
+//! | `trickle-MS`     | sends its answer (JSON or stream) one byte every MS milliseconds |
 //! | `stall`          | sends headers and one chunk, then nothing                        |
 //! | `leak-secret`    | answers with a credential of its own (`LEAKED_KEY`) after the echo |
 //! | `leak-pii`       | answers with personal data of its own (`LEAKED_EMAIL`, a phone number) after the echo |
@@ -341,6 +342,9 @@ async fn respond(
         format!("mock reply to: {}", last_text(&body))
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let trickle = model
+        .strip_prefix("trickle-")
+        .and_then(|c| c.parse::<u64>().ok());
     let (object, chunk_object) = if chat {
         ("chat.completion", "chat.completion.chunk")
     } else {
@@ -362,11 +366,16 @@ async fn respond(
                 }
             })
             .collect();
-        return Json(
-            json!({"id":"mock-1","object":object,"created":0,"model":model,"choices":choices,
-            "usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}),
-        )
-        .into_response();
+        let answer = json!({"id":"mock-1","object":object,"created":0,"model":model,"choices":choices,
+            "usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}});
+        if let Some(ms) = trickle {
+            return trickled(
+                "application/json",
+                Bytes::from(answer.to_string()),
+                Duration::from_millis(ms),
+            );
+        }
+        return Json(answer).into_response();
     }
     let drip = model
         .strip_prefix("drip-")
@@ -399,6 +408,13 @@ async fn respond(
         ));
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    if let Some(ms) = trickle {
+        return trickled(
+            "text/event-stream",
+            Bytes::from(frames.concat()),
+            Duration::from_millis(ms),
+        );
+    }
     let body = stream::iter(frames.into_iter().enumerate()).then(move |(i, f)| async move {
         if stall && i == 1 {
             futures_util::future::pending::<()>().await;
@@ -410,6 +426,22 @@ async fn respond(
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `bytes`, one byte every `every` (headers at once): an upstream slow enough to be
+/// useless that still never stays silent for long.
+fn trickled(content_type: &'static str, bytes: Bytes, every: Duration) -> Response {
+    let body = stream::iter(0..bytes.len()).then(move |i| {
+        let b = bytes.slice(i..=i);
+        async move {
+            tokio::time::sleep(every).await;
+            Ok::<Bytes, std::convert::Infallible>(b)
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

@@ -51,6 +51,11 @@ pub enum UpstreamError {
     Connect { upstream: String, reason: String },
     #[error("upstream `{upstream}` did not answer within {timeout:?}")]
     Timeout { upstream: String, timeout: Duration },
+    #[error("upstream `{upstream}` did not finish its answer within its deadline ({deadline:?})")]
+    Deadline {
+        upstream: String,
+        deadline: Duration,
+    },
     #[error("upstream `{upstream}` failed: {reason}")]
     Protocol { upstream: String, reason: String },
     #[error("cannot build the client for upstream `{upstream}`: {reason}")]
@@ -62,7 +67,10 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// True when the upstream was too slow rather than broken (504 rather than 502).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, UpstreamError::Timeout { .. })
+        matches!(
+            self,
+            UpstreamError::Timeout { .. } | UpstreamError::Deadline { .. }
+        )
     }
 }
 
@@ -120,6 +128,8 @@ pub struct Upstream {
     client: reqwest::Client,
     connect_timeout: Duration,
     read_timeout: Duration,
+    /// The whole answer, request to last byte, retries included.
+    deadline: Duration,
     /// `(client-facing name, upstream name)`.
     models: Vec<(String, String)>,
     retries: u32,
@@ -180,6 +190,7 @@ impl Upstream {
             client,
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
+            deadline: cfg.deadline,
             models: cfg.models.clone(),
             retries: cfg.retries,
         })
@@ -197,6 +208,13 @@ impl Upstream {
     /// The client-facing model names this upstream serves, with the upstream's names.
     pub fn models(&self) -> &[(String, String)] {
         &self.models
+    }
+
+    fn past_deadline(&self) -> UpstreamError {
+        UpstreamError::Deadline {
+            upstream: self.name.clone(),
+            deadline: self.deadline,
+        }
     }
 
     fn classify(&self, e: reqwest::Error) -> UpstreamError {
@@ -263,6 +281,7 @@ impl Upstream {
         endpoint: Endpoint,
         body: &serde_json::Value,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.deadline;
         let mut tried: Vec<usize> = Vec::new();
         loop {
             let pick = self.pick(&tried).or_else(|| {
@@ -279,7 +298,7 @@ impl Upstream {
                 });
             };
             let replica = &self.replicas[i];
-            let result = self.send_once(replica, endpoint, body).await;
+            let result = self.send_once(replica, endpoint, body, deadline).await;
             let retryable = match &result {
                 Ok(r) => matches!(r.status, 502..=504),
                 Err(UpstreamError::Connect { .. } | UpstreamError::Timeout { .. }) => true,
@@ -292,6 +311,9 @@ impl Upstream {
             replica.breaker.record(!failed);
             if !retryable || tried.len() as u32 >= self.retries {
                 return result;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.past_deadline());
             }
             tried.push(i);
             // Full jitter on 50 ms, 100 ms, 200 ms...: spreads retries of many clients.
@@ -307,6 +329,7 @@ impl Upstream {
         replica: &Replica,
         endpoint: Endpoint,
         body: &serde_json::Value,
+        deadline: tokio::time::Instant,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let in_flight = InFlight::enter(&replica.in_flight);
         let url = format!("{}{}", replica.base_url, endpoint.path());
@@ -321,7 +344,10 @@ impl Upstream {
         if self.kind == UpstreamKind::Anthropic {
             req = req.header("anthropic-version", ANTHROPIC_VERSION);
         }
-        let resp = req.send().await.map_err(|e| self.classify(e))?;
+        let resp = match tokio::time::timeout_at(deadline, req.send()).await {
+            Ok(r) => r.map_err(|e| self.classify(e))?,
+            Err(_) => return Err(self.past_deadline()),
+        };
         let header = |name: reqwest::header::HeaderName| {
             resp.headers()
                 .get(name)
@@ -355,7 +381,7 @@ impl Upstream {
                 }
             })
             .boxed();
-        let body = mask.over(body);
+        let body = past(deadline, self.past_deadline(), mask.over(body));
         Ok(UpstreamResponse {
             status,
             content_type,
@@ -365,6 +391,27 @@ impl Upstream {
             body,
         })
     }
+}
+
+/// `body` until `deadline`, then `error` and nothing more.
+fn past(
+    deadline: tokio::time::Instant,
+    error: UpstreamError,
+    body: BoxStream<'static, Result<Bytes, UpstreamError>>,
+) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+    let state = (
+        body,
+        Box::pin(tokio::time::sleep_until(deadline)),
+        Some(error),
+    );
+    futures_util::stream::unfold(state, |(mut body, mut sleep, error)| async move {
+        let error = error?;
+        tokio::select! {
+            item = body.next() => item.map(|i| (i, (body, sleep, Some(error)))),
+            () = &mut sleep => Some((Err(error), (body, sleep, None))),
+        }
+    })
+    .boxed()
 }
 
 /// Masks this gateway's own credential for an upstream wherever it appears in what the
@@ -496,6 +543,7 @@ mod tests {
             models: Vec::new(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            deadline: Duration::from_secs(10),
             residency: Default::default(),
             retries: 1,
             breaker_failures: 1,

@@ -20,7 +20,8 @@ pub enum WatermarkCommand {
         /// The key file (default: `watermark.key` in the config's data directory).
         #[arg(long)]
         key: Option<PathBuf>,
-        /// The local model whose tokenizer reads the text (default: the config's first).
+        /// The local model whose tokenizer reads the text (may be left out when the
+        /// config serves one).
         #[arg(long)]
         model: Option<String>,
         #[arg(long, short)]
@@ -36,14 +37,17 @@ pub fn run(command: WatermarkCommand) -> Result<()> {
         config,
     } = command;
     let config = crate::load_config(config.as_deref())?;
-    let local = match &model {
-        Some(name) => config.local_models.iter().find(|m| &m.name == name),
-        None => config.local_models.first(),
-    }
-    .with_context(|| match &model {
-        Some(name) => format!("no local model named `{name}` in the config"),
-        None => "the config serves no local model, whose tokenizer would read the text".into(),
-    })?;
+    let local = match (&model, config.local_models.as_slice()) {
+        (Some(name), all) => all
+            .iter()
+            .find(|m| &m.name == name)
+            .with_context(|| format!("no local model named `{name}` in the config"))?,
+        (None, [one]) => one,
+        (None, []) => {
+            anyhow::bail!("the config serves no local model, whose tokenizer would read the text")
+        }
+        (None, _) => anyhow::bail!("the config serves several local models: name one with --model"),
+    };
     let key_path = key.unwrap_or_else(|| {
         config
             .server

@@ -28,7 +28,7 @@ fn setup(tag: &str, mock: &MockUpstream) -> Setup {
     let cfg = dir.write(
         "bulwark.toml",
         &format!(
-            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\njurisdiction = \"FR\"\ntrust = \"private\"\nmodels = {{ \"m\" = \"m\", \"drip\" = \"drip-100\", \"cut\" = \"cut-stream\" }}\n\
+            "[[upstreams]]\nname = \"u\"\nbase_url = \"{}\"\njurisdiction = \"FR\"\ntrust = \"private\"\ndeadline_ms = 3000\nmodels = {{ \"m\" = \"m\", \"drip\" = \"drip-100\", \"cut\" = \"cut-stream\", \"trickle\" = \"trickle-200\" }}\n\
              [audit]\npublic_key = \"auditor/audit.pub\"\ndurability = \"sync\"\nsegment_max_mib = 1\n",
             mock.base_url()
         ),
@@ -876,4 +876,85 @@ async fn a_client_request_id_is_kept_beside_the_gateways_own() {
             .unwrap_or_else(|| panic!("no record for {id}"));
         assert_eq!(r["client_request_id"], json!("client-42"), "{r}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dripping_upstream_meets_its_deadline_and_a_client_that_leaves_is_recorded() {
+    let mock = MockUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = setup("audit-trickle", &mock);
+    let b = s.start().await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/chat/completions", b.addr);
+    let body = |stream: bool| json!({"model": "trickle", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    // One byte every 200 ms, never silent for long: the 3 s deadline ends it.
+    let started = std::time::Instant::now();
+    let r = client
+        .post(&url)
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 504);
+    let err: Value = r.json().await.unwrap_or_default();
+    assert_eq!(err["error"]["code"], json!("upstream_timeout"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deadline")),
+        "{err}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(2_900)
+            && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    // Streamed: what arrived in time, then an error event, and the stream ends.
+    let started = std::time::Instant::now();
+    let r = client
+        .post(&url)
+        .json(&body(true))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap_or_default();
+    assert!(text.contains("deadline"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // A client that gives up before the answer is ready still leaves a record.
+    let gone = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        client.post(&url).json(&body(false)).send(),
+    )
+    .await;
+    assert!(gone.is_err(), "the answer came before the client left");
+    let mut records = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        records = s.export();
+        if records.iter().any(|r| r["status"] == json!(499)) {
+            break;
+        }
+    }
+    let trickle: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["model"] == json!("trickle"))
+        .collect();
+    assert!(
+        trickle
+            .iter()
+            .any(|r| r["status"] == json!(504) && r["error"] == json!("upstream_timeout")),
+        "{trickle:?}"
+    );
+    let left: Vec<&&Value> = trickle
+        .iter()
+        .filter(|r| r["status"] == json!(499))
+        .collect();
+    assert_eq!(left.len(), 1, "{trickle:?}");
+    assert_eq!(left[0]["error"], json!("client_closed_request"));
+    assert_eq!(left[0]["target"], json!("none"));
+    let (ok, out, _) = run(&["audit", "verify", "--dir", &s.log_dir()]);
+    assert!(ok, "{out}");
 }

@@ -470,3 +470,53 @@ fn refuses_to_listen_beyond_loopback_without_authentication() {
         "{line:?}"
     );
 }
+
+#[test]
+fn offline_mode_refuses_upstreams_off_the_site() {
+    let bin = env!("CARGO_BIN_EXE_bulwark");
+    let data = TempDir::new("offline-data");
+    let dir = TempDir::new("offline");
+    let serve = |cfg: &std::path::Path| {
+        std::process::Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(cfg)
+            .env("BULWARK_DATA_DIR", &data.0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    // An upstream on a public address (a documentation address: nothing is sent).
+    let far = dir.write(
+        "far.toml",
+        "[server]\noffline = true\n[[upstreams]]\nname = \"far\"\nbase_url = \"https://203.0.113.5/v1\"\nreplicas = [\"http://10.0.0.5:8000/v1\"]\nmodels = { \"m\" = \"m\" }\n",
+    );
+    let out = serve(&far)
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[server] offline = true, but upstream `far` at https://203.0.113.5/v1: 203.0.113.5 is not a local address"),
+        "{err}"
+    );
+    assert!(!err.contains("10.0.0.5"), "{err}");
+    // Loopback, private and `localhost` upstreams: it starts.
+    let near = dir.write(
+        "near.toml",
+        "[server]\noffline = true\n[[upstreams]]\nname = \"near\"\nbase_url = \"http://127.0.0.1:9/v1\"\nreplicas = [\"http://10.0.0.5:8000/v1\", \"http://localhost:9/v1\", \"http://[fd00::5]:8000/v1\"]\nmodels = { \"m\" = \"m\" }\n",
+    );
+    let mut child = serve(&near);
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("bulwark listening on http://127.0.0.1:"),
+        "{line:?}"
+    );
+}
