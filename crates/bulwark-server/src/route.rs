@@ -260,13 +260,7 @@ pub async fn serve(
         (state.audit.is_some() && state.audit_content).then(|| body.value.clone());
     let mut abandoned = Abandoned {
         pending: state.audit.clone().map(|audit| {
-            let key = caller.0.as_ref();
             let record = bulwark_audit::Record {
-                request_id: request_id(headers.get("x-request-id")),
-                client_request_id: client_request_id(headers),
-                key_id: key.map(|k| k.id().to_owned()),
-                tenant: key.map(|k| k.tenant().to_owned()),
-                model: model.clone(),
                 target: "none".into(),
                 status: CLIENT_CLOSED_REQUEST,
                 error: Some(
@@ -274,7 +268,7 @@ pub async fn serve(
                         .as_str()
                         .to_owned(),
                 ),
-                ..Default::default()
+                ..who_asked(caller, headers, &model)
             };
             (audit, record)
         }),
@@ -562,15 +556,8 @@ impl Answered<'_> {
         let target = report
             .and_then(|r| r.target.clone())
             .unwrap_or_else(|| "none".into());
-        let key = self.caller.0.as_ref();
         let tokens = self.tokens.get();
         bulwark_audit::Record {
-            time_ms: now_ms(),
-            request_id: request_id(self.headers.get("x-request-id")),
-            client_request_id: client_request_id(self.headers),
-            key_id: key.map(|k| k.id().to_owned()),
-            tenant: key.map(|k| k.tenant().to_owned()),
-            model: self.model.clone(),
             jurisdiction: self
                 .state
                 .models
@@ -586,7 +573,7 @@ impl Answered<'_> {
             status: parts.status.as_u16(),
             cache: header(cache::CACHE_HEADER),
             watermark: watermark(parts),
-            ..Default::default()
+            ..who_asked(self.caller, self.headers, &self.model)
         }
     }
 }
@@ -600,12 +587,22 @@ fn watermark(parts: &http::response::Parts) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The `x-request-id` the client sent, kept beside the gateway's own.
-fn client_request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(crate::CLIENT_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// A record of who asked for what, now: the gateway's request id and the client's, the
+/// key and its tenant, the model; the rest is filled in by what happened.
+fn who_asked(caller: &Caller, headers: &HeaderMap, model: &str) -> bulwark_audit::Record {
+    let key = caller.0.as_ref();
+    bulwark_audit::Record {
+        time_ms: now_ms(),
+        request_id: request_id(headers.get("x-request-id")),
+        client_request_id: headers
+            .get(crate::CLIENT_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        key_id: key.map(|k| k.id().to_owned()),
+        tenant: key.map(|k| k.tenant().to_owned()),
+        model: model.to_owned(),
+        ..Default::default()
+    }
 }
 
 /// The status recorded for a request whose client left before its answer was ready

@@ -381,7 +381,7 @@ impl Upstream {
                 }
             })
             .boxed();
-        let body = past(deadline, self.past_deadline(), mask.over(body));
+        let body = until_deadline(deadline, self.past_deadline(), mask.over(body));
         Ok(UpstreamResponse {
             status,
             content_type,
@@ -394,7 +394,7 @@ impl Upstream {
 }
 
 /// `body` until `deadline`, then `error` and nothing more.
-fn past(
+fn until_deadline(
     deadline: tokio::time::Instant,
     error: UpstreamError,
     body: BoxStream<'static, Result<Bytes, UpstreamError>>,
