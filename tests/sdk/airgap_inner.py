@@ -12,7 +12,7 @@ import tempfile
 import openai
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import BULWARK, GGUF_SHA256, MODEL, ROOT, _start, _stop, _wait_ready  # noqa: E402
+from conftest import BULWARK, GGUF_SHA256, MODEL, ROOT, _start, _stop, _wait_ready, cli  # noqa: E402
 
 seen = {}
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -25,10 +25,8 @@ s.close()
 with tempfile.TemporaryDirectory() as tmp:
     data = f"{tmp}/data"
     env = {**os.environ, "BULWARK_DATA_DIR": data, "BULWARK_MODEL_DIR": str(ROOT / "models")}
-    run = lambda *a: subprocess.run([BULWARK, *a], env=env, capture_output=True, text=True, check=True,  # noqa: E731
-                                    stdin=subprocess.DEVNULL)
-    run("audit", "keygen", "--out", f"{tmp}/auditor")
-    key = run("keys", "create", "agent").stdout.strip()
+    cli("audit", "keygen", "--out", f"{tmp}/auditor", data=data, check=True)
+    key = cli("keys", "create", "agent", data=data, check=True).stdout.strip()
     cfg = f"{tmp}/bulwark.toml"
     with open(cfg, "w") as f:
         f.write(f"""

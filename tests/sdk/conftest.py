@@ -96,6 +96,12 @@ def _wait_ready(proc, url):
         time.sleep(0.05)
 
 
+def cli(*args, data, **kw):
+    """Runs the bulwark CLI with `data` as its data directory, no input, output captured."""
+    return subprocess.run([BULWARK, *args], env={**os.environ, "BULWARK_DATA_DIR": data}, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, **kw)
+
+
 class Keyed:
     """A gateway in front of the mock upstream whose keys are made with the real CLI."""
 
@@ -104,9 +110,7 @@ class Keyed:
         self.data = data
 
     def create_key(self, *args):
-        out = subprocess.run([BULWARK, "keys", "create", *args], env={**os.environ, "BULWARK_DATA_DIR": self.data},
-                             capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
-        return out.stdout.strip()
+        return cli("keys", "create", *args, data=self.data, check=True).stdout.strip()
 
 
 @pytest.fixture(scope="session")

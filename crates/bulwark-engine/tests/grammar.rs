@@ -1,31 +1,15 @@
 //! Grammar-constrained decoding on the real default model: whatever a schema asks for,
 //! sampled at any temperature and seed, the output parses and validates against it.
 
-use std::sync::OnceLock;
+mod common;
 
 use bulwark_api::response::FinishReason;
 use bulwark_api::sampling::SamplingParams;
 use bulwark_engine::template::TemplateMessage;
-use bulwark_engine::{Engine, EngineConfig, EngineError, Event, Generation};
+use bulwark_engine::{Engine, EngineError};
+use common::{collect, engine};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let cfg = EngineConfig {
-            name: "smollm2".into(),
-            path: bulwark_testkit::default_model_path(),
-            ctx_size: 1024,
-            threads: 2,
-            parallel: 4,
-            batch_size: 256,
-            queue_depth: 16,
-            unified_kv: true,
-        };
-        Engine::load(cfg).unwrap_or_else(|e| panic!("engine failed to load: {e}"))
-    })
-}
 
 fn run(e: &Engine, user: &str, schema: &Value, sampling: SamplingParams) -> (String, FinishReason) {
     let prompt = e
@@ -39,18 +23,6 @@ fn run(e: &Engine, user: &str, schema: &Value, sampling: SamplingParams) -> (Str
         .generate_constrained(prompt, sampling, Some(grammar))
         .unwrap_or_else(|e| panic!("generate: {e}"));
     collect(g)
-}
-
-fn collect(mut g: Generation) -> (String, FinishReason) {
-    let mut text = String::new();
-    while let Some(ev) = g.events.blocking_recv() {
-        match ev {
-            Event::Delta(d) => text.push_str(&d),
-            Event::Done { finish, .. } => return (text, finish),
-            Event::Failed(e) => panic!("generation failed: {e}"),
-        }
-    }
-    panic!("generation ended without Done")
 }
 
 /// Checks `v` against the subset of JSON Schema the generator below writes; returns

@@ -2,30 +2,14 @@
 //! what it writes without it, what people wrote and what another key marked are not,
 //! and the mark survives edits and being pasted into other text.
 
-use std::sync::OnceLock;
+mod common;
 
 use bulwark_api::sampling::SamplingParams;
 use bulwark_engine::template::TemplateMessage;
 use bulwark_engine::watermark::{Marker, Verdict, WatermarkKey, DEFAULT_DELTA, MIN_TOKENS};
-use bulwark_engine::{Engine, EngineConfig, Event, Generation};
+use bulwark_engine::Generation;
+use common::{collect, engine};
 use llama_cpp_2::token::LlamaToken;
-
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let cfg = EngineConfig {
-            name: "smollm2".into(),
-            path: bulwark_testkit::default_model_path(),
-            ctx_size: 1024,
-            threads: 2,
-            parallel: 4,
-            batch_size: 256,
-            queue_depth: 16,
-            unified_kv: true,
-        };
-        Engine::load(cfg).unwrap_or_else(|e| panic!("engine failed to load: {e}"))
-    })
-}
 
 fn key(b: u8) -> WatermarkKey {
     WatermarkKey::from_bytes([b; 32])
@@ -46,18 +30,6 @@ fn sampling(seed: u32) -> SamplingParams {
         seed: Some(seed),
         ..SamplingParams::default()
     }
-}
-
-fn collect(mut g: Generation) -> String {
-    let mut text = String::new();
-    while let Some(ev) = g.events.blocking_recv() {
-        match ev {
-            Event::Delta(d) => text.push_str(&d),
-            Event::Done { .. } => return text,
-            Event::Failed(e) => panic!("generation failed: {e}"),
-        }
-    }
-    panic!("generation ended without Done")
 }
 
 /// The texts the model writes for [`PROMPTS`], marked with `with` or not marked.
@@ -85,7 +57,7 @@ fn write(with: Option<&WatermarkKey>) -> Vec<String> {
             .unwrap_or_else(|e| panic!("generate: {e}"))
         })
         .collect();
-    gens.into_iter().map(collect).collect()
+    gens.into_iter().map(|g| collect(g).0).collect()
 }
 
 fn human() -> Vec<&'static str> {

@@ -23,6 +23,19 @@ pub fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The first line a started `bulwark serve` prints (`bulwark listening on URL` when it
+/// started), after which the process is stopped.
+pub fn first_line_then_kill(mut child: std::process::Child) -> String {
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
 /// A fresh temporary directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 

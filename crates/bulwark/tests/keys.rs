@@ -493,14 +493,8 @@ fn keys_count_as_authentication_beyond_loopback() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Create an API key first"));
 
     cli_in(&data.0, &["create", "server"]);
-    let mut child = serve();
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        use std::io::BufRead;
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let child = serve();
+    let line = common::first_line_then_kill(child);
     assert!(
         line.starts_with("bulwark listening on http://0.0.0.0:"),
         "{line:?}"

@@ -449,7 +449,7 @@ fn refuses_to_listen_beyond_loopback_without_authentication() {
         "bulwark.toml",
         "[server]\nallow_unauthenticated = true\n[[upstreams]]\nname = \"u\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = { \"m\" = \"m\" }\n",
     );
-    let mut child = std::process::Command::new(bin)
+    let child = std::process::Command::new(bin)
         .args(["serve", "--listen", "0.0.0.0:0", "--config"])
         .arg(&cfg)
         .env("BULWARK_DATA_DIR", &data.0)
@@ -458,13 +458,7 @@ fn refuses_to_listen_beyond_loopback_without_authentication() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        use std::io::BufRead;
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let line = common::first_line_then_kill(child);
     assert!(
         line.starts_with("bulwark listening on http://0.0.0.0:"),
         "{line:?}"
@@ -507,14 +501,8 @@ fn offline_mode_refuses_upstreams_off_the_site() {
         "near.toml",
         "[server]\noffline = true\n[[upstreams]]\nname = \"near\"\nbase_url = \"http://127.0.0.1:9/v1\"\nreplicas = [\"http://10.0.0.5:8000/v1\", \"http://localhost:9/v1\", \"http://[fd00::5]:8000/v1\"]\nmodels = { \"m\" = \"m\" }\n",
     );
-    let mut child = serve(&near);
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        use std::io::BufRead;
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let child = serve(&near);
+    let line = common::first_line_then_kill(child);
     assert!(
         line.starts_with("bulwark listening on http://127.0.0.1:"),
         "{line:?}"
