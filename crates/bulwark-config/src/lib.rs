@@ -369,6 +369,13 @@ pub struct RawServer {
     /// Most connections served at once; more wait in the listen queue until one
     /// closes. Default 4096.
     pub max_connections: Option<usize>,
+    /// Largest request head (request line and headers together), in bytes; a larger
+    /// one gets 431 and the connection is closed. At most 100 headers are read in any
+    /// case. Default 65536, at least 8192.
+    pub max_header_bytes: Option<usize>,
+    /// Requests on `/v1` served at once, streams until their last byte; more get 503
+    /// `gateway_overloaded` with `Retry-After` at once, rather than queue. Default 1024.
+    pub max_in_flight: Option<usize>,
     /// An air-gapped deployment: refuse to start when any upstream (or replica) is not
     /// on a local address (loopback, RFC 1918 private, link-local, IPv6 unique-local),
     /// so that nothing can be sent off the site by a config mistake. Default false.
@@ -633,6 +640,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_in_flight: usize,
     /// `[server] offline`: every upstream must be on a local address.
     pub offline: bool,
 }
@@ -640,6 +649,10 @@ pub struct ServerConfig {
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+/// The smallest `max_header_bytes` (HTTP/1's read buffer cannot be smaller).
+pub const MIN_MAX_HEADER_BYTES: usize = 8192;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
@@ -758,6 +771,8 @@ impl Config {
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
                 offline: false,
             },
             local_models: vec![LocalModelConfig::default_model(model_dir)],
@@ -844,6 +859,20 @@ impl RawConfig {
             Some(0) => return Err(invalid("server.max_connections must be at least 1")),
             Some(n) => n,
             None => DEFAULT_MAX_CONNECTIONS,
+        };
+        let max_header_bytes = match self.server.max_header_bytes {
+            Some(n) if n < MIN_MAX_HEADER_BYTES => {
+                return Err(invalid(format!(
+                    "server.max_header_bytes must be at least {MIN_MAX_HEADER_BYTES}"
+                )))
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_HEADER_BYTES,
+        };
+        let max_in_flight = match self.server.max_in_flight {
+            Some(0) => return Err(invalid("server.max_in_flight must be at least 1")),
+            Some(n) => n,
+            None => DEFAULT_MAX_IN_FLIGHT,
         };
 
         let mut names = BTreeSet::new();
@@ -1163,6 +1192,8 @@ impl RawConfig {
                 header_read_timeout,
                 body_read_timeout,
                 max_connections,
+                max_header_bytes,
+                max_in_flight,
                 offline: self.server.offline.unwrap_or(false),
                 tls: self.server.tls.map(|t| TlsConfig {
                     cert: base.join(t.cert),
@@ -1410,7 +1441,7 @@ mod tests {
                   |
                 2 | listen_addr = "x"
                   | ^^^^^^^^^^^
-                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`, `tls`, `header_read_timeout_ms`, `body_read_timeout_ms`, `max_connections`, `offline`
+                unknown field `listen_addr`, expected one of `listen`, `max_body_bytes`, `jurisdiction`, `allow_unauthenticated`, `data_dir`, `tls`, `header_read_timeout_ms`, `body_read_timeout_ms`, `max_connections`, `max_header_bytes`, `max_in_flight`, `offline`
 
             "#]],
         );

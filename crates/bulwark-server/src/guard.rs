@@ -820,6 +820,10 @@ struct ChoiceFilter {
     /// Each tool call's arguments, by its index: placeholders restored (JSON-escaped)
     /// after URLs that hold one are defused, when something was pseudonymised.
     tools: std::collections::BTreeMap<u64, (LinkGate, Restorer)>,
+    /// Its finishing event has passed: nothing is held back any more.
+    done: bool,
+    /// `/delta/content` (chat) or `/text` (completions): where its text goes.
+    slot: &'static str,
 }
 
 /// A tool call's arguments through the placeholder gate and the restorer.
@@ -914,6 +918,120 @@ fn leak_event() -> Bytes {
     Bytes::from(out)
 }
 
+/// Whether an SSE event is the stream's `data: [DONE]`.
+fn is_done(event: &[u8]) -> bool {
+    std::str::from_utf8(event).is_ok_and(|t| {
+        t.lines().any(|l| {
+            l.strip_prefix("data:")
+                .is_some_and(|d| d.trim() == "[DONE]")
+        })
+    })
+}
+
+/// For a stream that ends (`[DONE]`, or its last byte) with choices that never sent a
+/// `finish_reason`: one event per such choice with whatever its filters still hold
+/// back (the word being written, a partial placeholder, tool-call arguments), through
+/// the same filters, so no text is lost and none skips them. `last` is the most recent
+/// event's JSON, whose `id`, `object`, `created` and `model` the new events repeat.
+fn flush_unfinished(st: &mut StreamState, last: &Value) -> Vec<u8> {
+    let mut open: Vec<(u64, &'static str)> = st
+        .choices
+        .iter()
+        .filter(|(_, c)| !c.done)
+        .map(|(i, c)| (*i, c.slot))
+        .collect();
+    open.sort_unstable();
+    let mut out = Vec::new();
+    for (index, slot) in open {
+        let mut ev = last.clone();
+        let choice = if slot == "/text" {
+            serde_json::json!({"index": index, "text": "", "finish_reason": null})
+        } else {
+            serde_json::json!({"index": index, "delta": {}, "finish_reason": null})
+        };
+        if let Some(o) = ev.as_object_mut() {
+            o.insert("choices".into(), Value::Array(vec![choice]));
+            o.remove("usage");
+        }
+        let event = sse::event(&ev);
+        let filtered = filter_event(
+            &mut st.choices,
+            &st.vault,
+            st.gate,
+            &st.canary,
+            &st.known,
+            &st.values,
+            event.clone(),
+            true,
+        );
+        // Nothing was held back: no event.
+        if filtered != event {
+            out.extend_from_slice(&filtered);
+        }
+    }
+    out
+}
+
+/// What [`filter_stream`] keeps between chunks.
+struct StreamState {
+    framer: Framer,
+    choices: HashMap<u64, ChoiceFilter>,
+    vault: Option<Arc<Vault>>,
+    gate: Option<bool>,
+    canary: Option<String>,
+    known: Arc<HashSet<String>>,
+    values: Sensitive,
+    /// The last event's JSON, for the events [`flush_unfinished`] writes.
+    last: Value,
+    stopped: bool,
+}
+
+/// The event that ends a stream with an event too long to screen.
+fn unscreenable_event() -> Bytes {
+    let err = bulwark_api::ApiError::new(
+        bulwark_api::ErrorKind::BadGateway,
+        format!(
+            "The answer was stopped: it sent an event over {} MiB, which the guard cannot screen.",
+            MAX_ANSWER >> 20
+        ),
+    )
+    .with_code(bulwark_api::ErrorCode::UpstreamInvalidAnswer);
+    let mut out = format!("data: {}\n\n", err.body_json()).into_bytes();
+    out.extend_from_slice(sse::DONE);
+    Bytes::from(out)
+}
+
+/// One whole event of a stream: `[DONE]` first releases what unfinished choices hold;
+/// a repeated canary stops the stream.
+fn on_event(st: &mut StreamState, b: Bytes, out: &mut Vec<Result<Bytes, axum::Error>>) {
+    if is_done(&b) {
+        let last = std::mem::take(&mut st.last);
+        let held = flush_unfinished(st, &last);
+        if !held.is_empty() {
+            out.push(Ok(Bytes::from(held)));
+        }
+    } else if let Some(v) = sse::data_json(&b) {
+        st.last = v;
+    }
+    let ev = filter_event(
+        &mut st.choices,
+        &st.vault,
+        st.gate,
+        &st.canary,
+        &st.known,
+        &st.values,
+        b,
+        false,
+    );
+    if st.choices.values().any(ChoiceFilter::leaked) {
+        tracing::warn!("a streamed answer repeated the system prompt's canary; stream stopped");
+        st.stopped = true;
+        out.push(Ok(leak_event()));
+    } else {
+        out.push(Ok(ev));
+    }
+}
+
 /// Filters a completion stream event by event, one [`ChoiceFilter`] per choice.
 fn filter_stream(
     body: Body,
@@ -923,17 +1041,7 @@ fn filter_stream(
     known: Arc<HashSet<String>>,
     values: Sensitive,
 ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> {
-    struct State {
-        framer: Framer,
-        choices: HashMap<u64, ChoiceFilter>,
-        vault: Option<Arc<Vault>>,
-        gate: Option<bool>,
-        canary: Option<String>,
-        known: Arc<HashSet<String>>,
-        values: Sensitive,
-        stopped: bool,
-    }
-    let state = Arc::new(Mutex::new(State {
+    let state = Arc::new(Mutex::new(StreamState {
         framer: Framer::new(MAX_ANSWER),
         choices: HashMap::new(),
         vault,
@@ -941,6 +1049,7 @@ fn filter_stream(
         canary,
         known,
         values,
+        last: Value::Null,
         stopped: false,
     }));
     let tail = Arc::clone(&state);
@@ -949,35 +1058,25 @@ fn filter_stream(
             Err(e) => vec![Err(e)],
             Ok(bytes) => {
                 let mut guard = crate::lock(&state);
-                let State {
-                    framer,
-                    choices,
-                    vault,
-                    gate,
-                    canary,
-                    known,
-                    values,
-                    stopped,
-                } = &mut *guard;
+                let st = &mut *guard;
                 let mut pieces = Vec::new();
-                framer.push(&bytes, &mut pieces);
-                let mut out = Vec::new();
+                st.framer.push(&bytes, &mut pieces);
+                let mut out: Vec<Result<Bytes, axum::Error>> = Vec::new();
                 for p in pieces {
-                    if *stopped {
+                    if st.stopped {
                         break;
                     }
                     match p {
-                        Piece::Raw(b) => out.push(Ok(b)),
-                        Piece::Event(b) => {
-                            let ev = filter_event(choices, vault, *gate, canary, known, values, b);
-                            if choices.values().any(ChoiceFilter::leaked) {
-                                tracing::warn!("a streamed answer repeated the system prompt's canary; stream stopped");
-                                *stopped = true;
-                                out.push(Ok(leak_event()));
-                            } else {
-                                out.push(Ok(ev));
-                            }
+                        // Bytes the framer gave up on cannot be screened: fail closed.
+                        Piece::Raw(b) => {
+                            tracing::warn!(
+                                bytes = b.len(),
+                                "a streamed answer sent an event too long to screen; stream stopped"
+                            );
+                            st.stopped = true;
+                            out.push(Ok(unscreenable_event()));
                         }
+                        Piece::Event(b) => on_event(st, b, &mut out),
                     }
                 }
                 out
@@ -988,11 +1087,25 @@ fn filter_stream(
     // Personal data the answer added, named in a comment line at the end (headers left
     // long ago), as `x-bulwark-guard-output-pii` does for a JSON answer.
     let rest = stream::once(async move {
-        let mut st = crate::lock(&tail);
+        let mut guard = crate::lock(&tail);
+        let st = &mut *guard;
         if st.stopped {
             return None;
         }
-        let mut out = st.framer.finish().map(|b| b.to_vec()).unwrap_or_default();
+        // An unterminated last event is screened like any other; then, for a stream cut
+        // off without `[DONE]`, what the filters still hold goes out, filtered.
+        let mut events = Vec::new();
+        if let Some(rest) = st.framer.finish() {
+            on_event(st, rest, &mut events);
+        }
+        let mut out: Vec<u8> = events.into_iter().flatten().flatten().collect();
+        if st.stopped {
+            return (!out.is_empty()).then(|| Ok(Bytes::from(out)));
+        }
+        let last = std::mem::take(&mut st.last);
+        if !last.is_null() {
+            out.extend(flush_unfinished(st, &last));
+        }
         let mut kinds: Vec<&'static str> = st
             .choices
             .values()
@@ -1032,6 +1145,9 @@ fn pii_added<'a>(
     kinds
 }
 
+/// One event through its choices' filters. `finish` ends every choice it carries, as
+/// a `finish_reason` would.
+#[allow(clippy::too_many_arguments)]
 fn filter_event(
     choices: &mut HashMap<u64, ChoiceFilter>,
     vault: &Option<Arc<Vault>>,
@@ -1040,6 +1156,7 @@ fn filter_event(
     known: &Arc<HashSet<String>>,
     values: &Sensitive,
     event: Bytes,
+    finish: bool,
 ) -> Bytes {
     let Some(mut v) = sse::data_json(&event) else {
         return event;
@@ -1064,12 +1181,16 @@ fn filter_event(
             canary: canary.as_deref().map(CanaryWatch::new),
             added: gate.map(|_| PiiTally::default()),
             tools: Default::default(),
+            done: false,
+            slot: if c.pointer("/delta").is_some() {
+                "/delta/content"
+            } else {
+                "/text"
+            },
         });
-        let slot = if c.pointer("/delta").is_some() {
-            "/delta/content"
-        } else {
-            "/text"
-        };
+        let slot = f.slot;
+        let finished = finished || finish;
+        f.done |= finished;
         let text = c
             .pointer(slot)
             .and_then(Value::as_str)
@@ -1318,5 +1439,56 @@ mod tests {
         tally.push("write to jane.d", &known);
         tally.push("oe@example.com now", &known);
         assert_eq!(tally.kinds, ["email"]);
+    }
+
+    async fn filtered(chunks: &[&str]) -> String {
+        let chunks: Vec<Result<Bytes, std::convert::Infallible>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from(c.to_string())))
+            .collect();
+        let body = Body::from_stream(stream::iter(chunks));
+        let known = Arc::new(HashSet::new());
+        let values = sensitive(None, GuardAction::Redact, &known);
+        let out: Vec<u8> = filter_stream(body, None, Some(true), None, known, values)
+            .map(|b| b.map(|b| b.to_vec()).unwrap_or_default())
+            .concat()
+            .await;
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn delta(text: &str) -> String {
+        format!("data: {{\"id\":\"x\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{text:?}}},\"finish_reason\":null}}]}}\n\n")
+    }
+
+    fn texts(sse: &str) -> String {
+        sse.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v.pointer("/choices/0/delta/content")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_a_finish_reason_loses_no_held_back_text_and_skips_no_filter() {
+        // Ended by `[DONE]`: the last word (held back while it might be a credential)
+        // comes out in an event of its own before it, redacted.
+        let out = filtered(&[
+            &delta("the key is "),
+            &delta("AKIAIOSFODNN7EXAMPLE"),
+            "data: [DONE]\n\n",
+        ])
+        .await;
+        assert!(!out.contains("AKIAIOSFODNN7EXAMPLE"), "{out}");
+        assert!(texts(&out).starts_with("the key is ["), "{out}");
+        assert!(out.trim_end().ends_with("data: [DONE]"), "{out}");
+        // Cut off, its last event unterminated: screened, then released.
+        let last = delta("東京と🦀 AKIAIOSFODNN7EXAMPLE");
+        let out = filtered(&[&delta("Grüße "), last.trim_end()]).await;
+        assert!(!out.contains("AKIAIOSFODNN7EXAMPLE"), "{out}");
+        assert!(texts(&out).starts_with("Grüße 東京と🦀 ["), "{out}");
     }
 }

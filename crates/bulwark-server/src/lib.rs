@@ -166,6 +166,10 @@ fn v1_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
         ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            ops::limit_in_flight,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             route::record_unrouted,
         ))
 }
@@ -174,7 +178,7 @@ fn v1_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
 ///
 /// Layers, outermost first: request id (set, then propagated to the response), trace,
 /// panic-to-500, and on `/v1/*` the audit record of requests refused before routing,
-/// then the API-key check (before any body is read). Handlers
+/// the in-flight limit, then the API-key check (before any body is read). Handlers
 /// then extract, validate, resolve and serve.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
@@ -323,13 +327,17 @@ pub async fn serve(
         audit_content: config.audit.as_ref().is_some_and(|a| a.record_content),
         receipts,
         watermark,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
+        max_in_flight: config.server.max_in_flight,
     };
     // Everything that can refuse to start (the audit log, keys, the guard) has opened:
     // only now does the caller say that it listens.
     ready();
+    raise_open_file_limit(config.server.max_connections);
     let limits = ConnLimits {
         header_read_timeout: config.server.header_read_timeout,
         max_connections: config.server.max_connections,
+        max_header_bytes: config.server.max_header_bytes,
     };
     // Usage reaches the database every `usage_flush`, and once more on the way out.
     let flusher = tokio::spawn(flush_usage(Arc::clone(&keys), config.keys.usage_flush));
@@ -365,6 +373,36 @@ pub async fn serve(
     })
     .await;
     result
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime does), since
+/// many systems start services with a soft limit of 1024: without it, connections
+/// beyond that fail to be accepted long before `max_connections`. Says so when even
+/// the hard limit is below what `max_connections` needs.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let target = now.maximum;
+    if now.current < target {
+        let want = Rlimit {
+            current: target,
+            maximum: now.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, want) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let have = getrlimit(Resource::Nofile).current;
+    // Each connection is one file; the model files, the audit log, the key database,
+    // upstream connections and the runtime need some more.
+    let need = max_connections as u64 + 256;
+    if have.is_some_and(|n| n < need) {
+        tracing::warn!(
+            open_file_limit = have,
+            max_connections,
+            "the open-file limit is below max_connections + 256: connections beyond it will be refused; raise it (ulimit -n, LimitNOFILE=) or lower max_connections"
+        );
+    }
 }
 
 async fn flush_usage(keys: Arc<bulwark_keys::Keys>, every: std::time::Duration) {
@@ -472,6 +510,8 @@ struct ConnLimits {
     header_read_timeout: std::time::Duration,
     /// Most connections served at once; the next waits in the kernel's listen queue.
     max_connections: usize,
+    /// Largest request head (HTTP/1: the read buffer; HTTP/2: the header list).
+    max_header_bytes: usize,
 }
 
 /// Accepts and serves connections until `shutdown`, then lets those open finish their
@@ -513,8 +553,12 @@ async fn serve_connections<L>(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
-            builder.http2().timer(TokioTimer::new());
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {

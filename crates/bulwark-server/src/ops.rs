@@ -282,3 +282,60 @@ pub async fn guard_scan(
         })?;
     Ok(Json(json!({"object": "list", "data": reports})).into_response())
 }
+
+/// `[server] max_in_flight`: a `/v1` request beyond the limit gets 503
+/// `gateway_overloaded` at once (with `Retry-After`), rather than queueing behind work
+/// the gateway cannot finish in time. A slot is held until the answer's last byte, so a
+/// stream counts for as long as it runs.
+pub async fn limit_in_flight(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(slot) = std::sync::Arc::clone(&state.in_flight).try_acquire_owned() else {
+        tracing::warn!(
+            max_in_flight = state.max_in_flight,
+            "request refused: the gateway is at its in-flight limit"
+        );
+        return Error(
+            ApiError::new(
+                bulwark_api::ErrorKind::Unavailable,
+                format!(
+                    "The gateway is serving as many requests as it is configured for ({}, [server] max_in_flight); retry in a moment.",
+                    state.max_in_flight
+                ),
+            )
+            .with_code(bulwark_api::ErrorCode::GatewayOverloaded)
+            .with_retry_after(1),
+        )
+        .into_response();
+    };
+    let (parts, body) = next.run(req).await.into_parts();
+    Response::from_parts(parts, axum::body::Body::new(Holding { body, _slot: slot }))
+}
+
+/// A body that keeps its in-flight slot until it is finished or dropped.
+struct Holding {
+    body: axum::body::Body,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

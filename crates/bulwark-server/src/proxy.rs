@@ -44,7 +44,7 @@ fn invalid_answer(upstream: &str, why: &str) -> Error {
 fn malformed_event() -> Bytes {
     let err = ApiError::new(
         ErrorKind::BadGateway,
-        "The upstream sent a malformed event; the answer ends here.",
+        "The upstream sent a malformed event (or one over 1 MiB); the answer ends here.",
     )
     .with_code(bulwark_api::ErrorCode::UpstreamInvalidAnswer);
     Bytes::from(format!("data: {}\n\n", err.body_json()))
@@ -142,8 +142,13 @@ pub(crate) async fn send(
                         framer.push(&bytes, &mut pieces);
                         let mut out = Vec::new();
                         for p in pieces {
-                            let (crate::sse::Piece::Event(b) | crate::sse::Piece::Raw(b)) = p;
-                            if !well_formed_event(&b) {
+                            // An event over the framer's limit (`Raw`) is refused like
+                            // a malformed one: nothing downstream could screen it.
+                            let (b, whole) = match p {
+                                crate::sse::Piece::Event(b) => (b, true),
+                                crate::sse::Piece::Raw(b) => (b, false),
+                            };
+                            if !whole || !well_formed_event(&b) {
                                 // What follows a broken event cannot be trusted either.
                                 failed = true;
                                 flag.set();

@@ -32,6 +32,9 @@ pub struct AppState {
     /// The key that marks what local models write (`data_dir/watermark.key`); `None`
     /// when no model is served in-process.
     pub watermark: Option<bulwark_engine::watermark::WatermarkKey>,
+    /// Slots for `/v1` requests served at once (`[server] max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub max_in_flight: usize,
 }
 
 impl AppState {

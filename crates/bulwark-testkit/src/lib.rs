@@ -18,6 +18,9 @@
 //! Every request body it receives is recorded ([`MockUpstream::received`]), so tests can
 //! assert on exactly what left the gateway. [`Bulwark`] starts the real binary.
 
+pub mod fault;
+pub use fault::FaultUpstream;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -822,6 +825,25 @@ impl Bulwark {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `(resident, peak resident)` memory of the process in KiB, from `/proc`.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// What the process wrote to stderr so far.
