@@ -13,6 +13,7 @@ pub mod error;
 pub mod response;
 pub mod responses;
 pub mod sampling;
+pub mod sse;
 pub mod to_anthropic;
 
 pub use error::{ApiError, ErrorCode, ErrorKind};
