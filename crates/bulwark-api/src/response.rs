@@ -235,6 +235,10 @@ pub struct ModelObject {
     /// for the mark on any local model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watermark: Option<bool>,
+    /// What the model is for, where the gateway knows: `chat` (local models, which
+    /// serve completions too) or `embedding`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]

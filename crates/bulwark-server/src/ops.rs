@@ -63,6 +63,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
             }),
             verification: m.verification.get().copied(),
             watermark: Some(m.config.watermark),
+            mode: Some("chat"),
         })
         .collect();
     out.extend(models.embedder.iter().map(|e| {
@@ -77,6 +78,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
             status: Some(if ready { "ready" } else { "loading" }),
             verification: ready.then_some("pinned-digest"),
             watermark: None,
+            mode: Some("embedding"),
         }
     }));
     out.extend(models.upstream.iter().map(|(name, r)| ModelObject {
@@ -89,6 +91,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
         status: None,
         verification: None,
         watermark: None,
+        mode: None,
     }));
     out.extend(models.routes.keys().map(|name| ModelObject {
         id: name.clone(),
@@ -100,6 +103,7 @@ fn model_objects(models: &Models) -> Vec<ModelObject> {
         status: None,
         verification: None,
         watermark: None,
+        mode: None,
     }));
     out
 }

@@ -69,6 +69,36 @@ enum Command {
         #[command(subcommand)]
         command: ReceiptCommand,
     },
+    /// Send the built-in, versioned probe set (injection, jailbreaks, encodings,
+    /// extraction, exfiltration, personal data, credentials, tool results, benign
+    /// controls) to a deployment and report what got through, per category
+    /// (OUT/redteam.json and a self-contained OUT/redteam.html).
+    Redteam {
+        /// The deployment's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        target: String,
+        /// The API key to send (else the environment variable BULWARK_API_KEY, if set).
+        #[arg(long)]
+        key: Option<String>,
+        /// The model to ask (default: the first chat model /v1/models lists).
+        #[arg(long)]
+        model: Option<String>,
+        /// Where to write redteam.json and redteam.html.
+        #[arg(long, default_value = "redteam")]
+        out: PathBuf,
+        /// Only these categories (repeat the flag); all by default.
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        /// Probes in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Seconds allowed for each answer.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Exit with status 2 when any probe got through (for CI).
+        #[arg(long)]
+        fail_on_through: bool,
+    },
     /// The watermark of what the local models write: detect it in a text.
     Watermark {
         #[command(subcommand)]
@@ -742,6 +772,43 @@ fn limits(k: &KeyRecord) -> String {
     }
 }
 
+/// Writes the red-team report files and prints the summary per category.
+fn redteam_output(report: &bulwark_redteam::Report, out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let json = out.join("redteam.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let html = out.join("redteam.html");
+    std::fs::write(&html, bulwark_redteam::html(report))
+        .with_context(|| format!("cannot write {}", html.display()))?;
+    println!(
+        "{:<24} {:>6} {:>8} {:>8} {:>8} {:>10} {:>8}",
+        "CATEGORY", "PROBES", "THROUGH", "BLOCKED", "FLAGGED", "DEFUSED+", "OTHER"
+    );
+    for (cat, counts) in &report.summary {
+        use bulwark_redteam::Outcome as O;
+        let n = |o: O| counts.get(&o).copied().unwrap_or(0);
+        let total: usize = counts.values().sum();
+        let stopped = n(O::Defused) + n(O::Protected);
+        let other = total - n(O::Through) - n(O::Blocked) - n(O::Flagged) - stopped;
+        println!(
+            "{cat:<24} {total:>6} {:>8} {:>8} {:>8} {stopped:>10} {other:>8}",
+            n(O::Through),
+            n(O::Blocked),
+            n(O::Flagged)
+        );
+    }
+    println!(
+        "{} of {} probes got through; {} false alarms on benign controls. Report: {} and {}",
+        report.through,
+        report.results.len(),
+        report.false_alarms,
+        json.display(),
+        html.display()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
@@ -754,6 +821,34 @@ fn main() -> Result<()> {
         }
         Command::Models { command } => models::run(command),
         Command::Watermark { command } => watermark::run(command),
+        Command::Redteam {
+            target,
+            key,
+            model,
+            out,
+            categories,
+            concurrency,
+            timeout,
+            fail_on_through,
+        } => {
+            let options = bulwark_redteam::Options {
+                target,
+                key: key.or_else(|| std::env::var("BULWARK_API_KEY").ok()),
+                model,
+                concurrency,
+                categories,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(bulwark_redteam::run(&options))?;
+            redteam_output(&report, &out)?;
+            if fail_on_through && report.through > 0 {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Keys { config, command } => keys_command(config, command),
         Command::Audit { command } => audit_command(command),
         Command::Receipt { command } => receipt_command(command),

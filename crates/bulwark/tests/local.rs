@@ -329,7 +329,7 @@ async fn models_health_and_readiness() {
         .json()
         .await
         .unwrap_or(Value::Null);
-    expect![[r#"[{"id":"smollm2","object":"model","owned_by":"bulwark","served_by":"local","status":"ready","verification":"pinned-digest","verified":true,"watermark":false},{"id":"all-minilm-l6-v2","object":"model","owned_by":"bulwark","served_by":"local","status":"ready","verification":"pinned-digest","verified":true}]"#]]
+    expect![[r#"[{"id":"smollm2","mode":"chat","object":"model","owned_by":"bulwark","served_by":"local","status":"ready","verification":"pinned-digest","verified":true,"watermark":false},{"id":"all-minilm-l6-v2","mode":"embedding","object":"model","owned_by":"bulwark","served_by":"local","status":"ready","verification":"pinned-digest","verified":true}]"#]]
         .assert_eq(&strip_created(&v["data"]).to_string());
     let health = reqwest::get(b.url("/healthz"))
         .await

@@ -248,6 +248,14 @@ fn may_reach(
     }
 }
 
+/// `PROPTEST_CASES` when set, else `default`.
+fn long_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Personal data and credentials a request may carry: (text, is a credential).
 const SENSITIVE: [(&str, bool); 4] = [
     ("", false),
@@ -257,7 +265,9 @@ const SENSITIVE: [(&str, bool); 4] = [
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+    // 12 cases in the suite (each starts a gateway); `PROPTEST_CASES=1000` for the long
+    // run (bench/proptest-long.sh).
+    #![proptest_config(ProptestConfig { cases: long_cases(12), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Also: personal data and credentials, pseudonymised or sent as is (which raises the
     /// class), never reach an upstream the resulting class may not reach, and when
