@@ -15,6 +15,7 @@ pub mod responses;
 pub mod sampling;
 pub mod sse;
 pub mod to_anthropic;
+pub mod tool_calls;
 
 pub use error::{ApiError, ErrorCode, ErrorKind};
 

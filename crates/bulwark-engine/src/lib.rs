@@ -15,7 +15,8 @@ mod sampler;
 mod stats;
 pub mod template;
 pub mod text;
-pub mod tools;
+/// Tool-call formats (pure text parsing; in `bulwark-api` so that it can be fuzzed without llama.cpp).
+pub use bulwark_api::tool_calls as tools;
 pub mod watermark;
 mod worker;
 

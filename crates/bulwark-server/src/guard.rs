@@ -954,16 +954,7 @@ fn flush_unfinished(st: &mut StreamState, last: &Value) -> Vec<u8> {
             o.remove("usage");
         }
         let event = sse::event(&ev);
-        let filtered = filter_event(
-            &mut st.choices,
-            &st.vault,
-            st.gate,
-            &st.canary,
-            &st.known,
-            &st.values,
-            event.clone(),
-            true,
-        );
+        let filtered = filter_event(st, event.clone(), true);
         // Nothing was held back: no event.
         if filtered != event {
             out.extend_from_slice(&filtered);
@@ -1013,16 +1004,7 @@ fn on_event(st: &mut StreamState, b: Bytes, out: &mut Vec<Result<Bytes, axum::Er
     } else if let Some(v) = sse::data_json(&b) {
         st.last = v;
     }
-    let ev = filter_event(
-        &mut st.choices,
-        &st.vault,
-        st.gate,
-        &st.canary,
-        &st.known,
-        &st.values,
-        b,
-        false,
-    );
+    let ev = filter_event(st, b, false);
     if st.choices.values().any(ChoiceFilter::leaked) {
         tracing::warn!("a streamed answer repeated the system prompt's canary; stream stopped");
         st.stopped = true;
@@ -1147,17 +1129,17 @@ fn pii_added<'a>(
 
 /// One event through its choices' filters. `finish` ends every choice it carries, as
 /// a `finish_reason` would.
-#[allow(clippy::too_many_arguments)]
-fn filter_event(
-    choices: &mut HashMap<u64, ChoiceFilter>,
-    vault: &Option<Arc<Vault>>,
-    gate: Option<bool>,
-    canary: &Option<String>,
-    known: &Arc<HashSet<String>>,
-    values: &Sensitive,
-    event: Bytes,
-    finish: bool,
-) -> Bytes {
+fn filter_event(st: &mut StreamState, event: Bytes, finish: bool) -> Bytes {
+    let StreamState {
+        choices,
+        vault,
+        gate,
+        canary,
+        known,
+        values,
+        ..
+    } = st;
+    let gate = *gate;
     let Some(mut v) = sse::data_json(&event) else {
         return event;
     };

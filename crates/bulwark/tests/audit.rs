@@ -63,11 +63,17 @@ impl Setup {
     }
 }
 
-/// Sends a chat request; the request id if it was answered with 200.
-async fn ask(client: &reqwest::Client, b: &str, text: String) -> Option<String> {
+/// Sends a chat request (streamed or not); the answer and its request id when the
+/// status is 200.
+async fn send(
+    client: &reqwest::Client,
+    b: &str,
+    text: String,
+    stream: bool,
+) -> Option<(String, reqwest::Response)> {
     let r = client
         .post(format!("{b}/v1/chat/completions"))
-        .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
+        .json(&json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": text}]}))
         .send()
         .await
         .ok()?;
@@ -75,6 +81,12 @@ async fn ask(client: &reqwest::Client, b: &str, text: String) -> Option<String> 
         return None;
     }
     let id = r.headers().get("x-request-id")?.to_str().ok()?.to_owned();
+    Some((id, r))
+}
+
+/// Sends a chat request; the request id if it was answered with 200.
+async fn ask(client: &reqwest::Client, b: &str, text: String) -> Option<String> {
+    let (id, r) = send(client, b, text, false).await?;
     // The answer must have arrived whole to count as acknowledged.
     r.bytes().await.ok()?;
     Some(id)
@@ -204,18 +216,7 @@ async fn every_request_is_recorded_and_the_chain_verifies() {
 /// Sends a streamed chat request; the request id once the answer's first bytes arrived
 /// (the client has a response: its `stream_start` record must be in the log).
 async fn ask_stream(client: &reqwest::Client, b: &str, text: String) -> Option<String> {
-    let mut r = client
-        .post(format!("{b}/v1/chat/completions"))
-        .json(
-            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": text}]}),
-        )
-        .send()
-        .await
-        .ok()?;
-    if r.status() != 200 {
-        return None;
-    }
-    let id = r.headers().get("x-request-id")?.to_str().ok()?.to_owned();
+    let (id, mut r) = send(client, b, text, true).await?;
     r.chunk().await.ok()??;
     // Read the rest, or until the gateway is killed.
     while let Ok(Some(_)) = r.chunk().await {}

@@ -33,6 +33,26 @@ fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hello"}], "stream": stream})
 }
 
+/// Posts a chat request for `model`; its status and body, which must arrive within
+/// 10 s whatever the upstream does.
+async fn ask(client: &reqwest::Client, b: &Bulwark, model: &str, stream: bool) -> (u16, String) {
+    let t = Instant::now();
+    let r = client
+        .post(b.url("/v1/chat/completions"))
+        .json(&chat(model, stream))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{model}: {e}"));
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "{model}: {:?}",
+        t.elapsed()
+    );
+    (status, body)
+}
+
 /// The text of every `data:` event's deltas, and the error code of an error event.
 fn read_stream(body: &str) -> (String, Option<String>) {
     let mut text = String::new();
@@ -75,20 +95,8 @@ async fn hostile_upstreams_get_clear_bounded_answers() {
         "huge-header",
         "bad-chunk",
     ] {
-        let t = Instant::now();
-        let r = client
-            .post(b.url("/v1/chat/completions"))
-            .json(&chat(model, false))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{model}: {e}"));
-        let status = r.status().as_u16();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{model}: {:?}",
-            t.elapsed()
-        );
+        let (status, body) = ask(&client, &b, model, false).await;
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let what = if status == 200 {
             v["choices"][0]["message"]["content"].to_string()
         } else {
@@ -108,20 +116,7 @@ async fn hostile_upstreams_get_clear_bounded_answers() {
         "huge-event",
         "endless-event",
     ] {
-        let t = Instant::now();
-        let r = client
-            .post(b.url("/v1/chat/completions"))
-            .json(&chat(model, true))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{model}: {e}"));
-        let status = r.status().as_u16();
-        let body = r.text().await.unwrap_or_default();
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{model}: {:?}",
-            t.elapsed()
-        );
+        let (status, body) = ask(&client, &b, model, true).await;
         assert!(
             !body.contains(LEAKED_KEY),
             "{model}: the key passed unscreened"
@@ -406,6 +401,27 @@ async fn ten_thousand_idle_keep_alive_connections_neither_block_nor_stay() {
     }
     let opened = Instant::now();
     let (rss_open, _) = b.memory_kib();
+    // Slowloris beside them: headers a byte every 100 ms, each byte well within any
+    // per-read timeout; the header deadline is for the whole head.
+    let loris = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let t = Instant::now();
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-slow: ";
+        s.write_all(head).await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"a").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                _ if t.elapsed() > Duration::from_secs(20) => break,
+                _ => {}
+            }
+        }
+        Ok::<_, std::io::Error>(t.elapsed())
+    });
     // A new client is served at once beside them.
     let t = Instant::now();
     let r = reqwest::Client::new()
@@ -426,6 +442,15 @@ async fn ten_thousand_idle_keep_alive_connections_neither_block_nor_stay() {
         }
     }
     let closed_in = opened.elapsed();
+    let loris_cut = loris
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("slowloris cut off after {loris_cut:?}");
+    assert!(
+        loris_cut < Duration::from_secs(8),
+        "a byte-a-time head was held for {loris_cut:?}"
+    );
     eprintln!(
         "{N} idle connections: gateway RSS {rss_before} -> {rss_open} KiB ({} bytes each); a new request served in {served_in:?}; {closed} closed by the gateway within {closed_in:?}",
         (rss_open.saturating_sub(rss_before) * 1024) / N as u64
