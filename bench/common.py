@@ -6,7 +6,8 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BULWARK = str(ROOT / "target/release/bulwark")
+# BULWARK_BIN measures another build (e.g. the previous commit's) with the same harness.
+BULWARK = os.environ.get("BULWARK_BIN") or str(ROOT / "target/release/bulwark")
 MOCK = str(ROOT / "target/release/bulwark-mock-upstream")
 MODEL = ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 

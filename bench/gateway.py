@@ -17,6 +17,15 @@ CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64").sp
 # all by default. `direct` is always kept: it is the baseline.
 ONLY = {t for t in os.environ.get("BENCH_TARGETS", "").split(",") if t}
 LITELLM = os.environ.get("LITELLM_BIN")
+# BENCH_PIN=1: every gateway (and LiteLLM) pinned to core 1, wrk and the mock upstream to
+# core 0 (`taskset`), so that the gateway's own CPU cost per request shows as its
+# saturation throughput on one core, undisturbed by the load generator.
+PIN = os.environ.get("BENCH_PIN") == "1"
+
+
+def pin(pid, core):
+    """Pins every thread of a running process (and those it starts later) to a core."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True, capture_output=True)
 
 
 def free_port():
@@ -42,8 +51,10 @@ def wrk(url, conns, body=None, duration=None, key=None):
         env["WRK_BODY"] = body
     if key:
         env["WRK_KEY"] = key
+    if PIN:
+        threads = 1
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration or DURATION}", "--latency", "-s",
+        (["taskset", "-c", "0"] if PIN else []) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration or DURATION}", "--latency", "-s",
          str(ROOT / "bench/post.lua"), url],
         capture_output=True, text=True, check=True, env=env).stdout
     line = next(l for l in out.splitlines() if l.startswith("JSON "))
@@ -140,6 +151,9 @@ def main():
         pids["litellm"] = lp.pid
     if ONLY:
         targets = {k: v for k, v in targets.items() if k == "direct" or k in ONLY}
+    if PIN:
+        for name, pid in pids.items():
+            pin(pid, 0 if name == "direct" else 1)
     print(json.dumps({"targets": targets}), file=sys.stderr, flush=True)
     try:
         for name, url in targets.items():  # warm-up: connections, pools, the cache entry
