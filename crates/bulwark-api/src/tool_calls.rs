@@ -204,10 +204,14 @@ fn read_call(v: &Value, family: Family, known: &dyn Fn(&str) -> bool) -> Option<
         .or_else(|| v.get("arguments"))
         .cloned()
         .unwrap_or_else(|| json!({}));
+    // A call's arguments are a JSON object, as clients expect them (`**args`); anything
+    // else is not a call (found by the `tool_calls` fuzz target: `"parameters": 3`).
     let args = match args {
+        Value::Object(_) => args.to_string(),
+        Value::Null => "{}".to_owned(),
         // Some models write the arguments as a JSON string already.
         Value::String(s) if serde_json::from_str::<Value>(&s).is_ok_and(|v| v.is_object()) => s,
-        other => other.to_string(),
+        _ => return None,
     };
     Some((name.to_owned(), args))
 }
@@ -391,6 +395,11 @@ mod tests {
             (Family::Llama3, "<|python_tag|>{\"name\": \"add\", \"parameters\": {\"a\": 2}}; {\"name\": \"add\", \"parameters\": {\"a\": 3}}",
              r#"None [("add", "{\"a\":2}"), ("add", "{\"a\":3}")]"#),
             (Family::Llama3, "{\"name\": \"add\"} and then some prose", r#"Some("{\"name\": \"add\"} and then some prose") []"#),
+            // Arguments that are not an object make no call (the fuzz target's find).
+            (Family::Llama3, "{\"name\": \"add\", \"parameters\":3} ", r#"Some("{\"name\": \"add\", \"parameters\":3}") []"#),
+            (Family::Hermes, "<tool_call>{\"name\": \"add\", \"arguments\": [1, 2]}</tool_call>",
+             r#"Some("<tool_call>{\"name\": \"add\", \"arguments\": [1, 2]}</tool_call>") []"#),
+            (Family::Hermes, "<tool_call>{\"name\": \"add\", \"arguments\": null}</tool_call>", r#"None [("add", "{}")]"#),
         ];
         for (family, text, want) in cases {
             assert_eq!(&check(*family, text), want, "{family:?} {text:?}");
