@@ -29,6 +29,17 @@ models = {{ "reset" = "reset", "reset-mid" = "reset-mid", "silent" = "silent", "
     start_with(Some(&path), &[]).await
 }
 
+/// A fault-injecting upstream and the gateway in front of it (`extra` goes first in its
+/// config).
+async fn setup(tag: &str, extra: &str) -> (FaultUpstream, TempDir, Bulwark) {
+    let up = FaultUpstream::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new(tag);
+    let b = gateway(&dir, &up.base_url(), extra).await;
+    (up, dir, b)
+}
+
 fn chat(model: &str, stream: bool) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hello"}], "stream": stream})
 }
@@ -76,11 +87,7 @@ fn read_stream(body: &str) -> (String, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_upstreams_get_clear_bounded_answers() {
-    let up = FaultUpstream::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let dir = TempDir::new("hostile-up");
-    let b = gateway(&dir, &up.base_url(), "").await;
+    let (up, _dir, b) = setup("hostile-up", "").await;
     let client = reqwest::Client::new();
     let (rss_before, _) = b.memory_kib();
     let mut out = String::new();
@@ -194,13 +201,8 @@ fn post_head(extra: &str, body_len: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_clients_meet_limits_and_cannot_smuggle() {
-    let up = FaultUpstream::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let dir = TempDir::new("hostile-client");
-    let b = gateway(
-        &dir,
-        &up.base_url(),
+    let (up, _dir, b) = setup(
+        "hostile-client",
         "[server]\nmax_header_bytes = 16384\nmax_in_flight = 4\n",
     )
     .await;
@@ -362,13 +364,8 @@ async fn hostile_clients_meet_limits_and_cannot_smuggle() {
 async fn ten_thousand_idle_keep_alive_connections_neither_block_nor_stay() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const N: usize = 10_000;
-    let up = FaultUpstream::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let dir = TempDir::new("hostile-idle");
-    let b = gateway(
-        &dir,
-        &up.base_url(),
+    let (_up, _dir, b) = setup(
+        "hostile-idle",
         "[server]\nmax_connections = 12000\nheader_read_timeout_ms = 3000\n",
     )
     .await;
