@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzing to depth: every target until it has run N inputs (default 10 million; the guard
-# and the encoder's weights, whose runs are slow, 1 million), one target after another on
+# Fuzzing to depth: every target until it has run N inputs (default 10 million; the guard,
+# whose runs are slow, 1 million), one target after another on
 # one core, starting from the corpus kept in fuzz/corpus/TARGET and adding to it. Built
 # without a sanitizer (`-s none`): no crate these targets reach has `unsafe` code (the
 # workspace forbids it), and the runs are several times faster; debug assertions (`-a`,
@@ -24,7 +24,7 @@ fi
 cargo +nightly fuzz build -O -a -s none 2>&1 | tail -1
 for t in "${targets[@]}"; do
   runs=$RUNS
-  case $t in guard | encoder_weights) runs=$SLOW_RUNS ;; esac
+  case $t in guard) runs=$SLOW_RUNS ;; esac
   mkdir -p "corpus/$t"
   start=$(date +%s)
   cargo +nightly fuzz run -O -a -s none "$t" "corpus/$t" -- \
