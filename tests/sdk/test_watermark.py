@@ -107,12 +107,16 @@ def test_marked_answers_disclose_it_and_are_detected(gw):
 
 
 def test_streamed_answers_are_marked_too(gw):
+    # A prompt and a frequency penalty that keep this small model from looping: the
+    # detector scores each (previous, token) pair once, so a text that repeats one
+    # phrase has few tokens to score (seen once on another CPU: 59 distinct pairs).
     with client(gw).chat.completions.with_streaming_response.create(
-            model="marked", messages=[{"role": "user", "content": "Describe a busy market."}], stream=True,
-            seed=4, **LONG) as resp:
+            model="marked", messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
+            stream=True, seed=4, frequency_penalty=0.5, **LONG) as resp:
         assert resp.headers["x-bulwark-watermark"].startswith("kgw-lefthash-v1")
         text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
-    assert detect(gw, text)["verdict"] == "watermarked"
+    d = detect(gw, text)
+    assert d["verdict"] == "watermarked" and d["tokens_scored"] >= 100, (d, text)
 
 
 def test_the_anthropic_sdk_gets_marked_answers_too(gw):
@@ -121,7 +125,8 @@ def test_the_anthropic_sdk_gets_marked_answers_too(gw):
         model="marked", max_tokens=300, messages=[{"role": "user", "content": "Tell the story of a dog that learns to swim."}],
         extra_body={"temperature": 0.8})
     assert raw.headers["x-bulwark-watermark"].startswith("kgw-lefthash-v1")
-    assert detect(gw, raw.parse().content[0].text)["verdict"] == "watermarked"
+    d = detect(gw, raw.parse().content[0].text)
+    assert d["verdict"] == "watermarked", d
 
 
 def test_unmarked_answers_and_human_text_are_not(gw):
@@ -137,7 +142,8 @@ def test_unmarked_answers_and_human_text_are_not(gw):
 def test_a_key_can_ask_for_the_mark(gw):
     raw, answer = ask(gw, "plain", key="marks", seed=6)
     assert raw.headers["x-bulwark-watermark"].startswith("kgw-lefthash-v1")
-    assert detect(gw, answer.choices[0].message.content, model="plain")["verdict"] == "watermarked"
+    d = detect(gw, answer.choices[0].message.content, model="plain")
+    assert d["verdict"] == "watermarked", d
 
 
 def test_structured_output_is_never_marked(gw):
