@@ -106,6 +106,25 @@ pub struct Record {
     /// lossy), cut at 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// For `tool_call`: which tool, and digests of what went in and came out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolCall>,
+}
+
+/// One MCP tool call through the gateway (`model` holds the name the client used,
+/// `target` the server).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ToolCall {
+    pub server: String,
+    /// The tool's name on its server.
+    pub tool: String,
+    /// SHA-256 (hex) of the arguments as sent (canonical JSON).
+    pub arguments_sha256: String,
+    /// SHA-256 (hex) of the result as the client received it; `None` when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_sha256: Option<String>,
+    /// The result is an error result (the tool's own, or the gateway's refusal).
+    pub is_error: bool,
 }
 
 /// Which moment of a request a record describes.
@@ -120,6 +139,8 @@ pub enum Event {
     StreamStart,
     /// The same stream when it ended: tokens, digest, duration, completed or cut.
     StreamEnd,
+    /// An MCP tool call on `/mcp` (see [`ToolCall`]).
+    ToolCall,
 }
 
 impl Event {
@@ -128,6 +149,7 @@ impl Event {
             Event::Request => "request",
             Event::StreamStart => "stream_start",
             Event::StreamEnd => "stream_end",
+            Event::ToolCall => "tool_call",
         }
     }
 }

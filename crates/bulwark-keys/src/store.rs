@@ -44,6 +44,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE keys ADD COLUMN guard TEXT;",
     // 3: watermarked answers per key.
     "ALTER TABLE keys ADD COLUMN watermark INTEGER NOT NULL DEFAULT 0;",
+    // 4: the MCP tools a key may list and call.
+    "ALTER TABLE keys ADD COLUMN tools TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// What a key may do; given when it is created (as JSON by the admin API, as
@@ -99,6 +101,11 @@ pub struct KeySpec {
     #[serde(default)]
     #[cfg_attr(feature = "cli", arg(long))]
     pub watermark: bool,
+    /// MCP tools this key may list and call on `/mcp`: names (`notes__search`),
+    /// prefixes (`files__*`) or `*`; empty (the default): none.
+    #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long = "tool", value_name = "PATTERN"))]
+    pub tools: Vec<String>,
 }
 
 impl KeySpec {
@@ -116,6 +123,7 @@ impl KeySpec {
             budget_period: None,
             guard: None,
             watermark: false,
+            tools: Vec::new(),
         }
     }
 
@@ -144,6 +152,7 @@ impl KeySpec {
         label("name", &self.name)
             .or_else(|| self.tenant.as_deref().and_then(|t| label("tenant", t)))
             .or_else(|| self.models.iter().find_map(|m| label("each model", m)))
+            .or_else(|| self.tools.iter().find_map(|t| label("each tool", t)))
             .or_else(|| self.policy.as_deref().and_then(|p| label("policy", p)))
             .or_else(|| {
                 [
@@ -285,11 +294,13 @@ impl Store {
     ) -> Result<KeyRecord, KeysError> {
         let models =
             serde_json::to_string(&spec.models).map_err(|e| KeysError::Invalid(e.to_string()))?;
+        let tools =
+            serde_json::to_string(&spec.tools).map_err(|e| KeysError::Invalid(e.to_string()))?;
         self.conn.execute(
             "INSERT INTO keys (id, name, tenant, hash, models, max_class, default_class, policy,
                                rpm, tpm, budget_tokens, budget_period, created_ms, guard,
-                               watermark)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                               watermark, tools)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 id,
                 spec.name,
@@ -306,6 +317,7 @@ impl Store {
                 to_i64(now),
                 spec.guard,
                 spec.watermark,
+                tools,
             ],
         )?;
         self.get(id)?
@@ -315,6 +327,7 @@ impl Store {
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
         let class = |s: Option<String>| s.and_then(|s| s.parse::<DataClass>().ok());
         let models: String = r.get("models")?;
+        let tools: String = r.get("tools")?;
         let hash: Vec<u8> = r.get("hash")?;
         let mut h = [0u8; 32];
         if hash.len() == 32 {
@@ -337,6 +350,7 @@ impl Store {
                     .and_then(|p| Period::parse(&p)),
                 guard: r.get("guard")?,
                 watermark: r.get("watermark")?,
+                tools: serde_json::from_str(&tools).unwrap_or_default(),
             },
             created_ms: to_u64(r.get("created_ms")?),
             revoked_ms: r.get::<_, Option<i64>>("revoked_ms")?.map(to_u64),

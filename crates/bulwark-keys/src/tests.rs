@@ -91,7 +91,7 @@ fn migrations_are_versioned_and_reopening_keeps_keys() {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let err = Store::open(&path).err().unwrap().to_string();
@@ -110,7 +110,7 @@ fn a_version_1_database_is_upgraded_in_place() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "ALTER TABLE keys DROP COLUMN guard; ALTER TABLE keys DROP COLUMN watermark;
-         PRAGMA user_version = 1;",
+         ALTER TABLE keys DROP COLUMN tools; PRAGMA user_version = 1;",
     )
     .unwrap();
     drop(conn);
@@ -120,18 +120,21 @@ fn a_version_1_database_is_upgraded_in_place() {
         (
             key.record.spec.name.as_str(),
             key.record.spec.guard.as_deref(),
-            key.record.spec.watermark
+            key.record.spec.watermark,
+            key.record.spec.tools.len()
         ),
-        ("old", None, false)
+        ("old", None, false, 0)
     );
     let spec = KeySpec {
         guard: Some("strict".into()),
         watermark: true,
+        tools: vec!["files__*".into()],
         ..KeySpec::named("new")
     };
     let (record, _) = keys.create(&spec).unwrap();
     assert_eq!(record.spec.guard.as_deref(), Some("strict"));
     assert!(record.spec.watermark);
+    assert_eq!(record.spec.tools, ["files__*"]);
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 mod local;
+pub mod mcp;
 pub mod offline;
 mod ops;
 mod plan;
@@ -198,9 +199,11 @@ pub fn router(state: AppState) -> Router {
     let api = v1_layers(api, &state);
     let messages =
         v1_layers(messages, &state).route_layer(axum::middleware::from_fn(anthropic::errors));
+    let mcp = mcp::routes(&state).unwrap_or_default();
     Router::new()
         .merge(api)
         .merge(messages)
+        .merge(mcp)
         .route("/admin/keys", get(auth::list_keys).post(auth::create_key))
         .route(
             "/admin/keys/{id}",
@@ -308,6 +311,29 @@ pub async fn serve(
         }
         Some(key)
     };
+    let mcp_edge = config.mcp.clone().map(|m| {
+        let anonymous_tools = m.anonymous_tools.clone();
+        let names: Vec<&str> = m.servers.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(servers = ?names, roots = m.files.len(), "MCP gateway on /mcp");
+        let gateway = bulwark_mcp::Gateway::new(
+            m,
+            &config.server.data_dir,
+            guard.as_ref().map(|g| g.for_scan().clone()),
+            audit.clone(),
+        );
+        let (service, stop) = bulwark_mcp::http_service(
+            Arc::new(gateway),
+            config.server.listen.ip().is_loopback(),
+            config.server.max_body_bytes,
+        );
+        (
+            mcp::McpEdge {
+                service,
+                anonymous_tools,
+            },
+            stop,
+        )
+    });
     let state = AppState {
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,
@@ -329,6 +355,15 @@ pub async fn serve(
         watermark,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
         max_in_flight: config.server.max_in_flight,
+        mcp: mcp_edge.as_ref().map(|(edge, _)| edge.clone()),
+    };
+    // Open `GET /mcp` streams end when shutdown begins, so that connections can drain.
+    let mcp_stop = mcp_edge.map(|(_, stop)| stop);
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(stop) = mcp_stop {
+            stop.stop();
+        }
     };
     // Everything that can refuse to start (the audit log, keys, the guard) has opened:
     // only now does the caller say that it listens.

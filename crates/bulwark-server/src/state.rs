@@ -35,6 +35,8 @@ pub struct AppState {
     /// Slots for `/v1` requests served at once (`[server] max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub max_in_flight: usize,
+    /// `None` when the MCP gateway is off.
+    pub mcp: Option<crate::mcp::McpEdge>,
 }
 
 impl AppState {

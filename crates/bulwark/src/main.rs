@@ -13,6 +13,7 @@ use bulwark_config::Config;
 use bulwark_keys::{KeyRecord, KeySpec, Keys, Store};
 use clap::{Parser, Subcommand};
 
+mod mcp;
 mod models;
 mod watermark;
 use models::ModelsCommand;
@@ -98,6 +99,11 @@ enum Command {
         /// Exit with status 2 when any probe got through (for CI).
         #[arg(long)]
         fail_on_through: bool,
+    },
+    /// The MCP gateway's tool pins: list tools with their standing, approve them.
+    Mcp {
+        #[command(subcommand)]
+        command: mcp::McpCommand,
     },
     /// The watermark of what the local models write: detect it in a text.
     Watermark {
@@ -821,6 +827,7 @@ fn main() -> Result<()> {
         }
         Command::Models { command } => models::run(command),
         Command::Watermark { command } => watermark::run(command),
+        Command::Mcp { command } => mcp::run(command),
         Command::Redteam {
             target,
             key,

@@ -1,0 +1,275 @@
+//! `[mcp]`: the MCP gateway on `/mcp`. Off unless a server or a files root is
+//! configured.
+//!
+//! ```toml
+//! [[mcp.servers]]
+//! name = "notes"                          # its tools are listed as notes__TOOL
+//! command = ["python3", "notes_server.py"]
+//! env = { NOTES_DIR = "/srv/notes" }      # the child gets only these (and PATH)
+//! class = "internal"                      # the data class of what its tools return
+//! auto_approve = false                    # true: trust its tool definitions unseen
+//!
+//! [[mcp.files]]                           # the built-in files__list/read/search tools
+//! name = "handbook"
+//! path = "/srv/handbook"
+//! class = "confidential"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bulwark_policy::DataClass;
+use serde::Deserialize;
+
+use crate::{invalid, ConfigError};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    /// MCP servers run as child processes, spoken to over stdio.
+    #[serde(default)]
+    pub servers: Vec<RawMcpServer>,
+    /// Directories the built-in `files` tools may read.
+    #[serde(default)]
+    pub files: Vec<RawFilesRoot>,
+    /// Tool patterns (`files__*`, `notes__read`, `*`) callers may use when the
+    /// gateway has no keys. Default: none (with keys, each key names its own).
+    #[serde(default)]
+    pub anonymous_tools: Vec<String>,
+    /// What a tool result the guard reads as an injection gets: `block` (default: the
+    /// caller gets an error result instead) or `flag` (passed on, recorded).
+    pub on_injection: Option<OnInjection>,
+    /// Longest a tool call may take, in milliseconds. Default 60000.
+    pub call_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpServer {
+    pub name: String,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// The child's environment (besides `PATH`); nothing else of the gateway's is passed.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The data class of what its tools return. Default `internal`.
+    pub class: Option<DataClass>,
+    /// Approve its tool definitions without `bulwark mcp approve`. Default false.
+    #[serde(default)]
+    pub auto_approve: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilesRoot {
+    pub name: String,
+    pub path: PathBuf,
+    /// The data class of its files. Default `internal`.
+    pub class: Option<DataClass>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInjection {
+    Block,
+    Flag,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpConfig {
+    pub servers: Vec<McpServerConfig>,
+    pub files: Vec<FilesRoot>,
+    pub anonymous_tools: Vec<String>,
+    pub on_injection: OnInjection,
+    pub call_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServerConfig {
+    pub name: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub class: DataClass,
+    pub auto_approve: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesRoot {
+    pub name: String,
+    /// Canonical (symlinks resolved), so that containment is a prefix test.
+    pub path: PathBuf,
+    pub class: DataClass,
+}
+
+/// The name of the built-in files server (its tools are `files__list` ...).
+pub const FILES_SERVER: &str = "files";
+
+/// A server or root name: lower-case ASCII letters, digits, `-` and `_`, without `__`
+/// (which separates a server from its tool in the names clients see).
+fn check_name(what: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.contains("__");
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what}: `{name}` must be 1 to 64 of a-z, 0-9, `-` and `_`, without `__`"
+        )))
+    }
+}
+
+impl RawMcp {
+    /// `None` when nothing is configured (the endpoint is off).
+    pub fn validate(self, base: &Path) -> Result<Option<McpConfig>, ConfigError> {
+        if self.servers.is_empty() && self.files.is_empty() {
+            return Ok(None);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut servers = Vec::new();
+        for s in self.servers {
+            check_name("mcp.servers.name", &s.name)?;
+            if s.name == FILES_SERVER {
+                return Err(invalid(
+                    "mcp.servers: `files` is the built-in files server's name; pick another",
+                ));
+            }
+            if !names.insert(s.name.clone()) {
+                return Err(invalid(format!(
+                    "mcp.servers: `{}` is defined twice",
+                    s.name
+                )));
+            }
+            if s.command.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err(invalid(format!(
+                    "mcp.servers `{}`: command must name a program",
+                    s.name
+                )));
+            }
+            servers.push(McpServerConfig {
+                name: s.name,
+                command: s.command,
+                env: s.env,
+                class: s.class.unwrap_or(DataClass::Internal),
+                auto_approve: s.auto_approve,
+            });
+        }
+        let mut roots = std::collections::BTreeSet::new();
+        let mut files = Vec::new();
+        for r in self.files {
+            check_name("mcp.files.name", &r.name)?;
+            if !roots.insert(r.name.clone()) {
+                return Err(invalid(format!("mcp.files: `{}` is defined twice", r.name)));
+            }
+            let path = base.join(&r.path);
+            let path = std::fs::canonicalize(&path)
+                .ok()
+                .filter(|p| p.is_dir())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "mcp.files `{}`: `{}` is not a directory",
+                        r.name,
+                        path.display()
+                    ))
+                })?;
+            files.push(FilesRoot {
+                name: r.name,
+                path,
+                class: r.class.unwrap_or(DataClass::Internal),
+            });
+        }
+        for p in &self.anonymous_tools {
+            if p.trim().is_empty() {
+                return Err(invalid("mcp.anonymous_tools: patterns must not be empty"));
+            }
+        }
+        let call_timeout = match self.call_timeout_ms {
+            Some(0) => return Err(invalid("mcp.call_timeout_ms must be at least 1")),
+            Some(n) => std::time::Duration::from_millis(n),
+            None => std::time::Duration::from_secs(60),
+        };
+        Ok(Some(McpConfig {
+            servers,
+            files,
+            anonymous_tools: self.anonymous_tools,
+            on_injection: self.on_injection.unwrap_or(OnInjection::Block),
+            call_timeout,
+        }))
+    }
+}
+
+/// Whether tool `name` (`server__tool`) matches one of `patterns`: a pattern is a
+/// name, or ends in `*` (a prefix: `files__*`), or is `*` alone.
+pub fn tool_allowed(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<McpConfig>, ConfigError> {
+        let raw: RawMcp = toml::from_str(text).unwrap();
+        raw.validate(Path::new("/"))
+    }
+
+    #[test]
+    fn nothing_configured_is_off() {
+        assert_eq!(parse("").unwrap(), None);
+    }
+
+    #[test]
+    fn servers_and_roots_are_checked() {
+        let ok = parse(
+            r#"
+            [[servers]]
+            name = "notes"
+            command = ["python3", "server.py"]
+            [[files]]
+            name = "tmp"
+            path = "tmp"
+            class = "confidential"
+            "#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ok.servers[0].class, DataClass::Internal);
+        assert_eq!(ok.files[0].class, DataClass::Confidential);
+        assert_eq!(ok.on_injection, OnInjection::Block);
+        for (bad, why) in [
+            ("[[servers]]\nname = \"a__b\"\ncommand = [\"x\"]", "without `__`"),
+            ("[[servers]]\nname = \"Notes\"\ncommand = [\"x\"]", "a-z"),
+            ("[[servers]]\nname = \"files\"\ncommand = [\"x\"]", "built-in"),
+            ("[[servers]]\nname = \"n\"\ncommand = []", "must name a program"),
+            (
+                "[[servers]]\nname = \"n\"\ncommand = [\"x\"]\n[[servers]]\nname = \"n\"\ncommand = [\"x\"]",
+                "twice",
+            ),
+            ("[[files]]\nname = \"r\"\npath = \"/no/such/dir\"", "not a directory"),
+            ("call_timeout_ms = 0\n[[files]]\nname = \"r\"\npath = \"tmp\"", "at least 1"),
+        ] {
+            let e = match toml::from_str::<RawMcp>(bad) {
+                Ok(raw) => raw.validate(Path::new("/")).unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn patterns_are_names_or_prefixes() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(tool_allowed(&p(&["*"]), "files__read"));
+        assert!(tool_allowed(&p(&["files__*"]), "files__read"));
+        assert!(!tool_allowed(&p(&["files__*"]), "notes__read"));
+        assert!(tool_allowed(&p(&["notes__read"]), "notes__read"));
+        assert!(!tool_allowed(&p(&["notes__read"]), "notes__readall"));
+        assert!(!tool_allowed(&[], "files__read"));
+    }
+}

@@ -1,0 +1,644 @@
+//! The MCP gateway on `/mcp`.
+//!
+//! One namespaced tool list (`server__tool`) over the upstream MCP servers (child
+//! processes over stdio, [`upstream`]) and the built-in `files` tools ([`files`]). A
+//! tool is listed, and callable, only when all of these hold, checked on `tools/list`
+//! *and* on `tools/call` (a tool that is not listed cannot be called, and the refusal
+//! does not say whether it exists):
+//!
+//! 1. the caller may use it: its key's tool patterns (`bulwark keys create --tool`),
+//!    or `[mcp] anonymous_tools` on a gateway without keys; none by default;
+//! 2. its definition is approved ([`pins`]): a new or changed definition is hidden
+//!    until `bulwark mcp approve` (or `auto_approve` on a trusted server);
+//! 3. its description gives no hidden orders (tool poisoning, [`poison`]).
+//!
+//! A call's arguments are checked against the tool's input schema ([`schema`]); its
+//! result is read by the guard: an injection is withheld (or flagged, per
+//! `on_injection`), personal data and credentials are redacted. Every call, allowed or
+//! not, gets one `tool_call` record in the audit log with the caller, the tool, digests
+//! of the arguments and of the result, the decision, the guard's findings, the data
+//! class of the server or root, and the latency.
+
+pub mod files;
+pub mod pins;
+pub mod poison;
+pub mod schema;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bulwark_config::mcp::{tool_allowed, McpConfig, OnInjection, FILES_SERVER};
+use bulwark_guard::{Category, Guard, Verdict};
+use bulwark_policy::DataClass;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ResourceContents, ServerCapabilities, ServerConfig,
+    Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use pins::{Pins, State};
+
+/// Who is calling, put in the HTTP request's extensions by the server.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    /// Tool patterns this caller may use.
+    pub tools: Vec<String>,
+    /// The gateway's id for the HTTP request.
+    pub request_id: String,
+}
+
+/// Why a tool is not listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hidden {
+    /// Never approved.
+    Pending,
+    /// Changed since it was approved.
+    Changed,
+    /// Its description reads as an injection.
+    Poisoned,
+}
+
+/// One tool as the gateway sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    /// The name clients see: `server__tool`.
+    pub name: String,
+    pub server: String,
+    /// The name on its server.
+    pub tool: String,
+    pub class: DataClass,
+    pub digest: String,
+    pub hidden: Option<Hidden>,
+    /// The definition as listed to clients (under `name`).
+    #[serde(skip)]
+    pub definition: Tool,
+}
+
+pub struct Gateway {
+    config: McpConfig,
+    upstreams: Vec<upstream::Upstream>,
+    pins: Pins,
+    guard: Option<Guard>,
+    audit: Option<Arc<bulwark_audit::AuditLog>>,
+    /// The guard's reading of each definition digest: `Some(reason)` when poisoned.
+    poison: Mutex<HashMap<String, Option<String>>>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The text of a tool definition that reaches the model: its description and every
+/// description inside its input schema.
+fn definition_text(tool: &Tool) -> String {
+    fn walk(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("description" | "title", Value::String(s)) => {
+                            out.push('\n');
+                            out.push_str(s);
+                        }
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = tool.description.as_deref().unwrap_or("").to_owned();
+    walk(&Value::Object((*tool.input_schema).clone()), &mut out);
+    out
+}
+
+impl Gateway {
+    pub fn new(
+        config: McpConfig,
+        data_dir: &Path,
+        guard: Option<Guard>,
+        audit: Option<Arc<bulwark_audit::AuditLog>>,
+    ) -> Gateway {
+        Gateway {
+            upstreams: config
+                .servers
+                .iter()
+                .cloned()
+                .map(upstream::Upstream::new)
+                .collect(),
+            config,
+            pins: Pins::in_dir(data_dir),
+            guard,
+            audit,
+            poison: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads `text` as a tool description: `Some(reason)` when it is an injection.
+    fn poisoned(&self, digest: &str, text: &str) -> Option<String> {
+        let guard = self.guard.as_ref()?;
+        let mut cache = self.poison.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = cache.get(digest) {
+            return r.clone();
+        }
+        let reason = poison::check(guard, text);
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(digest.to_owned(), reason.clone());
+        reason
+    }
+
+    /// Every tool of every server, with its standing. A server that cannot be reached
+    /// is left out (and logged).
+    pub async fn catalog(&self) -> Vec<Entry> {
+        let mut out = Vec::new();
+        if !self.config.files.is_empty() {
+            // The built-in tools are the gateway's own: nothing to pin or to distrust.
+            let class = self
+                .config
+                .files
+                .iter()
+                .map(|r| r.class)
+                .max()
+                .unwrap_or(DataClass::Internal);
+            for t in files::tools(&self.config.files) {
+                out.push(self.entry(FILES_SERVER, class, t));
+            }
+        }
+        let lists =
+            futures_util::future::join_all(self.upstreams.iter().map(|u| u.list_tools())).await;
+        let mut seen = Vec::new();
+        let mut upstream = Vec::new();
+        for (u, listed) in self.upstreams.iter().zip(lists) {
+            match listed {
+                Ok(tools) => {
+                    for t in tools {
+                        let e = self.entry(&u.config.name, u.config.class, t);
+                        let description = e.definition.description.as_deref().unwrap_or("");
+                        seen.push((
+                            e.name.clone(),
+                            e.digest.clone(),
+                            description.to_owned(),
+                            u.config.auto_approve,
+                        ));
+                        upstream.push(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %u.config.name, error = %e, "MCP server not listed")
+                }
+            }
+        }
+        let states = match self.pins.observe(&seen) {
+            Ok(s) => s,
+            Err(e) => {
+                // Without the pin file nothing can be shown to be approved.
+                tracing::error!(error = %e, "MCP tool pins unreadable; upstream tools hidden");
+                vec![State::Pending; seen.len()]
+            }
+        };
+        for (mut e, state) in upstream.into_iter().zip(states) {
+            e.hidden = match state {
+                State::Approved => None,
+                State::Pending => Some(Hidden::Pending),
+                State::Changed => Some(Hidden::Changed),
+            };
+            if let Some(reason) = self.poisoned(&e.digest, &definition_text(&e.definition)) {
+                tracing::warn!(tool = %e.name, %reason, "MCP tool hidden: its description reads as an injection");
+                e.hidden = Some(Hidden::Poisoned);
+            } else if e.hidden == Some(Hidden::Changed) {
+                tracing::warn!(tool = %e.name, "MCP tool hidden: its definition changed since it was approved (approve it again with `bulwark mcp approve`)");
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    fn entry(&self, server: &str, class: DataClass, mut t: Tool) -> Entry {
+        let tool = t.name.to_string();
+        let name = format!("{server}__{tool}");
+        t.name = name.clone().into();
+        Entry {
+            digest: pins::digest(&name, &t),
+            name,
+            server: server.to_owned(),
+            tool,
+            class,
+            hidden: None,
+            definition: t,
+        }
+    }
+
+    /// The tools `caller` may see and call.
+    pub async fn visible(&self, caller: &Caller) -> Vec<Entry> {
+        self.catalog()
+            .await
+            .into_iter()
+            .filter(|e| e.hidden.is_none() && tool_allowed(&caller.tools, &e.name))
+            .collect()
+    }
+
+    /// The guard over a result's text: redacts personal data and credentials, and
+    /// says whether an injection was found (and which findings there were).
+    fn screen_text(&self, text: &mut String, findings: &mut Vec<&'static str>) -> bool {
+        let Some(guard) = &self.guard else {
+            return false;
+        };
+        let report = guard.scan(text);
+        let redact: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|f| matches!(f.category, Category::Pii | Category::Secret))
+            .cloned()
+            .collect();
+        findings.extend(report.findings.iter().map(|f| f.kind));
+        if !redact.is_empty() {
+            *text = bulwark_guard::pseudo::redact(text, &redact);
+        }
+        report.verdict == Verdict::Block
+    }
+
+    fn screen_value(&self, v: &mut Value, findings: &mut Vec<&'static str>) -> bool {
+        match v {
+            Value::String(s) => self.screen_text(s, findings),
+            Value::Array(a) => a
+                .iter_mut()
+                .fold(false, |b, x| self.screen_value(x, findings) | b),
+            Value::Object(m) => m
+                .values_mut()
+                .fold(false, |b, x| self.screen_value(x, findings) | b),
+            _ => false,
+        }
+    }
+
+    /// Screens a result in place: `(injection found, findings)`.
+    fn screen(&self, result: &mut CallToolResult) -> (bool, Vec<&'static str>) {
+        let mut findings = Vec::new();
+        let mut injection = false;
+        for block in &mut result.content {
+            match block {
+                ContentBlock::Text(t) => injection |= self.screen_text(&mut t.text, &mut findings),
+                ContentBlock::Resource(r) => {
+                    if let ResourceContents::TextResourceContents { text, .. } = &mut r.resource {
+                        injection |= self.screen_text(text, &mut findings);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(v) = &mut result.structured_content {
+            injection |= self.screen_value(v, &mut findings);
+        }
+        findings.sort_unstable();
+        findings.dedup();
+        (injection, findings)
+    }
+
+    /// Calls tool `name` for `caller`. `Err` is a protocol error (an unknown or
+    /// forbidden tool, told apart from neither); everything else is a result, an error
+    /// result when refused.
+    pub async fn call(
+        &self,
+        caller: &Caller,
+        params: CallToolRequestParams,
+    ) -> Result<CallToolResult, ErrorData> {
+        let started = Instant::now();
+        let name = params.name.to_string();
+        let args = params.arguments.clone().unwrap_or_default();
+        let args_digest = sha256_hex(Value::Object(args.clone()).to_string().as_bytes());
+        let entry = self
+            .visible(caller)
+            .await
+            .into_iter()
+            .find(|e| e.name == name);
+        let Some(entry) = entry else {
+            self.record(
+                caller,
+                &name,
+                None,
+                &args_digest,
+                None,
+                "refused",
+                &[],
+                Some("tool_not_available"),
+                started,
+            )
+            .await;
+            return Err(ErrorData::invalid_params(
+                format!("Unknown tool: {name}. Call tools/list for the tools this key may use."),
+                None,
+            ));
+        };
+        if let Some(problem) = schema::check(
+            &Value::Object((*entry.definition.input_schema).clone()),
+            &Value::Object(args.clone()),
+        ) {
+            let result = CallToolResult::error(vec![ContentBlock::text(format!(
+                "Invalid arguments for {name}: {problem}."
+            ))]);
+            self.finish(
+                caller,
+                &entry,
+                &args_digest,
+                &result,
+                "refused",
+                &[],
+                Some("invalid_arguments"),
+                started,
+            )
+            .await
+        } else {
+            let outcome = if entry.server == FILES_SERVER {
+                let roots = self.config.files.clone();
+                let tool = entry.tool.clone();
+                let args = args.clone();
+                match tokio::task::spawn_blocking(move || files::call(&roots, &tool, &args)).await {
+                    Ok(Ok(text)) => Ok(CallToolResult::success(vec![ContentBlock::text(text)])),
+                    Ok(Err(refusal)) => {
+                        Ok(CallToolResult::error(vec![ContentBlock::text(refusal)]))
+                    }
+                    Err(_) => Err("the files tool failed".to_owned()),
+                }
+            } else {
+                let up = self
+                    .upstreams
+                    .iter()
+                    .find(|u| u.config.name == entry.server);
+                let mut forward = CallToolRequestParams::new(entry.tool.clone());
+                forward.arguments = params.arguments;
+                match up {
+                    Some(u) => {
+                        match tokio::time::timeout(self.config.call_timeout, u.call_tool(forward))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(format!(
+                                "no answer within {} ms",
+                                self.config.call_timeout.as_millis()
+                            )),
+                        }
+                    }
+                    None => Err("server not configured".to_owned()),
+                }
+            };
+            let mut result = match outcome {
+                // An upstream on an older revision leaves `resultType` out; the client
+                // may speak the current one (rmcp drops it again for older clients).
+                Ok(mut r) => {
+                    r.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                    r
+                }
+                Err(e) => {
+                    let result = CallToolResult::error(vec![ContentBlock::text(format!(
+                        "The MCP server `{}` could not run {name}: {e}",
+                        entry.server
+                    ))]);
+                    return self
+                        .finish(
+                            caller,
+                            &entry,
+                            &args_digest,
+                            &result,
+                            "failed",
+                            &[],
+                            Some("upstream_unavailable"),
+                            started,
+                        )
+                        .await;
+                }
+            };
+            let (injection, findings) = self.screen(&mut result);
+            if injection && self.config.on_injection == OnInjection::Block {
+                let result = CallToolResult::error(vec![ContentBlock::text(format!(
+                    "The result of {name} was withheld by the gateway: it contains instructions to the model (prompt injection)."
+                ))]);
+                return self
+                    .finish(
+                        caller,
+                        &entry,
+                        &args_digest,
+                        &result,
+                        "blocked",
+                        &findings,
+                        Some("tool_result_injection"),
+                        started,
+                    )
+                    .await;
+            }
+            let decision = if injection { "flagged" } else { "allowed" };
+            self.finish(
+                caller,
+                &entry,
+                &args_digest,
+                &result,
+                decision,
+                &findings,
+                None,
+                started,
+            )
+            .await
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        caller: &Caller,
+        entry: &Entry,
+        args_digest: &str,
+        result: &CallToolResult,
+        decision: &str,
+        findings: &[&'static str],
+        error: Option<&str>,
+        started: Instant,
+    ) -> Result<CallToolResult, ErrorData> {
+        let bytes = serde_json::to_vec(result).unwrap_or_default();
+        let digest = sha256_hex(&bytes);
+        let ok = self
+            .record(
+                caller,
+                &entry.name,
+                Some((entry, result.is_error == Some(true), digest)),
+                args_digest,
+                Some(entry.class),
+                decision,
+                findings,
+                error,
+                started,
+            )
+            .await;
+        if !ok {
+            return Err(ErrorData::internal_error(
+                "The audit log could not record this tool call, so its result is withheld; see the gateway's log.",
+                None,
+            ));
+        }
+        Ok(result.clone())
+    }
+
+    /// Appends the call's record; false when the log could not take it.
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        caller: &Caller,
+        name: &str,
+        done: Option<(&Entry, bool, String)>,
+        args_digest: &str,
+        class: Option<DataClass>,
+        decision: &str,
+        findings: &[&'static str],
+        error: Option<&str>,
+        started: Instant,
+    ) -> bool {
+        let Some(audit) = &self.audit else {
+            return true;
+        };
+        let (server, tool) = match &done {
+            Some((e, ..)) => (e.server.clone(), e.tool.clone()),
+            None => match name.split_once("__") {
+                Some((s, t)) => (s.to_owned(), t.to_owned()),
+                None => (String::new(), name.to_owned()),
+            },
+        };
+        let record = bulwark_audit::Record {
+            time_ms: now_ms(),
+            request_id: caller.request_id.clone(),
+            key_id: caller.key_id.clone(),
+            tenant: caller.tenant.clone(),
+            model: name.to_owned(),
+            target: if done.is_some() {
+                server.clone()
+            } else {
+                "none".into()
+            },
+            class: class.map(|c| c.as_str().to_owned()),
+            decision: decision.to_owned(),
+            guard: (!findings.is_empty()).then(|| findings.join(",")),
+            latency_ms: started.elapsed().as_millis() as u64,
+            status: if error.is_some() { 403 } else { 200 },
+            event: bulwark_audit::Event::ToolCall,
+            error: error.map(str::to_owned),
+            tool: Some(bulwark_audit::ToolCall {
+                server,
+                tool,
+                arguments_sha256: args_digest.to_owned(),
+                is_error: done.as_ref().is_none_or(|d| d.1),
+                result_sha256: done.map(|d| d.2),
+            }),
+            ..Default::default()
+        };
+        match audit.append(&record) {
+            Ok(None) => true,
+            Ok(Some(ack)) => matches!(ack.await, Ok(Ok(()))),
+            Err(e) => {
+                tracing::error!(error = %e, "audit log unavailable");
+                false
+            }
+        }
+    }
+}
+
+/// The gateway as an MCP server (one per HTTP session; they share the gateway).
+#[derive(Clone)]
+pub struct Handler(pub Arc<Gateway>);
+
+fn caller_of(ctx: &RequestContext<RoleServer>) -> Caller {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Caller>())
+        .cloned()
+        .unwrap_or_default()
+}
+
+impl ServerHandler for Handler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("bulwark", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Bulwark's MCP gateway: the tools of the MCP servers it fronts and its own, as `server__tool`, each listed only when this key may use it and its definition is approved.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let caller = caller_of(&ctx);
+        let tools = self
+            .0
+            .visible(&caller)
+            .await
+            .into_iter()
+            .map(|e| e.definition)
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = caller_of(&ctx);
+        self.0.call(&caller, request).await.map(Into::into)
+    }
+}
+
+/// The `/mcp` tower service.
+pub type HttpService = rmcp::transport::StreamableHttpService<
+    Handler,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+>;
+
+/// Stops the HTTP service's sessions and streams (at shutdown, so that open
+/// `GET /mcp` streams do not hold the gateway's connections open).
+#[derive(Clone)]
+pub struct Stop(tokio_util::sync::CancellationToken);
+
+impl Stop {
+    pub fn stop(&self) {
+        self.0.cancel();
+    }
+}
+
+/// The Streamable HTTP service for `/mcp`: the current stateless revision and the
+/// session-based ones clients still use. `loopback_hosts`: accept only loopback `Host`
+/// headers (DNS-rebinding protection, for a gateway listening on loopback).
+pub fn http_service(
+    gateway: Arc<Gateway>,
+    loopback_hosts: bool,
+    max_body_bytes: usize,
+) -> (HttpService, Stop) {
+    let mut config = rmcp::transport::StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(max_body_bytes);
+    if !loopback_hosts {
+        config = config.disable_allowed_hosts();
+    }
+    let stop = Stop(config.cancellation_token.clone());
+    let handler = Handler(gateway);
+    let service = rmcp::transport::StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        Arc::default(),
+        config,
+    );
+    (service, stop)
+}
