@@ -117,6 +117,7 @@ def pins(gw):
 
 
 def approve(gw, *names):
+    pins(gw)  # what is approved is what was last seen
     args = list(names) or ["--all"]
     cli("mcp", "approve", *args, "--config", gw["cfg"], data=gw["data"], check=True)
 
@@ -244,3 +245,27 @@ path = {json.dumps(tmp)}
             assert {e["name"] for e in listed} >= {"bulwark.toml"}, listed
         finally:
             _stop(proc)
+
+
+def test_a_chat_request_carrying_a_confidential_tool_result_stays_where_confidential_data_may_go(gw):
+    import openai
+    approve(gw)
+    leave = text(call(gw, "agent", "files__read", {"root": "handbook", "path": "hr/leave.md"}))
+    added = text(call(gw, "agent", "notes__add", {"a": 20, "b": 22}))
+    client = openai.OpenAI(base_url=f"{gw['url']}/v1", api_key=gw["keys"]["agent"], max_retries=0)
+
+    def ask(tool_text):
+        return client.chat.completions.with_raw_response.create(model="remote-model", messages=[
+            {"role": "user", "content": "How much leave do I get?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                "name": "files__read", "arguments": "{\"root\": \"handbook\", \"path\": \"hr/leave.md\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": tool_text}])
+
+    # The mock upstream has no jurisdiction or trust: it may receive public data only.
+    # An internal result (the notes server's class) may not go there either.
+    for tool_text in (leave, [{"type": "text", "text": leave}], added):
+        with pytest.raises(openai.PermissionDeniedError) as e:
+            ask(tool_text)
+        assert e.value.status_code == 403 and ("confidential" in str(e.value) or "internal" in str(e.value)), e.value
+    # The same conversation with text no tool returned goes through.
+    assert ask("Annual leave is 25 days.").http_response.status_code == 200

@@ -19,6 +19,7 @@
 //! of the arguments and of the result, the decision, the guard's findings, the data
 //! class of the server or root, and the latency.
 
+pub mod classes;
 pub mod files;
 pub mod pins;
 pub mod poison;
@@ -92,6 +93,8 @@ pub struct Gateway {
     audit: Option<Arc<bulwark_audit::AuditLog>>,
     /// The guard's reading of each definition digest: `Some(reason)` when poisoned.
     poison: Mutex<HashMap<String, Option<String>>>,
+    /// The class of the results returned, for the chat requests that carry them.
+    pub classes: Arc<classes::ResultClasses>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -148,6 +151,7 @@ impl Gateway {
             guard,
             audit,
             poison: Mutex::new(HashMap::new()),
+            classes: Arc::default(),
         }
     }
 
@@ -329,7 +333,7 @@ impl Gateway {
             .await
             .into_iter()
             .find(|e| e.name == name);
-        let Some(entry) = entry else {
+        let Some(mut entry) = entry else {
             self.record(
                 caller,
                 &name,
@@ -347,6 +351,18 @@ impl Gateway {
                 None,
             ));
         };
+        if entry.server == FILES_SERVER {
+            // A file is of its own root's class.
+            let root = args.get("root").and_then(Value::as_str);
+            if let Some(r) = self
+                .config
+                .files
+                .iter()
+                .find(|r| Some(r.name.as_str()) == root)
+            {
+                entry.class = r.class;
+            }
+        }
         if let Some(problem) = schema::check(
             &Value::Object((*entry.definition.input_schema).clone()),
             &Value::Object(args.clone()),
@@ -443,6 +459,12 @@ impl Gateway {
                     )
                     .await;
             }
+            let texts: Vec<&str> = result
+                .content
+                .iter()
+                .filter_map(|b| b.as_text().map(|t| t.text.as_str()))
+                .collect();
+            self.classes.remember(&texts, entry.class);
             let decision = if injection { "flagged" } else { "allowed" };
             self.finish(
                 caller,

@@ -321,6 +321,7 @@ pub async fn serve(
             guard.as_ref().map(|g| g.for_scan().clone()),
             audit.clone(),
         );
+        let classes = Arc::clone(&gateway.classes);
         let (service, stop) = bulwark_mcp::http_service(
             Arc::new(gateway),
             config.server.listen.ip().is_loopback(),
@@ -330,6 +331,7 @@ pub async fn serve(
             mcp::McpEdge {
                 service,
                 anonymous_tools,
+                classes,
             },
             stop,
         )

@@ -55,4 +55,6 @@ async fn with_caller(mut req: Request, next: Next, anonymous: &[String]) -> Resp
 pub struct McpEdge {
     pub service: bulwark_mcp::HttpService,
     pub anonymous_tools: Vec<String>,
+    /// The class of the tool results handed out, for chat requests that carry them.
+    pub classes: std::sync::Arc<bulwark_mcp::classes::ResultClasses>,
 }

@@ -834,6 +834,14 @@ async fn serve_inner(
         Ok(c) => c,
         Err(e) => return Error(e).into_response(),
     };
+    // A tool result from `/mcp` keeps its class when an agent sends it on.
+    if let Some(c) = state
+        .mcp
+        .as_ref()
+        .and_then(|m| m.classes.class_of(&body.value))
+    {
+        class = class.max(c);
+    }
     // The guard reads every text before anything else looks at the content: it may
     // refuse the request, raise its class, or rewrite it (placeholders restored below).
     let mut vault = None;
