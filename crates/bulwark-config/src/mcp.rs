@@ -32,6 +32,9 @@ pub struct RawMcp {
     /// Directories the built-in `files` tools may read.
     #[serde(default)]
     pub files: Vec<RawFilesRoot>,
+    /// SQLite database files the built-in `sqlite__query` tool may read.
+    #[serde(default)]
+    pub sqlite: Vec<RawSqliteDb>,
     /// Tool patterns (`files__*`, `notes__read`, `*`) callers may use when the
     /// gateway has no keys. Default: none (with keys, each key names its own).
     #[serde(default)]
@@ -68,6 +71,19 @@ pub struct RawFilesRoot {
     pub class: Option<DataClass>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqliteDb {
+    pub name: String,
+    pub path: PathBuf,
+    /// The data class of what it holds. Default `internal`.
+    pub class: Option<DataClass>,
+    /// Most rows a query returns (the rest are cut, and the result says so). Default 1000.
+    pub max_rows: Option<usize>,
+    /// Longest a query may run, in milliseconds. Default 2000.
+    pub timeout_ms: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnInjection {
@@ -79,6 +95,7 @@ pub enum OnInjection {
 pub struct McpConfig {
     pub servers: Vec<McpServerConfig>,
     pub files: Vec<FilesRoot>,
+    pub sqlite: Vec<SqliteDb>,
     pub anonymous_tools: Vec<String>,
     pub on_injection: OnInjection,
     pub call_timeout: std::time::Duration,
@@ -100,6 +117,18 @@ pub struct FilesRoot {
     pub path: PathBuf,
     pub class: DataClass,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteDb {
+    pub name: String,
+    pub path: PathBuf,
+    pub class: DataClass,
+    pub max_rows: usize,
+    pub timeout: std::time::Duration,
+}
+
+/// The name of the built-in SQLite server (its tool is `sqlite__query`).
+pub const SQLITE_SERVER: &str = "sqlite";
 
 /// The name of the built-in files server (its tools are `files__list` ...).
 pub const FILES_SERVER: &str = "files";
@@ -125,17 +154,18 @@ fn check_name(what: &str, name: &str) -> Result<(), ConfigError> {
 impl RawMcp {
     /// `None` when nothing is configured (the endpoint is off).
     pub fn validate(self, base: &Path) -> Result<Option<McpConfig>, ConfigError> {
-        if self.servers.is_empty() && self.files.is_empty() {
+        if self.servers.is_empty() && self.files.is_empty() && self.sqlite.is_empty() {
             return Ok(None);
         }
         let mut names = std::collections::BTreeSet::new();
         let mut servers = Vec::new();
         for s in self.servers {
             check_name("mcp.servers.name", &s.name)?;
-            if s.name == FILES_SERVER {
-                return Err(invalid(
-                    "mcp.servers: `files` is the built-in files server's name; pick another",
-                ));
+            if s.name == FILES_SERVER || s.name == SQLITE_SERVER {
+                return Err(invalid(format!(
+                    "mcp.servers: `{}` is a built-in server's name; pick another",
+                    s.name
+                )));
             }
             if !names.insert(s.name.clone()) {
                 return Err(invalid(format!(
@@ -181,6 +211,38 @@ impl RawMcp {
                 class: r.class.unwrap_or(DataClass::Internal),
             });
         }
+        let mut dbs = std::collections::BTreeSet::new();
+        let mut sqlite = Vec::new();
+        for d in self.sqlite {
+            check_name("mcp.sqlite.name", &d.name)?;
+            if !dbs.insert(d.name.clone()) {
+                return Err(invalid(format!(
+                    "mcp.sqlite: `{}` is defined twice",
+                    d.name
+                )));
+            }
+            let path = base.join(&d.path);
+            if !path.is_file() {
+                return Err(invalid(format!(
+                    "mcp.sqlite `{}`: `{}` is not a file",
+                    d.name,
+                    path.display()
+                )));
+            }
+            if d.max_rows == Some(0) || d.timeout_ms == Some(0) {
+                return Err(invalid(format!(
+                    "mcp.sqlite `{}`: max_rows and timeout_ms must be at least 1",
+                    d.name
+                )));
+            }
+            sqlite.push(SqliteDb {
+                name: d.name,
+                path,
+                class: d.class.unwrap_or(DataClass::Internal),
+                max_rows: d.max_rows.unwrap_or(1000),
+                timeout: std::time::Duration::from_millis(d.timeout_ms.unwrap_or(2000)),
+            });
+        }
         for p in &self.anonymous_tools {
             if p.trim().is_empty() {
                 return Err(invalid("mcp.anonymous_tools: patterns must not be empty"));
@@ -194,6 +256,7 @@ impl RawMcp {
         Ok(Some(McpConfig {
             servers,
             files,
+            sqlite,
             anonymous_tools: self.anonymous_tools,
             on_injection: self.on_injection.unwrap_or(OnInjection::Block),
             call_timeout,
@@ -246,6 +309,8 @@ mod tests {
             ("[[servers]]\nname = \"a__b\"\ncommand = [\"x\"]", "without `__`"),
             ("[[servers]]\nname = \"Notes\"\ncommand = [\"x\"]", "a-z"),
             ("[[servers]]\nname = \"files\"\ncommand = [\"x\"]", "built-in"),
+            ("[[servers]]\nname = \"sqlite\"\ncommand = [\"x\"]", "built-in"),
+            ("[[sqlite]]\nname = \"db\"\npath = \"/no/such.db\"", "not a file"),
             ("[[servers]]\nname = \"n\"\ncommand = []", "must name a program"),
             (
                 "[[servers]]\nname = \"n\"\ncommand = [\"x\"]\n[[servers]]\nname = \"n\"\ncommand = [\"x\"]",

@@ -24,6 +24,7 @@ pub mod files;
 pub mod pins;
 pub mod poison;
 pub mod schema;
+pub mod sqlite;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -31,7 +32,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bulwark_config::mcp::{tool_allowed, McpConfig, OnInjection, FILES_SERVER};
+use bulwark_config::mcp::{tool_allowed, McpConfig, OnInjection, FILES_SERVER, SQLITE_SERVER};
 use bulwark_guard::{Category, Guard, Verdict};
 use bulwark_policy::DataClass;
 use rmcp::model::{
@@ -185,6 +186,18 @@ impl Gateway {
                 .unwrap_or(DataClass::Internal);
             for t in files::tools(&self.config.files) {
                 out.push(self.entry(FILES_SERVER, class, t));
+            }
+        }
+        if !self.config.sqlite.is_empty() {
+            let class = self
+                .config
+                .sqlite
+                .iter()
+                .map(|d| d.class)
+                .max()
+                .unwrap_or(DataClass::Internal);
+            for t in sqlite::tools(&self.config.sqlite) {
+                out.push(self.entry(SQLITE_SERVER, class, t));
             }
         }
         let lists =
@@ -351,17 +364,25 @@ impl Gateway {
                 None,
             ));
         };
-        if entry.server == FILES_SERVER {
-            // A file is of its own root's class.
-            let root = args.get("root").and_then(Value::as_str);
-            if let Some(r) = self
+        // A file is of its own root's class, a row of its own database's.
+        let named = |key: &str| args.get(key).and_then(Value::as_str);
+        let own_class = match entry.server.as_str() {
+            FILES_SERVER => self
                 .config
                 .files
                 .iter()
-                .find(|r| Some(r.name.as_str()) == root)
-            {
-                entry.class = r.class;
-            }
+                .find(|r| Some(r.name.as_str()) == named("root"))
+                .map(|r| r.class),
+            SQLITE_SERVER => self
+                .config
+                .sqlite
+                .iter()
+                .find(|d| Some(d.name.as_str()) == named("database"))
+                .map(|d| d.class),
+            _ => None,
+        };
+        if let Some(c) = own_class {
+            entry.class = c;
         }
         if let Some(problem) = schema::check(
             &Value::Object((*entry.definition.input_schema).clone()),
@@ -382,16 +403,26 @@ impl Gateway {
             )
             .await
         } else {
-            let outcome = if entry.server == FILES_SERVER {
-                let roots = self.config.files.clone();
-                let tool = entry.tool.clone();
-                let args = args.clone();
-                match tokio::task::spawn_blocking(move || files::call(&roots, &tool, &args)).await {
+            let builtin: Option<Box<dyn FnOnce() -> Result<String, String> + Send>> =
+                match entry.server.as_str() {
+                    FILES_SERVER => {
+                        let (roots, tool, args) =
+                            (self.config.files.clone(), entry.tool.clone(), args.clone());
+                        Some(Box::new(move || files::call(&roots, &tool, &args)))
+                    }
+                    SQLITE_SERVER => {
+                        let (dbs, args) = (self.config.sqlite.clone(), args.clone());
+                        Some(Box::new(move || sqlite::query(&dbs, &args)))
+                    }
+                    _ => None,
+                };
+            let outcome = if let Some(run) = builtin {
+                match tokio::task::spawn_blocking(run).await {
                     Ok(Ok(text)) => Ok(CallToolResult::success(vec![ContentBlock::text(text)])),
                     Ok(Err(refusal)) => {
                         Ok(CallToolResult::error(vec![ContentBlock::text(refusal)]))
                     }
-                    Err(_) => Err("the files tool failed".to_owned()),
+                    Err(_) => Err(format!("the built-in {} tool failed", entry.server)),
                 }
             } else {
                 let up = self
