@@ -60,6 +60,9 @@ models = {{ "remote-model" = "mock-large" }}
 [audit]
 public_key = "{tmp}/audit/audit.pub"
 
+[mcp]
+call_timeout_ms = 3000
+
 [[mcp.servers]]
 name = "notes"
 command = [{json.dumps(sys.executable)}, {json.dumps(str(SERVER))}]
@@ -151,7 +154,8 @@ def test_tools_are_listed_once_approved_and_only_to_keys_that_may_use_them(gw):
     for mode, expected_version in (("auto", "2026-07-28"), ("legacy", "2025-11-25")):
         names, version = tool_names(gw, "agent", mode)
         assert version == expected_version
-        assert names == sorted(BUILTIN + ["notes__add", "notes__crash", "notes__read_note"]), (mode, names)
+        assert names == sorted(BUILTIN + ["notes__add", "notes__crash", "notes__garbage", "notes__hang",
+                                           "notes__read_note"]), (mode, names)
     assert tool_names(gw, "files-only")[0] == ["files__read"]
     assert tool_names(gw, "nothing")[0] == []
     # Not listed means not callable, and the refusal does not say whether it exists.
@@ -292,3 +296,23 @@ def test_a_chat_request_carrying_a_confidential_tool_result_stays_where_confiden
         assert e.value.status_code == 403 and ("confidential" in str(e.value) or "internal" in str(e.value)), e.value
     # The same conversation with text no tool returned goes through.
     assert ask("Annual leave is 25 days.").http_response.status_code == 200
+
+
+def test_an_upstream_that_hangs_or_writes_garbage_gets_a_clear_error_and_nothing_else_is_affected(gw):
+    approve(gw)
+    started = time.time()
+    r = call(gw, "agent", "notes__hang", {})
+    assert r.is_error and "no answer within 3000 ms" in text(r), r
+    assert time.time() - started < 10
+    r = call(gw, "agent", "notes__garbage", {})
+    # Lines that are not JSON-RPC are skipped; the answer after them arrives.
+    assert not r.is_error and text(r) == "after the garbage", r
+    # The server and the gateway still serve.
+    deadline = time.time() + 20
+    while True:
+        r = call(gw, "agent", "notes__add", {"a": 3, "b": 4})
+        if (not isinstance(r, MCPError) and not r.is_error) or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert not r.is_error and "7" in text(r), r
+    assert not call(gw, "agent", "files__read", {"root": "handbook", "path": "hr/leave.md"}).is_error

@@ -268,4 +268,32 @@ mod tests {
         .unwrap();
         assert_eq!(found, "[]");
     }
+
+    proptest::proptest! {
+        /// Whatever path a caller sends, what it resolves to lies under the root.
+        #[test]
+        fn no_path_resolves_outside_the_root(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "..", ".", "sub", "a.txt", "link", "", "/", "%2e%2e", "..%2f", "..\\",
+                    "~", "\u{0}", "sub/..", "../root", "root", "secret.txt",
+                ]),
+                0..8,
+            ),
+            absolute in proptest::bool::ANY,
+        ) {
+            let (_dir, roots) = setup();
+            let mut path = parts.join("/");
+            if absolute {
+                path.insert(0, '/');
+            }
+            if let Ok(p) = resolve(&roots[0].path, &path) {
+                proptest::prop_assert!(p.starts_with(&roots[0].path), "{path} -> {}", p.display());
+            }
+            let args = json!({"root": "docs", "path": path});
+            if let Ok(text) = call(&roots, "read", &args.as_object().unwrap().clone()) {
+                proptest::prop_assert!(!text.contains("outside"), "{path}");
+            }
+        }
+    }
 }
