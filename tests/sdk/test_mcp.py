@@ -154,7 +154,7 @@ def test_tools_are_listed_once_approved_and_only_to_keys_that_may_use_them(gw):
     for mode, expected_version in (("auto", "2026-07-28"), ("legacy", "2025-11-25")):
         names, version = tool_names(gw, "agent", mode)
         assert version == expected_version
-        assert names == sorted(BUILTIN + ["notes__add", "notes__crash", "notes__garbage", "notes__hang",
+        assert names == sorted(BUILTIN + ["notes__add", "notes__crash", "notes__garbage", "notes__hang", "notes__report",
                                            "notes__read_note"]), (mode, names)
     assert tool_names(gw, "files-only")[0] == ["files__read"]
     assert tool_names(gw, "nothing")[0] == []

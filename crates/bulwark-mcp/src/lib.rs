@@ -172,8 +172,9 @@ impl Gateway {
     }
 
     /// Every tool of every server, with its standing. A server that cannot be reached
-    /// is left out (and logged).
-    pub async fn catalog(&self) -> Vec<Entry> {
+    /// is left out (and logged). `fresh`: ask every server for its list now (else a
+    /// list a second or two old may be used, as it is for calls).
+    pub async fn catalog(&self, fresh: bool) -> Vec<Entry> {
         let mut out = Vec::new();
         if !self.config.files.is_empty() {
             // The built-in tools are the gateway's own: nothing to pin or to distrust.
@@ -201,7 +202,8 @@ impl Gateway {
             }
         }
         let lists =
-            futures_util::future::join_all(self.upstreams.iter().map(|u| u.list_tools())).await;
+            futures_util::future::join_all(self.upstreams.iter().map(|u| u.list_tools(fresh)))
+                .await;
         let mut seen = Vec::new();
         let mut upstream = Vec::new();
         for (u, listed) in self.upstreams.iter().zip(lists) {
@@ -265,8 +267,8 @@ impl Gateway {
     }
 
     /// The tools `caller` may see and call.
-    pub async fn visible(&self, caller: &Caller) -> Vec<Entry> {
-        self.catalog()
+    pub async fn visible(&self, caller: &Caller, fresh: bool) -> Vec<Entry> {
+        self.catalog(fresh)
             .await
             .into_iter()
             .filter(|e| e.hidden.is_none() && tool_allowed(&caller.tools, &e.name))
@@ -342,7 +344,7 @@ impl Gateway {
         let args = params.arguments.clone().unwrap_or_default();
         let args_digest = sha256_hex(Value::Object(args.clone()).to_string().as_bytes());
         let entry = self
-            .visible(caller)
+            .visible(caller, false)
             .await
             .into_iter()
             .find(|e| e.name == name);
@@ -638,7 +640,7 @@ impl ServerHandler for Handler {
         let caller = caller_of(&ctx);
         let tools = self
             .0
-            .visible(&caller)
+            .visible(&caller, true)
             .await
             .into_iter()
             .map(|e| e.definition)

@@ -19,15 +19,22 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// How long a tool list is reused for calls (a client's `tools/list` always asks anew).
+const LIST_TTL: Duration = Duration::from_secs(2);
+
 struct Conn {
     client: Option<RunningService<RoleClient, ()>>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// Counts the starts: a list from an earlier child is not reused.
+    generation: u64,
 }
 
 pub struct Upstream {
     pub config: McpServerConfig,
     conn: Mutex<Conn>,
+    /// The last list: when, from which start, what.
+    listed: std::sync::Mutex<Option<(Instant, u64, Vec<Tool>)>>,
 }
 
 impl Upstream {
@@ -38,7 +45,9 @@ impl Upstream {
                 client: None,
                 failures: 0,
                 retry_at: None,
+                generation: 0,
             }),
+            listed: std::sync::Mutex::new(None),
         }
     }
 
@@ -62,11 +71,11 @@ impl Upstream {
     }
 
     /// The running connection, started (again) if need be.
-    async fn peer(&self) -> Result<rmcp::Peer<RoleClient>, String> {
+    async fn peer(&self) -> Result<(rmcp::Peer<RoleClient>, u64), String> {
         let mut conn = self.conn.lock().await;
         if let Some(client) = &conn.client {
             if !client.is_closed() {
-                return Ok(client.peer().clone());
+                return Ok((client.peer().clone(), conn.generation));
             }
             tracing::warn!(server = %self.config.name, "MCP server exited; restarting it");
             conn.client = None;
@@ -86,7 +95,8 @@ impl Upstream {
                 conn.client = Some(client);
                 conn.failures = 0;
                 conn.retry_at = None;
-                Ok(peer)
+                conn.generation += 1;
+                Ok((peer, conn.generation))
             }
             Err(e) => {
                 conn.failures = conn.failures.saturating_add(1);
@@ -106,10 +116,24 @@ impl Upstream {
         self.conn.lock().await.client = None;
     }
 
-    pub async fn list_tools(&self) -> Result<Vec<Tool>, String> {
-        let peer = self.peer().await?;
+    /// Its tools: asked for anew when `fresh`, else the last list if it is from the
+    /// running child and under [`LIST_TTL`] old.
+    pub async fn list_tools(&self, fresh: bool) -> Result<Vec<Tool>, String> {
+        let (peer, generation) = self.peer().await?;
+        if !fresh {
+            let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, g, tools)) = listed.as_ref() {
+                if *g == generation && at.elapsed() < LIST_TTL {
+                    return Ok(tools.clone());
+                }
+            }
+        }
         match peer.list_all_tools().await {
-            Ok(tools) => Ok(tools),
+            Ok(tools) => {
+                *self.listed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), generation, tools.clone()));
+                Ok(tools)
+            }
             Err(e) => {
                 self.reset().await;
                 Err(format!("tools/list failed: {e}"))
@@ -118,7 +142,7 @@ impl Upstream {
     }
 
     pub async fn call_tool(&self, params: CallToolRequestParams) -> Result<CallToolResult, String> {
-        let peer = self.peer().await?;
+        let (peer, _) = self.peer().await?;
         match peer.call_tool(params).await {
             Ok(r) => Ok(r),
             Err(e) => {

@@ -45,7 +45,7 @@ pub fn run(command: McpCommand) -> Result<()> {
                 .build()?;
             let entries = rt.block_on(async {
                 bulwark_mcp::Gateway::new(mcp, &data_dir, guard, None)
-                    .catalog()
+                    .catalog(true)
                     .await
             });
             for e in entries {

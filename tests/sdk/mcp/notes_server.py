@@ -31,6 +31,12 @@ def weather(city: str) -> str:
     return f"Sunny in {city}"
 
 
+@server.tool(description="Returns a report of about `size` bytes of ordinary prose.")
+def report(size: int) -> str:
+    line = "The quarterly report shows steady growth in every region, led by the northern stores. "
+    return (line * (size // len(line) + 1))[:size]
+
+
 @server.tool(description="Writes a line that is not JSON-RPC to stdout, then answers.")
 def garbage() -> str:
     sys.stdout.write("this is not JSON\n{\"jsonrpc\": 7}\n")
@@ -50,4 +56,7 @@ def crash() -> str:
 
 
 if __name__ == "__main__":
-    server.run()
+    if os.environ.get("NOTES_HTTP_PORT"):  # for bench/mcp_gateway.py's HTTP baseline
+        server.run("streamable-http", host="127.0.0.1", port=int(os.environ["NOTES_HTTP_PORT"]))
+    else:
+        server.run()
