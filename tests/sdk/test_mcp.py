@@ -9,6 +9,7 @@ server that dies is restarted; one audit record per call."""
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -316,3 +317,82 @@ def test_an_upstream_that_hangs_or_writes_garbage_gets_a_clear_error_and_nothing
         time.sleep(0.3)
     assert not r.is_error and "7" in text(r), r
     assert not call(gw, "agent", "files__read", {"root": "handbook", "path": "hr/leave.md"}).is_error
+
+
+def passport(gw, *args, check=True):
+    return cli("passport", *args, "--config", gw["cfg"], data=gw["data"], check=check)
+
+
+def attenuate(token, *args):
+    return subprocess.run([BULWARK, "passport", "attenuate", "--passport", token, *args], capture_output=True,
+                          text=True, check=True, stdin=subprocess.DEVNULL).stdout.strip()
+
+
+def test_agent_passports_scope_expire_revoke_and_narrow(gw):
+    import openai
+    approve(gw)
+    # Within the key's rights: a passport for tool A (notes__add) and not B (notes__read_note).
+    token = passport(gw, "issue", "--key", gw["keys"]["agent"], "--agent", "planner", "--tool", "notes__add",
+                     "--tool", "files__*", "--model", "remote-model", "--expires", "1h").stdout.strip()
+    assert token.startswith("bwp_")
+    gw["keys"]["planner"] = token
+    names, _ = tool_names(gw, "planner")
+    assert names == ["files__list", "files__read", "files__search", "notes__add"], names
+    assert "5" in text(call(gw, "planner", "notes__add", {"a": 2, "b": 3}))
+    e = call(gw, "planner", "notes__read_note", {"title": "plan"})
+    assert isinstance(e, MCPError) and "Unknown tool" in str(e)
+    # On /v1 with the OpenAI SDK: its model, not another.
+    client = openai.OpenAI(base_url=f"{gw['url']}/v1", api_key=token, max_retries=0)
+    ok = client.chat.completions.create(model="remote-model", messages=[{"role": "user", "content": "hi"}])
+    assert ok.choices
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        client.chat.completions.create(model="other-model", messages=[{"role": "user", "content": "hi"}])
+    assert "passport" in str(denied.value)
+    # A key cannot issue beyond itself.
+    r = passport(gw, "issue", "--key", gw["keys"]["files-only"], "--agent", "x", "--tool", "notes__add",
+                 "--expires", "1h", check=False)
+    assert r.returncode != 0 and "may not use the tools" in r.stderr, r.stderr
+    # A chain of three: each narrower; widening attempts change nothing.
+    child = attenuate(token, "--agent", "researcher", "--tool", "files__*", "--expires", "30m")
+    grandchild = attenuate(child, "--agent", "reader", "--tool", "files__read")
+    gw["keys"]["reader"] = grandchild
+    assert tool_names(gw, "reader")[0] == ["files__read"]
+    r = call(gw, "reader", "files__read", {"root": "handbook", "path": "hr/leave.md"})
+    assert not r.is_error and "30 days" in text(r)
+    wider = attenuate(child, "--agent", "greedy", "--tool", "*", "--model", "other-model", "--max-class", "secret",
+                      "--expires", "20d")
+    gw["keys"]["greedy"] = wider
+    assert "notes__add" not in tool_names(gw, "greedy")[0]
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=f"{gw['url']}/v1", api_key=wider, max_retries=0).chat.completions.create(
+            model="other-model", messages=[{"role": "user", "content": "hi"}])
+    # Forged: another gateway's passport, and a changed byte.
+    import httpx
+    for bad in (token[:-8] + ("A" if token[-8] != "A" else "B") + token[-7:], "bwp_notatoken"):
+        r = httpx.post(f"{gw['url']}/v1/chat/completions", headers={"authorization": f"Bearer {bad}"},
+                       json={"model": "remote-model", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_passport", r.text
+    # Expired.
+    short = passport(gw, "issue", "--key", gw["keys"]["agent"], "--agent", "brief", "--tool", "files__*",
+                     "--expires", "1s").stdout.strip()
+    time.sleep(2.2)
+    r = httpx.post(f"{gw['url']}/mcp", headers={"authorization": f"Bearer {short}",
+                                                 "accept": "application/json, text/event-stream"},
+                   json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "passport_expired", r.text
+    # Audited with the chain of agents, issuer first.
+    out = cli("audit", "export", "--key", f"{gw['tmp']}/audit/audit.key", "--config", gw["cfg"], data=gw["data"],
+              check=True)
+    records = list(map(json.loads, out.stdout.splitlines()))
+    chains = {tuple(r["passport"]["chain"]) for r in records if r.get("passport")}
+    assert ("planner", "researcher", "reader") in chains and ("planner",) in chains, chains
+    read = [r for r in records if r.get("passport") and r["passport"]["chain"] == ["planner", "researcher", "reader"]
+            and r.get("event") == "tool_call" and r["decision"] == "allowed"]
+    assert read and read[0]["key_id"] and read[0]["model"] == "files__read"
+    # Revoked: the root passport and everything derived from it, from the next request.
+    pid = json.loads(passport(gw, "inspect", token).stdout)["id"]
+    passport(gw, "revoke", pid)
+    for t in (token, grandchild):
+        r = httpx.post(f"{gw['url']}/v1/chat/completions", headers={"authorization": f"Bearer {t}"},
+                       json={"model": "remote-model", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "passport_revoked", r.text

@@ -109,6 +109,16 @@ pub struct Record {
     /// For `tool_call`: which tool, and digests of what went in and came out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<ToolCall>,
+    /// The agent passport the request was made with (its id and chain of agents,
+    /// issuer first); `key_id` is the key that issued it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passport: Option<PassportUse>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PassportUse {
+    pub id: String,
+    pub chain: Vec<String>,
 }
 
 /// One MCP tool call through the gateway (`model` holds the name the client used,

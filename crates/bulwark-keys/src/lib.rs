@@ -262,6 +262,19 @@ impl Keys {
         Ok(Some(Arc::clone(key)))
     }
 
+    /// The live (not revoked) key with id `id`: the key a passport was issued by.
+    pub fn live(&self, id: &str) -> Option<Arc<Key>> {
+        if let Err(e) = self.refresh(now_ms()) {
+            tracing::error!(error = %e, "cannot check the key database for changes");
+        }
+        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        loaded
+            .by_id
+            .get(id)
+            .filter(|k| k.record.revoked_ms.is_none())
+            .cloned()
+    }
+
     /// Counts one request against the key's limits, or says which limit refuses it.
     pub fn admit(&self, key: &Key, model: &str, now: Millis) -> Result<(), Limited> {
         let spec = &key.record.spec;

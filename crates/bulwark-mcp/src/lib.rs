@@ -56,6 +56,21 @@ pub struct Caller {
     pub tools: Vec<String>,
     /// The gateway's id for the HTTP request.
     pub request_id: String,
+    /// The agent passport the request was made with: it narrows `tools`.
+    pub passport: Option<Arc<bulwark_passport::Passport>>,
+}
+
+impl Caller {
+    fn may_use(&self, tool: &str) -> bool {
+        tool_allowed(&self.tools, tool)
+            && self.passport.as_ref().is_none_or(|p| {
+                p.authorize(
+                    &bulwark_passport::Request::Tool(tool),
+                    std::time::SystemTime::now(),
+                )
+                .is_ok()
+            })
+    }
 }
 
 /// Why a tool is not listed.
@@ -271,7 +286,7 @@ impl Gateway {
         self.catalog(fresh)
             .await
             .into_iter()
-            .filter(|e| e.hidden.is_none() && tool_allowed(&caller.tools, &e.name))
+            .filter(|e| e.hidden.is_none() && caller.may_use(&e.name))
             .collect()
     }
 
@@ -590,6 +605,13 @@ impl Gateway {
             latency_ms: started.elapsed().as_millis() as u64,
             status: if error.is_some() { 403 } else { 200 },
             event: bulwark_audit::Event::ToolCall,
+            passport: caller
+                .passport
+                .as_ref()
+                .map(|p| bulwark_audit::PassportUse {
+                    id: p.id.clone(),
+                    chain: p.chain.clone(),
+                }),
             error: error.map(str::to_owned),
             tool: Some(bulwark_audit::ToolCall {
                 server,

@@ -26,9 +26,59 @@ use subtle::ConstantTimeEq;
 use crate::error::Error;
 use crate::state::AppState;
 
-/// The key a request was made with; `None` when keys are not in use.
+/// The key a request was made with (`None` when keys are not in use), and the agent
+/// passport it was made with, if it was: then the key is the one that issued it, and
+/// the passport narrows what the key may do.
 #[derive(Clone)]
-pub struct Caller(pub Option<Arc<Key>>);
+pub struct Caller(
+    pub Option<Arc<Key>>,
+    pub Option<Arc<bulwark_passport::Passport>>,
+);
+
+impl Caller {
+    /// For the audit record.
+    pub fn passport_use(&self) -> Option<bulwark_audit::PassportUse> {
+        self.1.as_ref().map(|p| bulwark_audit::PassportUse {
+            id: p.id.clone(),
+            chain: p.chain.clone(),
+        })
+    }
+}
+
+/// A passport presented as the key: the key that issued it, and the passport.
+fn passport_caller(state: &AppState, token: &str) -> Result<Caller, Error> {
+    use bulwark_passport::PassportError;
+    let refuse = |code, message: String| {
+        Error(ApiError::new(ErrorKind::Authentication, message).with_code(code))
+    };
+    let passport = state.passports.verify(token).map_err(|e| match e {
+        PassportError::Revoked => refuse(
+            bulwark_api::ErrorCode::PassportRevoked,
+            "This passport has been revoked.".into(),
+        ),
+        e => refuse(
+            bulwark_api::ErrorCode::InvalidPassport,
+            format!("The passport is not valid: {e}."),
+        ),
+    })?;
+    // Expired passports are refused here, before anything else is looked at.
+    if let Err(PassportError::Expired) = passport.authorize(
+        &bulwark_passport::Request::Tool(""),
+        std::time::SystemTime::now(),
+    ) {
+        return Err(refuse(
+            bulwark_api::ErrorCode::PassportExpired,
+            "This passport has expired; ask its issuer for a new one.".into(),
+        ));
+    }
+    let key = state.keys.live(&passport.key_id).ok_or_else(|| {
+        refuse(
+            bulwark_api::ErrorCode::PassportRevoked,
+            "The key that issued this passport has been revoked.".into(),
+        )
+    })?;
+    Ok(Caller(Some(key), Some(passport)))
+}
 
 /// What a client presented as its key, if anything.
 fn presented(headers: &HeaderMap) -> Option<&str> {
@@ -58,9 +108,21 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    match state.keys.authenticate(presented(req.headers())) {
+    let token = presented(req.headers());
+    if let Some(token) = token.filter(|t| t.starts_with(bulwark_passport::PREFIX)) {
+        return match passport_caller(&state, token) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller.clone());
+                let mut resp = next.run(req).await;
+                resp.extensions_mut().insert(caller);
+                resp
+            }
+            Err(e) => e.into_response(),
+        };
+    }
+    match state.keys.authenticate(token) {
         Ok(key) => {
-            let caller = Caller(key);
+            let caller = Caller(key, None);
             req.extensions_mut().insert(caller.clone());
             let mut resp = next.run(req).await;
             // For the audit record of a request refused after authentication.

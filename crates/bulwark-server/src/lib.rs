@@ -78,6 +78,8 @@ pub enum ServeError {
     Encoder(#[from] bulwark_guard::encoder::EncoderError),
     #[error("{0}")]
     Watermark(#[from] bulwark_engine::watermark::KeyError),
+    #[error("passport key: {0}")]
+    Passport(String),
     #[error("[server] offline = true, but {}; point them at addresses on this site or leave offline mode", .0.join("; "))]
     Offline(Vec<String>),
 }
@@ -311,6 +313,17 @@ pub async fn serve(
         }
         Some(key)
     };
+    // Made on first start, kept in the data directory, never logged.
+    let passports = {
+        let authority = bulwark_passport::Authority::load_or_create(
+            &config.server.data_dir.join(bulwark_passport::KEY_FILE),
+        )
+        .map_err(|e| ServeError::Passport(e.to_string()))?;
+        Arc::new(bulwark_passport::Verifier::new(
+            authority.public(),
+            bulwark_passport::Revocations::in_dir(&config.server.data_dir),
+        ))
+    };
     let mcp_edge = config.mcp.clone().map(|m| {
         let anonymous_tools = m.anonymous_tools.clone();
         let names: Vec<&str> = m.servers.iter().map(|s| s.name.as_str()).collect();
@@ -358,6 +371,7 @@ pub async fn serve(
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
         max_in_flight: config.server.max_in_flight,
         mcp: mcp_edge.as_ref().map(|(edge, _)| edge.clone()),
+        passports,
     };
     // Open `GET /mcp` streams end when shutdown begins, so that connections can drain.
     let mcp_stop = mcp_edge.map(|(_, stop)| stop);

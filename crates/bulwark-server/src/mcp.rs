@@ -31,8 +31,10 @@ pub fn routes(state: &AppState) -> Option<Router<AppState>> {
 }
 
 async fn with_caller(mut req: Request, next: Next, anonymous: &[String]) -> Response {
-    let key = req.extensions().get::<Caller>().and_then(|c| c.0.clone());
+    let caller = req.extensions().get::<Caller>().cloned();
+    let key = caller.as_ref().and_then(|c| c.0.clone());
     let caller = bulwark_mcp::Caller {
+        passport: caller.and_then(|c| c.1),
         key_id: key.as_ref().map(|k| k.id().to_owned()),
         tenant: key.as_ref().map(|k| k.tenant().to_owned()),
         tools: match &key {

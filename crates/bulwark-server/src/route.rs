@@ -601,6 +601,7 @@ fn who_asked(caller: &Caller, headers: &HeaderMap, model: &str) -> bulwark_audit
         key_id: key.map(|k| k.id().to_owned()),
         tenant: key.map(|k| k.tenant().to_owned()),
         model: model.to_owned(),
+        passport: caller.passport_use(),
         ..Default::default()
     }
 }
@@ -915,6 +916,16 @@ async fn serve_inner(
                 guard_note = s.header;
                 canary = s.canary;
             }
+        }
+    }
+    if let Some(p) = &caller.1 {
+        let asked = bulwark_passport::Request::Model(&body.model, class);
+        if let Err(e) = p.authorize(&asked, std::time::SystemTime::now()) {
+            let code = match e {
+                bulwark_passport::PassportError::Expired => bulwark_api::ErrorCode::PassportExpired,
+                _ => bulwark_api::ErrorCode::PassportDenied,
+            };
+            return denied(code, e.to_string());
         }
     }
     let mut policy = &state.models.policy;

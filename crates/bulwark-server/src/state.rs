@@ -37,6 +37,8 @@ pub struct AppState {
     pub max_in_flight: usize,
     /// `None` when the MCP gateway is off.
     pub mcp: Option<crate::mcp::McpEdge>,
+    /// Checks agent passports (signed with `passport.key` in the data directory).
+    pub passports: Arc<bulwark_passport::Verifier>,
 }
 
 impl AppState {

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod mcp;
 mod models;
+mod passport;
 mod watermark;
 use models::ModelsCommand;
 
@@ -99,6 +100,12 @@ enum Command {
         /// Exit with status 2 when any probe got through (for CI).
         #[arg(long)]
         fail_on_through: bool,
+    },
+    /// Agent passports: issue one within an API key's rights, derive a narrower one
+    /// offline, revoke, inspect.
+    Passport {
+        #[command(subcommand)]
+        command: passport::PassportCommand,
     },
     /// The MCP gateway's tool pins: list tools with their standing, approve them.
     Mcp {
@@ -828,6 +835,7 @@ fn main() -> Result<()> {
         Command::Models { command } => models::run(command),
         Command::Watermark { command } => watermark::run(command),
         Command::Mcp { command } => mcp::run(command),
+        Command::Passport { command } => passport::run(command),
         Command::Redteam {
             target,
             key,
