@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use bulwark_passport::{attenuate, Authority, Narrowing, Request, Revocations, Scope, Verifier, KEY_FILE};
+use bulwark_passport::{
+    attenuate, Authority, Narrowing, Request, Revocations, Scope, Verifier, KEY_FILE,
+};
 use bulwark_policy::DataClass;
 
 fn quantiles(mut xs: Vec<Duration>) -> (f64, f64) {
@@ -19,7 +21,8 @@ fn quantiles(mut xs: Vec<Duration>) -> (f64, f64) {
 fn main() {
     let dir = std::env::temp_dir().join(format!("bulwark-passport-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let authority = Authority::load_or_create(&dir.join(KEY_FILE)).unwrap_or_else(|e| panic!("{e}"));
+    let authority =
+        Authority::load_or_create(&dir.join(KEY_FILE)).unwrap_or_else(|e| panic!("{e}"));
     let root = authority
         .issue(&Scope {
             key_id: "k".into(),
@@ -35,8 +38,10 @@ fn main() {
         tools: Some(tools.iter().map(|s| s.to_string()).collect()),
         ..Default::default()
     };
-    let child = attenuate(&root, &narrow("researcher", &["files__*"])).unwrap_or_else(|e| panic!("{e}"));
-    let token = attenuate(&child, &narrow("reader", &["files__read"])).unwrap_or_else(|e| panic!("{e}"));
+    let child =
+        attenuate(&root, &narrow("researcher", &["files__*"])).unwrap_or_else(|e| panic!("{e}"));
+    let token =
+        attenuate(&child, &narrow("reader", &["files__read"])).unwrap_or_else(|e| panic!("{e}"));
     let n = 5_000;
     for (name, cached) in [("cached", true), ("uncached", false)] {
         let mut verifier = Verifier::new(authority.public(), Revocations::in_dir(&dir));
@@ -47,12 +52,17 @@ fn main() {
             }
             let t = Instant::now();
             let p = verifier.verify(&token).unwrap_or_else(|e| panic!("{e}"));
-            p.authorize(&Request::Model("smollm2", DataClass::Public), SystemTime::now())
-                .unwrap_or_else(|e| panic!("{e}"));
+            p.authorize(
+                &Request::Model("smollm2", DataClass::Public),
+                SystemTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             samples.push(t.elapsed());
         }
         let (p50, p99) = quantiles(samples);
-        println!("{{\"verify\": \"{name}\", \"blocks\": 3, \"p50_us\": {p50:.1}, \"p99_us\": {p99:.1}}}");
+        println!(
+            "{{\"verify\": \"{name}\", \"blocks\": 3, \"p50_us\": {p50:.1}, \"p99_us\": {p99:.1}}}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
