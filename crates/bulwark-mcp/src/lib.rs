@@ -191,29 +191,30 @@ impl Gateway {
     /// list a second or two old may be used, as it is for calls).
     pub async fn catalog(&self, fresh: bool) -> Vec<Entry> {
         let mut out = Vec::new();
-        if !self.config.files.is_empty() {
-            // The built-in tools are the gateway's own: nothing to pin or to distrust.
-            let class = self
-                .config
-                .files
-                .iter()
-                .map(|r| r.class)
-                .max()
-                .unwrap_or(DataClass::Internal);
-            for t in files::tools(&self.config.files) {
-                out.push(self.entry(FILES_SERVER, class, t));
-            }
-        }
-        if !self.config.sqlite.is_empty() {
-            let class = self
-                .config
-                .sqlite
-                .iter()
-                .map(|d| d.class)
-                .max()
-                .unwrap_or(DataClass::Internal);
-            for t in sqlite::tools(&self.config.sqlite) {
-                out.push(self.entry(SQLITE_SERVER, class, t));
+        // The built-in tools are the gateway's own: nothing to pin or to distrust.
+        for (server, classes, tools) in [
+            (
+                FILES_SERVER,
+                self.config
+                    .files
+                    .iter()
+                    .map(|r| r.class)
+                    .collect::<Vec<_>>(),
+                files::tools(&self.config.files),
+            ),
+            (
+                SQLITE_SERVER,
+                self.config.sqlite.iter().map(|d| d.class).collect(),
+                sqlite::tools(&self.config.sqlite),
+            ),
+        ] {
+            // Listed under the highest class of its roots or databases; each call is
+            // recorded under the class of the one it reads (`own_class`).
+            let Some(class) = classes.into_iter().max() else {
+                continue;
+            };
+            for t in tools {
+                out.push(self.entry(server, class, t));
             }
         }
         let lists =
@@ -278,6 +279,26 @@ impl Gateway {
             class,
             hidden: None,
             definition: t,
+        }
+    }
+
+    /// The class of what a built-in tool reads: its root's, or its database's.
+    fn own_class(&self, server: &str, args: &rmcp::model::JsonObject) -> Option<DataClass> {
+        let named = |key: &str| args.get(key).and_then(Value::as_str);
+        match server {
+            FILES_SERVER => self
+                .config
+                .files
+                .iter()
+                .find(|r| Some(r.name.as_str()) == named("root"))
+                .map(|r| r.class),
+            SQLITE_SERVER => self
+                .config
+                .sqlite
+                .iter()
+                .find(|d| Some(d.name.as_str()) == named("database"))
+                .map(|d| d.class),
+            _ => None,
         }
     }
 
@@ -381,24 +402,7 @@ impl Gateway {
                 None,
             ));
         };
-        // A file is of its own root's class, a row of its own database's.
-        let named = |key: &str| args.get(key).and_then(Value::as_str);
-        let own_class = match entry.server.as_str() {
-            FILES_SERVER => self
-                .config
-                .files
-                .iter()
-                .find(|r| Some(r.name.as_str()) == named("root"))
-                .map(|r| r.class),
-            SQLITE_SERVER => self
-                .config
-                .sqlite
-                .iter()
-                .find(|d| Some(d.name.as_str()) == named("database"))
-                .map(|d| d.class),
-            _ => None,
-        };
-        if let Some(c) = own_class {
+        if let Some(c) = self.own_class(&entry.server, &args) {
             entry.class = c;
         }
         if let Some(problem) = schema::check(

@@ -18,21 +18,8 @@ pub enum PassportCommand {
         /// The API key it is issued by (else the environment variable BULWARK_API_KEY).
         #[arg(long)]
         key: Option<String>,
-        /// The agent's name, recorded with every use.
-        #[arg(long)]
-        agent: String,
-        /// A model (or route) it may use; repeat the flag. None: no model.
-        #[arg(long = "model")]
-        models: Vec<String>,
-        /// An MCP tool it may use (`server__tool`, `server__*`, `*`); repeat. None: no tool.
-        #[arg(long = "tool")]
-        tools: Vec<String>,
-        /// The highest data class it may send. Default: the key's.
-        #[arg(long)]
-        max_class: Option<DataClass>,
-        /// How long it is valid: 90s, 30m, 2h, 7d (30 days at most).
-        #[arg(long)]
-        expires: String,
+        #[command(flatten)]
+        scope: ScopeArgs,
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -42,16 +29,8 @@ pub enum PassportCommand {
         /// The passport to derive from (else the environment variable BULWARK_PASSPORT).
         #[arg(long)]
         passport: Option<String>,
-        #[arg(long)]
-        agent: String,
-        #[arg(long = "model")]
-        models: Vec<String>,
-        #[arg(long = "tool")]
-        tools: Vec<String>,
-        #[arg(long)]
-        max_class: Option<DataClass>,
-        #[arg(long)]
-        expires: Option<String>,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     /// Revoke a passport by its id (and every passport derived from it), from the
     /// gateway's next request on.
@@ -67,6 +46,29 @@ pub enum PassportCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+/// What a passport allows: given in full to `issue`, as narrowing to `attenuate`.
+#[derive(clap::Args)]
+pub struct ScopeArgs {
+    /// The agent's name, recorded with every use.
+    #[arg(long)]
+    agent: String,
+    /// A model (or route) it may use; repeat the flag. None: no model (`issue`), the
+    /// parent's (`attenuate`).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// An MCP tool it may use (`server__tool`, `server__*`, `*`); repeat. None: no tool
+    /// (`issue`), the parent's (`attenuate`).
+    #[arg(long = "tool")]
+    tools: Vec<String>,
+    /// The highest data class it may send. Default: the key's (`issue`), the parent's
+    /// (`attenuate`).
+    #[arg(long)]
+    max_class: Option<DataClass>,
+    /// How long it is valid: 90s, 30m, 2h, 7d (30 days at most). Needed by `issue`.
+    #[arg(long)]
+    expires: Option<String>,
 }
 
 /// `90s`, `30m`, `2h`, `7d`.
@@ -96,15 +98,15 @@ fn from_env(given: Option<String>, var: &str, what: &str) -> Result<String> {
 
 pub fn run(command: PassportCommand) -> Result<()> {
     match command {
-        PassportCommand::Issue {
-            key,
-            agent,
-            models,
-            tools,
-            max_class,
-            expires,
-            config,
-        } => {
+        PassportCommand::Issue { key, scope, config } => {
+            let ScopeArgs {
+                agent,
+                models,
+                tools,
+                max_class,
+                expires,
+            } = scope;
+            let expires = expires.context("give --expires (e.g. 2h)")?;
             let config = crate::load_config(config.as_deref())?;
             let keys = crate::open_keys(&config)?;
             let plain = from_env(key, "BULWARK_API_KEY", "--key")?;
@@ -144,14 +146,14 @@ pub fn run(command: PassportCommand) -> Result<()> {
             println!("{token}");
             Ok(())
         }
-        PassportCommand::Attenuate {
-            passport,
-            agent,
-            models,
-            tools,
-            max_class,
-            expires,
-        } => {
+        PassportCommand::Attenuate { passport, scope } => {
+            let ScopeArgs {
+                agent,
+                models,
+                tools,
+                max_class,
+                expires,
+            } = scope;
             let token = from_env(passport, "BULWARK_PASSPORT", "--passport")?;
             let narrower = Narrowing {
                 agent,
