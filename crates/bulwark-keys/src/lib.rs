@@ -240,14 +240,19 @@ impl Keys {
         self.required || self.loaded.read().unwrap_or_else(|p| p.into_inner()).any
     }
 
-    /// The key a request presented (`None` if it sent none), checked.
-    /// `Ok(None)`: no key sent, and none is required.
-    pub fn authenticate(&self, presented: Option<&str>) -> Result<Option<Arc<Key>>, AuthError> {
+    /// The keys as the database has them now (re-read if it changed).
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
         if let Err(e) = self.refresh(now_ms()) {
             // Keep serving with what is loaded; a broken disk must not open the gate.
             tracing::error!(error = %e, "cannot check the key database for changes");
         }
-        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        self.loaded.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key a request presented (`None` if it sent none), checked.
+    /// `Ok(None)`: no key sent, and none is required.
+    pub fn authenticate(&self, presented: Option<&str>) -> Result<Option<Arc<Key>>, AuthError> {
+        let loaded = self.current();
         if !self.required && !loaded.any {
             // The open laptop case: whatever a client sends as its key (OpenAI SDKs
             // insist on sending one) is ignored.
@@ -264,11 +269,7 @@ impl Keys {
 
     /// The live (not revoked) key with id `id`: the key a passport was issued by.
     pub fn live(&self, id: &str) -> Option<Arc<Key>> {
-        if let Err(e) = self.refresh(now_ms()) {
-            tracing::error!(error = %e, "cannot check the key database for changes");
-        }
-        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
-        loaded
+        self.current()
             .by_id
             .get(id)
             .filter(|k| k.record.revoked_ms.is_none())

@@ -171,14 +171,15 @@ impl Gateway {
         }
     }
 
-    /// Reads `text` as a tool description: `Some(reason)` when it is an injection.
-    fn poisoned(&self, digest: &str, text: &str) -> Option<String> {
+    /// Reads a tool's definition text (made only when `digest` has not been read
+    /// before): `Some(reason)` when it gives hidden orders.
+    fn poisoned(&self, digest: &str, text: impl FnOnce() -> String) -> Option<String> {
         let guard = self.guard.as_ref()?;
         let mut cache = self.poison.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = cache.get(digest) {
             return r.clone();
         }
-        let reason = poison::check(guard, text);
+        let reason = poison::check(guard, &text());
         if cache.len() > 10_000 {
             cache.clear();
         }
@@ -256,7 +257,7 @@ impl Gateway {
                 State::Pending => Some(Hidden::Pending),
                 State::Changed => Some(Hidden::Changed),
             };
-            if let Some(reason) = self.poisoned(&e.digest, &definition_text(&e.definition)) {
+            if let Some(reason) = self.poisoned(&e.digest, || definition_text(&e.definition)) {
                 tracing::warn!(tool = %e.name, %reason, "MCP tool hidden: its description reads as an injection");
                 e.hidden = Some(Hidden::Poisoned);
             } else if e.hidden == Some(Hidden::Changed) {
@@ -369,7 +370,7 @@ impl Gateway {
 
     /// Calls tool `name` for `caller`. `Err` is a protocol error (an unknown or
     /// forbidden tool, told apart from neither); everything else is a result, an error
-    /// result when refused.
+    /// result when refused. Every call, refused or not, is recorded.
     pub async fn call(
         &self,
         caller: &Caller,
@@ -385,18 +386,9 @@ impl Gateway {
             .into_iter()
             .find(|e| e.name == name);
         let Some(mut entry) = entry else {
-            self.record(
-                caller,
-                &name,
-                None,
-                &args_digest,
-                None,
-                "refused",
-                &[],
-                Some("tool_not_available"),
-                started,
-            )
-            .await;
+            let refused = Outcome::refused("refused", "tool_not_available", String::new());
+            self.record(caller, &name, None, &args_digest, &refused, started)
+                .await;
             return Err(ErrorData::invalid_params(
                 format!("Unknown tool: {name}. Call tools/list for the tools this key may use."),
                 None,
@@ -405,188 +397,143 @@ impl Gateway {
         if let Some(c) = self.own_class(&entry.server, &args) {
             entry.class = c;
         }
-        if let Some(problem) = schema::check(
-            &Value::Object((*entry.definition.input_schema).clone()),
-            &Value::Object(args.clone()),
-        ) {
-            let result = CallToolResult::error(vec![ContentBlock::text(format!(
-                "Invalid arguments for {name}: {problem}."
-            ))]);
-            self.finish(
-                caller,
-                &entry,
-                &args_digest,
-                &result,
-                "refused",
-                &[],
-                Some("invalid_arguments"),
-                started,
-            )
-            .await
-        } else {
-            let builtin: Option<Box<dyn FnOnce() -> Result<String, String> + Send>> =
-                match entry.server.as_str() {
-                    FILES_SERVER => {
-                        let (roots, tool, args) =
-                            (self.config.files.clone(), entry.tool.clone(), args.clone());
-                        Some(Box::new(move || files::call(&roots, &tool, &args)))
-                    }
-                    SQLITE_SERVER => {
-                        let (dbs, args) = (self.config.sqlite.clone(), args.clone());
-                        Some(Box::new(move || sqlite::query(&dbs, &args)))
-                    }
-                    _ => None,
-                };
-            let outcome = if let Some(run) = builtin {
-                match tokio::task::spawn_blocking(run).await {
-                    Ok(Ok(text)) => Ok(CallToolResult::success(vec![ContentBlock::text(text)])),
-                    Ok(Err(refusal)) => {
-                        Ok(CallToolResult::error(vec![ContentBlock::text(refusal)]))
-                    }
-                    Err(_) => Err(format!("the built-in {} tool failed", entry.server)),
-                }
-            } else {
-                let up = self
-                    .upstreams
-                    .iter()
-                    .find(|u| u.config.name == entry.server);
-                let mut forward = CallToolRequestParams::new(entry.tool.clone());
-                forward.arguments = params.arguments;
-                match up {
-                    Some(u) => {
-                        match tokio::time::timeout(self.config.call_timeout, u.call_tool(forward))
-                            .await
-                        {
-                            Ok(r) => r,
-                            Err(_) => Err(format!(
-                                "no answer within {} ms",
-                                self.config.call_timeout.as_millis()
-                            )),
-                        }
-                    }
-                    None => Err("server not configured".to_owned()),
-                }
-            };
-            let mut result = match outcome {
-                // An upstream on an older revision leaves `resultType` out; the client
-                // may speak the current one (rmcp drops it again for older clients).
-                Ok(mut r) => {
-                    r.result_type = Some(rmcp::model::ResultType::COMPLETE);
-                    r
-                }
-                Err(e) => {
-                    let result = CallToolResult::error(vec![ContentBlock::text(format!(
-                        "The MCP server `{}` could not run {name}: {e}",
-                        entry.server
-                    ))]);
-                    return self
-                        .finish(
-                            caller,
-                            &entry,
-                            &args_digest,
-                            &result,
-                            "failed",
-                            &[],
-                            Some("upstream_unavailable"),
-                            started,
-                        )
-                        .await;
-                }
-            };
-            let (injection, findings) = self.screen(&mut result);
-            if injection && self.config.on_injection == OnInjection::Block {
-                let result = CallToolResult::error(vec![ContentBlock::text(format!(
-                    "The result of {name} was withheld by the gateway: it contains instructions to the model (prompt injection)."
-                ))]);
-                return self
-                    .finish(
-                        caller,
-                        &entry,
-                        &args_digest,
-                        &result,
-                        "blocked",
-                        &findings,
-                        Some("tool_result_injection"),
-                        started,
-                    )
-                    .await;
-            }
-            let texts: Vec<&str> = result
+        let outcome = self.run(&entry, args, params.arguments).await;
+        if outcome.error.is_none() {
+            let texts: Vec<&str> = outcome
+                .result
                 .content
                 .iter()
                 .filter_map(|b| b.as_text().map(|t| t.text.as_str()))
                 .collect();
             self.classes.remember(&texts, entry.class);
-            let decision = if injection { "flagged" } else { "allowed" };
-            self.finish(
-                caller,
-                &entry,
-                &args_digest,
-                &result,
-                decision,
-                &findings,
-                None,
-                started,
-            )
-            .await
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
-        &self,
-        caller: &Caller,
-        entry: &Entry,
-        args_digest: &str,
-        result: &CallToolResult,
-        decision: &str,
-        findings: &[&'static str],
-        error: Option<&str>,
-        started: Instant,
-    ) -> Result<CallToolResult, ErrorData> {
-        let bytes = serde_json::to_vec(result).unwrap_or_default();
-        let digest = sha256_hex(&bytes);
-        let ok = self
-            .record(
-                caller,
-                &entry.name,
-                Some((entry, result.is_error == Some(true), digest)),
-                args_digest,
-                Some(entry.class),
-                decision,
-                findings,
-                error,
-                started,
-            )
-            .await;
-        if !ok {
+        if !self
+            .record(caller, &name, Some(&entry), &args_digest, &outcome, started)
+            .await
+        {
             return Err(ErrorData::internal_error(
                 "The audit log could not record this tool call, so its result is withheld; see the gateway's log.",
                 None,
             ));
         }
-        Ok(result.clone())
+        Ok(outcome.result)
     }
 
-    /// Appends the call's record; false when the log could not take it.
-    #[allow(clippy::too_many_arguments)]
+    /// A visible tool's call: its arguments checked, sent, and its result screened.
+    async fn run(
+        &self,
+        entry: &Entry,
+        args: rmcp::model::JsonObject,
+        arguments: Option<rmcp::model::JsonObject>,
+    ) -> Outcome {
+        let name = &entry.name;
+        if let Some(problem) = schema::check(
+            &Value::Object((*entry.definition.input_schema).clone()),
+            &Value::Object(args.clone()),
+        ) {
+            return Outcome::refused(
+                "refused",
+                "invalid_arguments",
+                format!("Invalid arguments for {name}: {problem}."),
+            );
+        }
+        let mut result = match self.dispatch(entry, args, arguments).await {
+            // An upstream on an older revision leaves `resultType` out; the client
+            // may speak the current one (rmcp drops it again for older clients).
+            Ok(mut r) => {
+                r.result_type = Some(rmcp::model::ResultType::COMPLETE);
+                r
+            }
+            Err(e) => {
+                return Outcome::refused(
+                    "failed",
+                    "upstream_unavailable",
+                    format!(
+                        "The MCP server `{}` could not run {name}: {e}",
+                        entry.server
+                    ),
+                )
+            }
+        };
+        let (injection, findings) = self.screen(&mut result);
+        if injection && self.config.on_injection == OnInjection::Block {
+            return Outcome {
+                findings,
+                ..Outcome::refused(
+                    "blocked",
+                    "tool_result_injection",
+                    format!("The result of {name} was withheld by the gateway: it contains instructions to the model (prompt injection)."),
+                )
+            };
+        }
+        Outcome {
+            result,
+            decision: if injection { "flagged" } else { "allowed" },
+            findings,
+            error: None,
+        }
+    }
+
+    /// Sends the call to where the tool lives: a built-in server (on a blocking
+    /// thread) or an upstream (within `call_timeout`). `Err` when it could not run.
+    async fn dispatch(
+        &self,
+        entry: &Entry,
+        args: rmcp::model::JsonObject,
+        arguments: Option<rmcp::model::JsonObject>,
+    ) -> Result<CallToolResult, String> {
+        let builtin: Option<Box<dyn FnOnce() -> Result<String, String> + Send>> =
+            match entry.server.as_str() {
+                FILES_SERVER => {
+                    let (roots, tool) = (self.config.files.clone(), entry.tool.clone());
+                    Some(Box::new(move || files::call(&roots, &tool, &args)))
+                }
+                SQLITE_SERVER => {
+                    let dbs = self.config.sqlite.clone();
+                    Some(Box::new(move || sqlite::query(&dbs, &args)))
+                }
+                _ => None,
+            };
+        if let Some(run) = builtin {
+            return match tokio::task::spawn_blocking(run).await {
+                Ok(Ok(text)) => Ok(CallToolResult::success(vec![ContentBlock::text(text)])),
+                Ok(Err(refusal)) => Ok(CallToolResult::error(vec![ContentBlock::text(refusal)])),
+                Err(_) => Err(format!("the built-in {} tool failed", entry.server)),
+            };
+        }
+        let up = self
+            .upstreams
+            .iter()
+            .find(|u| u.config.name == entry.server)
+            .ok_or("server not configured")?;
+        let mut forward = CallToolRequestParams::new(entry.tool.clone());
+        forward.arguments = arguments;
+        tokio::time::timeout(self.config.call_timeout, up.call_tool(forward))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer within {} ms",
+                    self.config.call_timeout.as_millis()
+                ))
+            })
+    }
+
+    /// Appends the call's record (`entry`: the tool, when it was visible to the
+    /// caller); false when the log could not take it.
     async fn record(
         &self,
         caller: &Caller,
         name: &str,
-        done: Option<(&Entry, bool, String)>,
+        entry: Option<&Entry>,
         args_digest: &str,
-        class: Option<DataClass>,
-        decision: &str,
-        findings: &[&'static str],
-        error: Option<&str>,
+        outcome: &Outcome,
         started: Instant,
     ) -> bool {
         let Some(audit) = &self.audit else {
             return true;
         };
-        let (server, tool) = match &done {
-            Some((e, ..)) => (e.server.clone(), e.tool.clone()),
+        let (server, tool) = match entry {
+            Some(e) => (e.server.clone(), e.tool.clone()),
             None => match name.split_once("__") {
                 Some((s, t)) => (s.to_owned(), t.to_owned()),
                 None => (String::new(), name.to_owned()),
@@ -598,16 +545,16 @@ impl Gateway {
             key_id: caller.key_id.clone(),
             tenant: caller.tenant.clone(),
             model: name.to_owned(),
-            target: if done.is_some() {
+            target: if entry.is_some() {
                 server.clone()
             } else {
                 "none".into()
             },
-            class: class.map(|c| c.as_str().to_owned()),
-            decision: decision.to_owned(),
-            guard: (!findings.is_empty()).then(|| findings.join(",")),
+            class: entry.map(|e| e.class.as_str().to_owned()),
+            decision: outcome.decision.to_owned(),
+            guard: (!outcome.findings.is_empty()).then(|| outcome.findings.join(",")),
             latency_ms: started.elapsed().as_millis() as u64,
-            status: if error.is_some() { 403 } else { 200 },
+            status: if outcome.error.is_some() { 403 } else { 200 },
             event: bulwark_audit::Event::ToolCall,
             passport: caller
                 .passport
@@ -616,13 +563,14 @@ impl Gateway {
                     id: p.id.clone(),
                     chain: p.chain.clone(),
                 }),
-            error: error.map(str::to_owned),
+            error: outcome.error.map(str::to_owned),
             tool: Some(bulwark_audit::ToolCall {
                 server,
                 tool,
                 arguments_sha256: args_digest.to_owned(),
-                is_error: done.as_ref().is_none_or(|d| d.1),
-                result_sha256: done.map(|d| d.2),
+                is_error: entry.is_none() || outcome.result.is_error == Some(true),
+                result_sha256: entry
+                    .map(|_| sha256_hex(&serde_json::to_vec(&outcome.result).unwrap_or_default())),
             }),
             ..Default::default()
         };
@@ -633,6 +581,28 @@ impl Gateway {
                 tracing::error!(error = %e, "audit log unavailable");
                 false
             }
+        }
+    }
+}
+
+/// What became of a call, for the caller and the record.
+struct Outcome {
+    result: CallToolResult,
+    /// `allowed`, `flagged`, `blocked`, `refused` or `failed`.
+    decision: &'static str,
+    findings: Vec<&'static str>,
+    /// The refusal's code, when refused.
+    error: Option<&'static str>,
+}
+
+impl Outcome {
+    /// An error result saying `text`.
+    fn refused(decision: &'static str, error: &'static str, text: String) -> Outcome {
+        Outcome {
+            result: CallToolResult::error(vec![ContentBlock::text(text)]),
+            decision,
+            findings: Vec::new(),
+            error: Some(error),
         }
     }
 }

@@ -109,42 +109,34 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let token = presented(req.headers());
-    if let Some(token) = token.filter(|t| t.starts_with(bulwark_passport::PREFIX)) {
-        return match passport_caller(&state, token) {
-            Ok(caller) => {
-                req.extensions_mut().insert(caller.clone());
-                let mut resp = next.run(req).await;
-                resp.extensions_mut().insert(caller);
-                resp
-            }
-            Err(e) => e.into_response(),
-        };
-    }
-    match state.keys.authenticate(token) {
-        Ok(key) => {
-            let caller = Caller(key, None);
+    let caller = match token.filter(|t| t.starts_with(bulwark_passport::PREFIX)) {
+        Some(passport) => passport_caller(&state, passport),
+        None => state.keys.authenticate(token).map(|key| Caller(key, None)).map_err(|e| match e {
+            AuthError::Missing => Error(
+                ApiError::new(
+                    ErrorKind::Authentication,
+                    "This gateway requires an API key: send `Authorization: Bearer <key>` (create one with `bulwark keys create NAME`).",
+                )
+                .with_code(bulwark_api::ErrorCode::MissingApiKey),
+            ),
+            AuthError::Invalid => Error(
+                ApiError::new(
+                    ErrorKind::Authentication,
+                    "The API key is not valid: it is malformed, unknown or revoked.",
+                )
+                .with_code(bulwark_api::ErrorCode::InvalidApiKey),
+            ),
+        }),
+    };
+    match caller {
+        Ok(caller) => {
             req.extensions_mut().insert(caller.clone());
             let mut resp = next.run(req).await;
             // For the audit record of a request refused after authentication.
             resp.extensions_mut().insert(caller);
             resp
         }
-        Err(AuthError::Missing) => Error(
-            ApiError::new(
-                ErrorKind::Authentication,
-                "This gateway requires an API key: send `Authorization: Bearer <key>` (create one with `bulwark keys create NAME`).",
-            )
-            .with_code(bulwark_api::ErrorCode::MissingApiKey),
-        )
-        .into_response(),
-        Err(AuthError::Invalid) => Error(
-            ApiError::new(
-                ErrorKind::Authentication,
-                "The API key is not valid: it is malformed, unknown or revoked.",
-            )
-            .with_code(bulwark_api::ErrorCode::InvalidApiKey),
-        )
-        .into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
