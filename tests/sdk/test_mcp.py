@@ -9,6 +9,7 @@ server that dies is restarted; one audit record per call."""
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,24 @@ def gw(mock_upstream):
         db.commit()
         db.close()
         cli("audit", "keygen", "--out", str(tmp / "audit"), data=str(data), check=True)
+        # A remote server: the same notes server over Streamable HTTP, behind a token.
+        remote = tmp / "remote"
+        (remote / "notes").mkdir(parents=True)
+        (remote / "notes/hello.txt").write_text("Hello from far away.")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        remote_proc = subprocess.Popen([sys.executable, str(SERVER)], stdin=subprocess.DEVNULL, env={
+            **os.environ, "NOTES_DIR": str(remote), "NOTES_HTTP_PORT": str(port), "NOTES_BEARER": "remote-secret",
+            "NOTES_TTL_MS": "60000"})
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and remote_proc.poll() is None, "the remote MCP server did not start"
+                time.sleep(0.1)
         cfg = tmp / "bulwark.toml"
         cfg.write_text(f"""
 [[upstreams]]
@@ -69,6 +88,34 @@ name = "notes"
 command = [{json.dumps(sys.executable)}, {json.dumps(str(SERVER))}]
 env = {{ NOTES_DIR = {json.dumps(str(notes))} }}
 class = "internal"
+protocol = "2025-11-25"
+
+[[mcp.servers]]
+name = "remote"
+url = "http://127.0.0.1:{port}/mcp"
+bearer_token_env = "REMOTE_MCP_TOKEN"
+auto_approve = true
+
+[[mcp.arguments]]
+tool = "notes__stat"
+argument = "path"
+under = {json.dumps(str(handbook))}
+
+[[mcp.arguments]]
+tool = "notes__read_note"
+argument = "title"
+regex = "^[a-z]+$"
+max_length = 12
+
+[[mcp.arguments]]
+tool = "notes__report"
+argument = "size"
+maximum = 100000
+
+[[mcp.arguments]]
+tool = "sqlite__*"
+argument = "database"
+enum = ["crm"]
 
 [[mcp.sqlite]]
 name = "crm"
@@ -87,14 +134,19 @@ class = "confidential"
             "files-only": cli("keys", "create", "files-only", "--tool", "files__read",
                               data=str(data), check=True).stdout.strip(),
             "nothing": cli("keys", "create", "nothing", data=str(data), check=True).stdout.strip(),
+            "remote": cli("keys", "create", "remote", "--tool", "remote__*", data=str(data), check=True).stdout.strip(),
         }
-        env = {**os.environ, "BULWARK_DATA_DIR": str(data), "BULWARK_MODEL_DIR": str(ROOT / "models")}
+        env = {**os.environ, "BULWARK_DATA_DIR": str(data), "BULWARK_MODEL_DIR": str(ROOT / "models"),
+               "REMOTE_MCP_TOKEN": "remote-secret"}
         proc, url = _start([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=env)
         try:
             _wait_ready(proc, url)
-            yield {"url": url, "tmp": tmp, "data": str(data), "cfg": str(cfg), "keys": keys, "notes": notes}
+            yield {"url": url, "tmp": tmp, "data": str(data), "cfg": str(cfg), "keys": keys, "notes": notes,
+                   "remote": remote, "handbook": handbook}
         finally:
             _stop(proc)
+            remote_proc.kill()
+            remote_proc.wait()
 
 
 def session(gw, key, mode="auto"):
@@ -156,7 +208,7 @@ def test_tools_are_listed_once_approved_and_only_to_keys_that_may_use_them(gw):
         names, version = tool_names(gw, "agent", mode)
         assert version == expected_version
         assert names == sorted(BUILTIN + ["notes__add", "notes__crash", "notes__garbage", "notes__hang", "notes__report",
-                                           "notes__read_note"]), (mode, names)
+                                           "notes__read_note", "notes__slow", "notes__stat"]), (mode, names)
     assert tool_names(gw, "files-only")[0] == ["files__read"]
     assert tool_names(gw, "nothing")[0] == []
     # Not listed means not callable, and the refusal does not say whether it exists.
@@ -396,3 +448,141 @@ def test_agent_passports_scope_expire_revoke_and_narrow(gw):
         r = httpx.post(f"{gw['url']}/v1/chat/completions", headers={"authorization": f"Bearer {t}"},
                        json={"model": "remote-model", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 401 and r.json()["error"]["code"] == "passport_revoked", r.text
+
+
+def records(gw, event):
+    out = cli("audit", "export", "--key", f"{gw['tmp']}/audit/audit.key", "--config", gw["cfg"], data=gw["data"],
+              check=True)
+    return [r for r in map(json.loads, out.stdout.splitlines()) if r.get("event") == event]
+
+
+def test_a_remote_server_gets_the_gateways_token_never_the_callers(gw):
+    names, _ = tool_names(gw, "remote")
+    # auto_approve: listed unseen; the poisoned description is still hidden.
+    assert "remote__add" in names and "remote__weather" not in names and not any(
+        n.startswith("notes__") for n in names), names
+    for mode in ("auto", "legacy"):
+        r = call(gw, "remote", "remote__read_note", {"title": "hello"}, mode)
+        assert not r.is_error and text(r) == "Hello from far away.", r
+    seen = (gw["remote"] / "seen.txt").read_text().splitlines()
+    auths = {line.split(" ", 1)[1] for line in seen if line.startswith("authorization")}
+    assert auths == {"Bearer remote-secret"}, auths
+    assert all(k not in " ".join(seen) for k in gw["keys"].values())
+    # The agent key may not use the remote server's tools.
+    assert isinstance(call(gw, "agent", "remote__add", {"a": 1, "b": 2}), MCPError)
+
+
+def test_list_results_are_cached_as_the_server_allows(gw):
+    """The remote server says its tool list stays fresh for 60 s: asking the gateway
+    again does not ask it again. The stdio server gives no hint: each client listing
+    asks it anew."""
+    def lists(d):
+        p = d / "seen.txt"
+        return p.read_text().splitlines().count("tools/list") if p.exists() else 0
+    tool_names(gw, "remote")
+    remote_before, notes_before = lists(gw["remote"]), lists(gw["notes"])
+    for _ in range(3):
+        tool_names(gw, "remote")
+        tool_names(gw, "agent")
+    assert lists(gw["remote"]) == remote_before, (remote_before, lists(gw["remote"]))
+    assert lists(gw["notes"]) >= notes_before + 3, (notes_before, lists(gw["notes"]))
+
+
+def test_resources_and_prompts_follow_the_same_rules_as_tools(gw):
+    async def go(key, mode="auto"):
+        async with session(gw, key, mode) as c:
+            resources = sorted(r.uri for r in (await c.list_resources()).resources)
+            templates = sorted(t.uri_template for t in (await c.list_resource_templates()).resource_templates)
+            prompts = sorted(p.name for p in (await c.list_prompts()).prompts)
+            out = {"resources": resources, "templates": templates, "prompts": prompts}
+            for uri in ("bulwark://notes/note://index", "bulwark://notes/note://plan", "bulwark://notes/note://evil",
+                        "bulwark://remote/note://index"):
+                try:
+                    read = await c.read_resource(uri)
+                    out[uri] = [(x.uri, x.text) for x in read.contents]
+                except MCPError as e:
+                    out[uri] = e
+            for name, args in (("notes__summarise", {"topic": "tax"}), ("notes__review", {"title": "plan"})):
+                try:
+                    got = await c.get_prompt(name, args)
+                    out[name] = [m.content.text for m in got.messages]
+                except MCPError as e:
+                    out[name] = e
+            return out
+    for mode in ("auto", "legacy"):
+        seen = run(lambda: go("agent", mode))
+        # The description with hidden orders is not listed.
+        assert seen["resources"] == ["bulwark://notes/note://index"], seen["resources"]
+        assert seen["templates"] == ["bulwark://notes/note://{title}"], seen["templates"]
+        assert seen["prompts"] == ["notes__review", "notes__summarise"], seen["prompts"]
+        assert seen["bulwark://notes/note://index"][0] == ("bulwark://notes/note://index", "evil\nplan")
+        plan = seen["bulwark://notes/note://plan"][0][1]
+        assert "alice.martin@example.com" not in plan and "[REDACTED_EMAIL]" in plan, plan
+        evil = seen["bulwark://notes/note://evil"]
+        assert isinstance(evil, MCPError) and "withheld" in str(evil) and "attacker" not in str(evil), evil
+        # Another server's resources: not for this key, and not said to exist.
+        assert isinstance(seen["bulwark://remote/note://index"], MCPError)
+        summary = seen["notes__summarise"][0]
+        assert "tax" in summary and "bob.stone@example.com" not in summary and "[REDACTED_EMAIL]" in summary, summary
+        review = seen["notes__review"]
+        assert isinstance(review, MCPError) and "withheld" in str(review) and "id_rsa" not in str(review), review
+    nothing = run(lambda: go("files-only"))
+    assert nothing["resources"] == nothing["templates"] == nothing["prompts"] == []
+    assert all(isinstance(nothing[k], MCPError) for k in ("bulwark://notes/note://index", "notes__summarise"))
+    reads = records(gw, "resource_read")
+    by = {(r["model"], r["decision"]) for r in reads}
+    assert ("bulwark://notes/note://plan", "allowed") in by and ("bulwark://notes/note://evil", "blocked") in by, by
+    plan = next(r for r in reads if r["model"] == "bulwark://notes/note://plan")
+    assert plan["class"] == "internal" and plan["tool"]["tool"] == "note://plan" and "email" in plan["guard"], plan
+    assert any(r["decision"] == "refused" and r["target"] == "none" for r in reads)
+    prompts = {(r["model"], r["decision"]) for r in records(gw, "prompt_get")}
+    assert ("notes__summarise", "allowed") in prompts and ("notes__review", "blocked") in prompts, prompts
+
+
+def test_argument_constraints_from_config_are_enforced(gw):
+    approve(gw)
+    leave = str(gw["handbook"] / "hr/leave.md")
+    r = call(gw, "agent", "notes__stat", {"path": leave})
+    assert not r.is_error and text(r) == str(os.path.getsize(leave)), r
+    for path in ("/etc/passwd", str(gw["handbook"] / "escape"), str(gw["handbook"] / "hr/../../outside.txt")):
+        r = call(gw, "agent", "notes__stat", {"path": path})
+        assert r.is_error and "must be a path under" in text(r), (path, r)
+    for title, why in (("../plan", "must match"), ("averyveryverylongtitle", "at most 12 characters")):
+        r = call(gw, "agent", "notes__read_note", {"title": title})
+        assert r.is_error and why in text(r), (title, r)
+    r = call(gw, "agent", "notes__report", {"size": 10 ** 6})
+    assert r.is_error and "`size` must be at most 100000" in text(r), r
+    assert not call(gw, "agent", "notes__report", {"size": 100}).is_error
+    refused = [r for r in records(gw, "tool_call") if r.get("error") == "argument_policy"]
+    assert {r["model"] for r in refused} >= {"notes__stat", "notes__read_note", "notes__report"}, refused
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_a_cancelled_call_is_cancelled_upstream_and_recorded(gw, mode):
+    """A client that gives up on a call (2025-11-25: `notifications/cancelled`;
+    2026-07-28: it closes the call's response stream) has the call cancelled at the
+    upstream, and the record says so."""
+    approve(gw)
+    seen = gw["notes"] / "seen.txt"
+
+    def cancellations():
+        return seen.read_text().splitlines().count("cancelled slow") if seen.exists() else 0
+
+    def recorded():
+        return sum(r["model"] == "notes__slow" and r["decision"] == "cancelled" for r in records(gw, "tool_call"))
+    before, recorded_before = cancellations(), recorded()
+
+    async def go():
+        async with session(gw, "agent", mode) as c:
+            with anyio.move_on_after(1.5):
+                await c.call_tool("notes__slow", {"seconds": 30})
+    started = time.time()
+    run(go)
+    assert time.time() - started < 10
+    deadline = time.time() + 10
+    while cancellations() == before:
+        assert time.time() < deadline, "the upstream never saw the cancellation"
+        time.sleep(0.2)
+    while recorded() == recorded_before:
+        assert time.time() < deadline, "the cancelled call was not recorded"
+        time.sleep(0.3)

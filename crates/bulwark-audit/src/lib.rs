@@ -151,6 +151,10 @@ pub enum Event {
     StreamEnd,
     /// An MCP tool call on `/mcp` (see [`ToolCall`]).
     ToolCall,
+    /// An MCP resource read on `/mcp` ([`ToolCall`] names the server and the URI).
+    ResourceRead,
+    /// An MCP prompt fetched on `/mcp` ([`ToolCall`] names the server and the prompt).
+    PromptGet,
 }
 
 impl Event {
@@ -160,6 +164,8 @@ impl Event {
             Event::StreamStart => "stream_start",
             Event::StreamEnd => "stream_end",
             Event::ToolCall => "tool_call",
+            Event::ResourceRead => "resource_read",
+            Event::PromptGet => "prompt_get",
         }
     }
 }

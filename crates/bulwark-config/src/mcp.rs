@@ -9,6 +9,17 @@
 //! class = "internal"                      # the data class of what its tools return
 //! auto_approve = false                    # true: trust its tool definitions unseen
 //!
+//! [[mcp.servers]]                         # a remote server, over Streamable HTTP
+//! name = "crm"
+//! url = "https://crm.example.internal/mcp"
+//! bearer_token_env = "CRM_MCP_TOKEN"      # sent as `Authorization: Bearer ...`
+//! class = "confidential"
+//!
+//! [[mcp.arguments]]                       # constraints on a tool's arguments
+//! tool = "crm__search"                    # a tool name, or a pattern (`crm__*`)
+//! argument = "limit"
+//! maximum = 100                           # also: regex, enum, max_length, under
+//!
 //! [[mcp.files]]                           # the built-in files__list/read/search tools
 //! name = "handbook"
 //! path = "/srv/handbook"
@@ -44,17 +55,54 @@ pub struct RawMcp {
     pub on_injection: Option<OnInjection>,
     /// Longest a tool call may take, in milliseconds. Default 60000.
     pub call_timeout_ms: Option<u64>,
+    /// Constraints on tool arguments, beyond the tool's own input schema.
+    #[serde(default)]
+    pub arguments: Vec<RawArgumentRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArgumentRule {
+    /// The tools it applies to: a name (`crm__search`) or a pattern (`crm__*`).
+    pub tool: String,
+    /// The argument (a top-level property of the call's arguments).
+    pub argument: String,
+    /// The argument must be present.
+    #[serde(default)]
+    pub required: bool,
+    /// A string argument must match this regular expression (anchor it yourself).
+    pub regex: Option<String>,
+    /// The argument must be one of these values.
+    #[serde(rename = "enum")]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    /// Most characters in a string argument.
+    pub max_length: Option<usize>,
+    /// Largest value of a number argument (a row count, a limit).
+    pub maximum: Option<f64>,
+    /// A path argument must lie under this directory, after `..` and symlinks are
+    /// followed (relative paths are taken from the directory).
+    pub under: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMcpServer {
     pub name: String,
-    /// The program and its arguments.
-    pub command: Vec<String>,
+    /// The program and its arguments (a server run as a child over stdio).
+    pub command: Option<Vec<String>>,
     /// The child's environment (besides `PATH`); nothing else of the gateway's is passed.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The endpoint of a remote server spoken to over Streamable HTTP (instead of
+    /// `command`).
+    pub url: Option<String>,
+    /// The environment variable holding the bearer token sent to `url` (the caller's
+    /// own credentials are never passed on).
+    pub bearer_token_env: Option<String>,
+    /// The protocol revision spoken to it: `auto` (default: the current revision,
+    /// 2026-07-28, when the server offers it, else the session-based 2025-11-25),
+    /// `2026-07-28` or `2025-11-25`.
+    pub protocol: Option<Protocol>,
     /// The data class of what its tools return. Default `internal`.
     pub class: Option<DataClass>,
     /// Approve its tool definitions without `bulwark mcp approve`. Default false.
@@ -84,6 +132,21 @@ pub struct RawSqliteDb {
     pub timeout_ms: Option<u64>,
 }
 
+/// The MCP protocol revision spoken to an upstream server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// The current revision if the server offers it, else the session-based one.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// The current, stateless revision.
+    #[serde(rename = "2026-07-28")]
+    Stateless,
+    /// The session-based revision most deployed servers speak.
+    #[serde(rename = "2025-11-25")]
+    Sessions,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnInjection {
@@ -99,16 +162,73 @@ pub struct McpConfig {
     pub anonymous_tools: Vec<String>,
     pub on_injection: OnInjection,
     pub call_timeout: std::time::Duration,
+    pub arguments: Vec<ArgumentRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpServerConfig {
     pub name: String,
-    pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
+    pub transport: Transport,
+    pub protocol: Protocol,
     pub class: DataClass,
     pub auto_approve: bool,
 }
+
+/// How an upstream MCP server is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// A child process over stdio.
+    Stdio {
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+    /// A remote server over Streamable HTTP.
+    Http {
+        url: String,
+        /// The variable the bearer token is read from (at each connection).
+        bearer_token_env: Option<String>,
+    },
+}
+
+/// A constraint on one argument of the tools a pattern names.
+#[derive(Debug, Clone)]
+pub struct ArgumentRule {
+    pub tool: String,
+    pub argument: String,
+    pub required: bool,
+    pub regex: Option<regex::Regex>,
+    pub one_of: Option<Vec<serde_json::Value>>,
+    pub max_length: Option<usize>,
+    pub maximum: Option<f64>,
+    /// Canonical.
+    pub under: Option<PathBuf>,
+}
+
+impl PartialEq for ArgumentRule {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            &self.tool,
+            &self.argument,
+            self.required,
+            self.regex.as_ref().map(regex::Regex::as_str),
+            &self.one_of,
+            self.max_length,
+            self.maximum.map(f64::to_bits),
+            &self.under,
+        ) == (
+            &o.tool,
+            &o.argument,
+            o.required,
+            o.regex.as_ref().map(regex::Regex::as_str),
+            &o.one_of,
+            o.max_length,
+            o.maximum.map(f64::to_bits),
+            &o.under,
+        )
+    }
+}
+
+impl Eq for ArgumentRule {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesRoot {
@@ -173,16 +293,64 @@ impl RawMcp {
                     s.name
                 )));
             }
-            if s.command.first().is_none_or(|c| c.trim().is_empty()) {
-                return Err(invalid(format!(
-                    "mcp.servers `{}`: command must name a program",
-                    s.name
-                )));
-            }
+            let transport = match (s.command, s.url) {
+                (Some(command), None) => {
+                    if command.first().is_none_or(|c| c.trim().is_empty()) {
+                        return Err(invalid(format!(
+                            "mcp.servers `{}`: command must name a program",
+                            s.name
+                        )));
+                    }
+                    if s.bearer_token_env.is_some() {
+                        return Err(invalid(format!(
+                            "mcp.servers `{}`: bearer_token_env is for a `url` server; give a child its secrets in `env`",
+                            s.name
+                        )));
+                    }
+                    Transport::Stdio {
+                        command,
+                        env: s.env,
+                    }
+                }
+                (None, Some(url)) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(invalid(format!(
+                            "mcp.servers `{}`: url must start with http:// or https://",
+                            s.name
+                        )));
+                    }
+                    if !s.env.is_empty() {
+                        return Err(invalid(format!(
+                            "mcp.servers `{}`: env is for a `command` server",
+                            s.name
+                        )));
+                    }
+                    if s
+                        .bearer_token_env
+                        .as_ref()
+                        .is_some_and(|v| v.is_empty() || v.contains('='))
+                    {
+                        return Err(invalid(format!(
+                            "mcp.servers `{}`: bearer_token_env must name an environment variable",
+                            s.name
+                        )));
+                    }
+                    Transport::Http {
+                        url,
+                        bearer_token_env: s.bearer_token_env,
+                    }
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "mcp.servers `{}`: give either command (a child over stdio) or url (Streamable HTTP), not both",
+                        s.name
+                    )))
+                }
+            };
             servers.push(McpServerConfig {
                 name: s.name,
-                command: s.command,
-                env: s.env,
+                transport,
+                protocol: s.protocol.unwrap_or_default(),
                 class: s.class.unwrap_or(DataClass::Internal),
                 auto_approve: s.auto_approve,
             });
@@ -253,7 +421,13 @@ impl RawMcp {
             Some(n) => std::time::Duration::from_millis(n),
             None => std::time::Duration::from_secs(60),
         };
+        let arguments = self
+            .arguments
+            .into_iter()
+            .map(|r| r.validate(base))
+            .collect::<Result<_, _>>()?;
         Ok(Some(McpConfig {
+            arguments,
             servers,
             files,
             sqlite,
@@ -261,6 +435,60 @@ impl RawMcp {
             on_injection: self.on_injection.unwrap_or(OnInjection::Block),
             call_timeout,
         }))
+    }
+}
+
+impl RawArgumentRule {
+    fn validate(self, base: &Path) -> Result<ArgumentRule, ConfigError> {
+        let what = format!("mcp.arguments `{}` `{}`", self.tool, self.argument);
+        if self.tool.trim().is_empty() || self.argument.is_empty() {
+            return Err(invalid(format!("{what}: tool and argument must be named")));
+        }
+        let regex = match self.regex {
+            Some(r) => Some(
+                regex::Regex::new(&r)
+                    .map_err(|e| invalid(format!("{what}: regex does not compile: {e}")))?,
+            ),
+            None => None,
+        };
+        let under = match self.under {
+            Some(dir) => {
+                let dir = base.join(dir);
+                Some(
+                    std::fs::canonicalize(&dir)
+                        .ok()
+                        .filter(|p| p.is_dir())
+                        .ok_or_else(|| {
+                            invalid(format!("{what}: `{}` is not a directory", dir.display()))
+                        })?,
+                )
+            }
+            None => None,
+        };
+        if self.maximum.is_some_and(|m| !m.is_finite()) {
+            return Err(invalid(format!("{what}: maximum must be a number")));
+        }
+        if regex.is_none()
+            && self.one_of.is_none()
+            && self.max_length.is_none()
+            && self.maximum.is_none()
+            && under.is_none()
+            && !self.required
+        {
+            return Err(invalid(format!(
+                "{what}: give at least one of required, regex, enum, max_length, maximum, under"
+            )));
+        }
+        Ok(ArgumentRule {
+            tool: self.tool,
+            argument: self.argument,
+            required: self.required,
+            regex,
+            one_of: self.one_of,
+            max_length: self.max_length,
+            maximum: self.maximum,
+            under,
+        })
     }
 }
 
@@ -303,6 +531,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(ok.servers[0].class, DataClass::Internal);
+        assert_eq!(ok.servers[0].protocol, Protocol::Auto);
         assert_eq!(ok.files[0].class, DataClass::Confidential);
         assert_eq!(ok.on_injection, OnInjection::Block);
         for (bad, why) in [
@@ -317,6 +546,32 @@ mod tests {
                 "twice",
             ),
             ("[[files]]\nname = \"r\"\npath = \"/no/such/dir\"", "not a directory"),
+            (
+                "[[servers]]\nname = \"n\"\ncommand = [\"x\"]\nurl = \"http://h/mcp\"",
+                "not both",
+            ),
+            ("[[servers]]\nname = \"n\"", "not both"),
+            ("[[servers]]\nname = \"n\"\nurl = \"ftp://h/mcp\"", "http://"),
+            (
+                "[[servers]]\nname = \"n\"\ncommand = [\"x\"]\nbearer_token_env = \"T\"",
+                "for a `url` server",
+            ),
+            (
+                "[[servers]]\nname = \"n\"\nurl = \"http://h/mcp\"\nprotocol = \"2024-01-01\"",
+                "unknown variant",
+            ),
+            (
+                "[[files]]\nname = \"r\"\npath = \"tmp\"\n[[arguments]]\ntool = \"x\"\nargument = \"a\"",
+                "at least one of",
+            ),
+            (
+                "[[files]]\nname = \"r\"\npath = \"tmp\"\n[[arguments]]\ntool = \"x\"\nargument = \"a\"\nregex = \"(\"",
+                "does not compile",
+            ),
+            (
+                "[[files]]\nname = \"r\"\npath = \"tmp\"\n[[arguments]]\ntool = \"x\"\nargument = \"a\"\nunder = \"/no/such\"",
+                "not a directory",
+            ),
             ("call_timeout_ms = 0\n[[files]]\nname = \"r\"\npath = \"tmp\"", "at least 1"),
         ] {
             let e = match toml::from_str::<RawMcp>(bad) {

@@ -19,8 +19,10 @@
 //! of the arguments and of the result, the decision, the guard's findings, the data
 //! class of the server or root, and the latency.
 
+pub mod arguments;
 pub mod classes;
 pub mod files;
+pub mod offers;
 pub mod pins;
 pub mod poison;
 pub mod schema;
@@ -36,14 +38,16 @@ use bulwark_config::mcp::{tool_allowed, McpConfig, OnInjection, FILES_SERVER, SQ
 use bulwark_guard::{Category, Guard, Verdict};
 use bulwark_policy::DataClass;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ResourceContents, ServerCapabilities, ServerConfig,
-    Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ResourceContents, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 pub use pins::{Pins, State};
 
@@ -155,6 +159,17 @@ impl Gateway {
         guard: Option<Guard>,
         audit: Option<Arc<bulwark_audit::AuditLog>>,
     ) -> Gateway {
+        for s in &config.servers {
+            if let bulwark_config::mcp::Transport::Http {
+                bearer_token_env: Some(var),
+                ..
+            } = &s.transport
+            {
+                if std::env::var_os(var).is_none() {
+                    tracing::error!(server = %s.name, variable = %var, "MCP server's bearer token variable is not set; its tools stay unavailable until it is");
+                }
+            }
+        }
         Gateway {
             upstreams: config
                 .servers
@@ -375,6 +390,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         params: CallToolRequestParams,
+        cancel: &CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
         let started = Instant::now();
         let name = params.name.to_string();
@@ -397,7 +413,7 @@ impl Gateway {
         if let Some(c) = self.own_class(&entry.server, &args) {
             entry.class = c;
         }
-        let outcome = self.run(&entry, args, params.arguments).await;
+        let outcome = self.run(&entry, args, params.arguments, cancel).await;
         if outcome.error.is_none() {
             let texts: Vec<&str> = outcome
                 .result
@@ -425,6 +441,7 @@ impl Gateway {
         entry: &Entry,
         args: rmcp::model::JsonObject,
         arguments: Option<rmcp::model::JsonObject>,
+        cancel: &CancellationToken,
     ) -> Outcome {
         let name = &entry.name;
         if let Some(problem) = schema::check(
@@ -437,7 +454,24 @@ impl Gateway {
                 format!("Invalid arguments for {name}: {problem}."),
             );
         }
-        let mut result = match self.dispatch(entry, args, arguments).await {
+        if let Some(problem) = arguments::check(&self.config.arguments, name, &args) {
+            return Outcome::refused(
+                "refused",
+                "argument_policy",
+                format!("The gateway's policy refuses these arguments for {name}: {problem}."),
+            );
+        }
+        // A client's cancellation drops the call, which tells the upstream
+        // (`notifications/cancelled`).
+        let dispatched = tokio::select! {
+            r = self.dispatch(entry, args, arguments) => r,
+            () = cancel.cancelled() => return Outcome::refused(
+                "cancelled",
+                "cancelled",
+                format!("The call to {name} was cancelled by the client."),
+            ),
+        };
+        let mut result = match dispatched {
             // An upstream on an older revision leaves `resultType` out; the client
             // may speak the current one (rmcp drops it again for older clients).
             Ok(mut r) => {
@@ -529,9 +563,6 @@ impl Gateway {
         outcome: &Outcome,
         started: Instant,
     ) -> bool {
-        let Some(audit) = &self.audit else {
-            return true;
-        };
         let (server, tool) = match entry {
             Some(e) => (e.server.clone(), e.tool.clone()),
             None => match name.split_once("__") {
@@ -539,23 +570,49 @@ impl Gateway {
                 None => (String::new(), name.to_owned()),
             },
         };
+        self.append(
+            caller,
+            Use {
+                event: bulwark_audit::Event::ToolCall,
+                name,
+                server,
+                tool,
+                class: entry.map(|e| e.class),
+                arguments_sha256: args_digest.to_owned(),
+                result_sha256: entry
+                    .map(|_| sha256_hex(&serde_json::to_vec(&outcome.result).unwrap_or_default())),
+                is_error: entry.is_none() || outcome.result.is_error == Some(true),
+                decision: outcome.decision,
+                findings: &outcome.findings,
+                error: outcome.error,
+                started,
+            },
+        )
+        .await
+    }
+
+    /// Appends one use of `/mcp` to the audit log; false when the log could not take it.
+    async fn append(&self, caller: &Caller, u: Use<'_>) -> bool {
+        let Some(audit) = &self.audit else {
+            return true;
+        };
         let record = bulwark_audit::Record {
             time_ms: now_ms(),
             request_id: caller.request_id.clone(),
             key_id: caller.key_id.clone(),
             tenant: caller.tenant.clone(),
-            model: name.to_owned(),
-            target: if entry.is_some() {
-                server.clone()
+            model: u.name.to_owned(),
+            target: if u.class.is_some() {
+                u.server.clone()
             } else {
                 "none".into()
             },
-            class: entry.map(|e| e.class.as_str().to_owned()),
-            decision: outcome.decision.to_owned(),
-            guard: (!outcome.findings.is_empty()).then(|| outcome.findings.join(",")),
-            latency_ms: started.elapsed().as_millis() as u64,
-            status: if outcome.error.is_some() { 403 } else { 200 },
-            event: bulwark_audit::Event::ToolCall,
+            class: u.class.map(|c| c.as_str().to_owned()),
+            decision: u.decision.to_owned(),
+            guard: (!u.findings.is_empty()).then(|| u.findings.join(",")),
+            latency_ms: u.started.elapsed().as_millis() as u64,
+            status: if u.error.is_some() { 403 } else { 200 },
+            event: u.event,
             passport: caller
                 .passport
                 .as_ref()
@@ -563,14 +620,13 @@ impl Gateway {
                     id: p.id.clone(),
                     chain: p.chain.clone(),
                 }),
-            error: outcome.error.map(str::to_owned),
+            error: u.error.map(str::to_owned),
             tool: Some(bulwark_audit::ToolCall {
-                server,
-                tool,
-                arguments_sha256: args_digest.to_owned(),
-                is_error: entry.is_none() || outcome.result.is_error == Some(true),
-                result_sha256: entry
-                    .map(|_| sha256_hex(&serde_json::to_vec(&outcome.result).unwrap_or_default())),
+                server: u.server,
+                tool: u.tool,
+                arguments_sha256: u.arguments_sha256,
+                is_error: u.is_error,
+                result_sha256: u.result_sha256,
             }),
             ..Default::default()
         };
@@ -581,6 +637,52 @@ impl Gateway {
                 tracing::error!(error = %e, "audit log unavailable");
                 false
             }
+        }
+    }
+}
+
+/// One use of `/mcp` (a tool call, a resource read, a prompt fetched), for the log.
+struct Use<'a> {
+    event: bulwark_audit::Event,
+    /// The name the client asked for.
+    name: &'a str,
+    server: String,
+    /// The tool, resource URI or prompt on its server.
+    tool: String,
+    /// `None` when the caller could not see what it asked for.
+    class: Option<DataClass>,
+    arguments_sha256: String,
+    result_sha256: Option<String>,
+    is_error: bool,
+    decision: &'static str,
+    findings: &'a [&'static str],
+    error: Option<&'static str>,
+    started: Instant,
+}
+
+impl<'a> Use<'a> {
+    /// A request for something the caller may not see (or that does not exist).
+    fn refused(
+        event: bulwark_audit::Event,
+        name: &'a str,
+        server: &str,
+        own: &str,
+        arguments_sha256: String,
+        started: Instant,
+    ) -> Use<'a> {
+        Use {
+            event,
+            name,
+            server: server.to_owned(),
+            tool: own.to_owned(),
+            class: None,
+            arguments_sha256,
+            result_sha256: None,
+            is_error: true,
+            decision: "refused",
+            findings: &[],
+            error: Some("not_available"),
+            started,
         }
     }
 }
@@ -621,10 +723,16 @@ fn caller_of(ctx: &RequestContext<RoleServer>) -> Caller {
 
 impl ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
             .with_server_info(Implementation::new("bulwark", env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "Bulwark's MCP gateway: the tools of the MCP servers it fronts and its own, as `server__tool`, each listed only when this key may use it and its definition is approved.",
+                "Bulwark's MCP gateway: the tools and prompts of the MCP servers it fronts and its own tools, as `server__name`, and their resources as `bulwark://server/URI`, each listed only when this key may use it and (for tools) its definition is approved.",
             )
     }
 
@@ -650,7 +758,59 @@ impl ServerHandler for Handler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller_of(&ctx);
-        self.0.call(&caller, request).await.map(Into::into)
+        self.0.call(&caller, request, &ctx.ct).await.map(Into::into)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let (resources, _) = self.0.resources(&caller_of(&ctx)).await;
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let (_, templates) = self.0.resources(&caller_of(&ctx)).await;
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let caller = caller_of(&ctx);
+        self.0
+            .read_resource(&caller, &request.uri, &ctx.ct)
+            .await
+            .map(Into::into)
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(
+            self.0.prompts(&caller_of(&ctx)).await,
+        ))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let caller = caller_of(&ctx);
+        self.0
+            .get_prompt(&caller, request, &ctx.ct)
+            .await
+            .map(Into::into)
     }
 }
 

@@ -1,17 +1,29 @@
-//! An upstream MCP server run as a child process and spoken to over stdio.
+//! An upstream MCP server: a child process spoken to over stdio, or a remote server
+//! over Streamable HTTP.
 //!
-//! The child is started on first use, with only `PATH` and the configured variables in
+//! A child is started on first use, with only `PATH` and the configured variables in
 //! its environment, and killed with the gateway (or when its connection is dropped).
-//! When it dies or stops answering, the next use starts it again, after a backoff that
-//! doubles with each failure in a row (250 ms up to 30 s).
+//! A remote server gets the bearer token from the configured environment variable,
+//! never the caller's credentials. When a server dies or stops answering, the next use
+//! connects again, after a backoff that doubles with each failure in a row (250 ms up
+//! to 30 s).
+//!
+//! Lists (tools, resources, resource templates, prompts) are cached as the server
+//! allows: `rmcp`'s client keeps each for the `ttlMs` the server gives and drops it on
+//! a `list_changed` notification. Calls also reuse a tool list up to 2 s old.
 
 use std::time::{Duration, Instant};
 
-use bulwark_config::mcp::McpServerConfig;
-use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use bulwark_config::mcp::{McpServerConfig, Protocol, Transport};
+use rmcp::model::ProtocolVersion;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, GetPromptRequestParams, GetPromptResult, Prompt,
+    ReadResourceRequestParams, ReadResourceResult, Resource, ResourceTemplate, Tool,
+};
 use rmcp::service::RunningService;
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::RoleClient;
 use tokio::sync::Mutex;
 
 /// How long a child may take to start and answer `initialize`.
@@ -51,19 +63,67 @@ impl Upstream {
         }
     }
 
+    /// How a connection begins: `server/discover` for the current revision, the
+    /// `initialize` handshake for the session-based one.
+    fn lifecycle(&self) -> ClientLifecycleMode {
+        let current = vec![ProtocolVersion::V_2026_07_28];
+        match self.config.protocol {
+            Protocol::Auto => ClientLifecycleMode::Auto {
+                preferred_versions: current,
+                legacy_version: Some(ProtocolVersion::V_2025_11_25),
+            },
+            Protocol::Stateless => ClientLifecycleMode::Discover {
+                preferred_versions: current,
+            },
+            Protocol::Sessions => ClientLifecycleMode::Initialize,
+        }
+    }
+
     async fn start(&self) -> Result<RunningService<RoleClient, ()>, String> {
-        let c = &self.config;
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let cmd = tokio::process::Command::new(&c.command[0]).configure(|cmd| {
-            cmd.args(&c.command[1..])
-                .env_clear()
-                .env("PATH", &path)
-                .envs(&c.env)
-                .kill_on_drop(true);
-        });
-        let transport = TokioChildProcess::new(cmd)
-            .map_err(|e| format!("could not start `{}`: {e}", c.command[0]))?;
-        match tokio::time::timeout(START_TIMEOUT, ().serve(transport)).await {
+        let started = match &self.config.transport {
+            Transport::Stdio { command, env } => {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let cmd = tokio::process::Command::new(&command[0]).configure(|cmd| {
+                    cmd.args(&command[1..])
+                        .env_clear()
+                        .env("PATH", &path)
+                        .envs(env)
+                        .kill_on_drop(true);
+                });
+                let transport = TokioChildProcess::new(cmd)
+                    .map_err(|e| format!("could not start `{}`: {e}", command[0]))?;
+                tokio::time::timeout(
+                    START_TIMEOUT,
+                    ().serve_with_lifecycle(transport, self.lifecycle()),
+                )
+                .await
+            }
+            Transport::Http {
+                url,
+                bearer_token_env,
+            } => {
+                let mut config =
+                    rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                        url.as_str(),
+                    );
+                if let Some(var) = bearer_token_env {
+                    // Read at each connection, so that a rotated token is picked up.
+                    let token = std::env::var(var)
+                        .map_err(|_| format!("the environment variable `{var}` is not set"))?;
+                    config = config.auth_header(token);
+                }
+                let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+                    http_client()?,
+                    config,
+                );
+                tokio::time::timeout(
+                    START_TIMEOUT,
+                    ().serve_with_lifecycle(transport, self.lifecycle()),
+                )
+                .await
+            }
+        };
+        match started {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("did not initialize: {e}")),
             Err(_) => Err(format!("did not initialize within {START_TIMEOUT:?}")),
@@ -141,19 +201,94 @@ impl Upstream {
         }
     }
 
+    /// Calls a tool. Dropping the future (the caller cancelled, or the call timed
+    /// out) sends `notifications/cancelled` to the server.
     pub async fn call_tool(&self, params: CallToolRequestParams) -> Result<CallToolResult, String> {
         let (peer, _) = self.peer().await?;
-        match peer.call_tool(params).await {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                if matches!(
-                    e,
-                    rmcp::ServiceError::TransportClosed | rmcp::ServiceError::TransportSend(_)
-                ) {
-                    self.reset().await;
-                }
-                Err(format!("tools/call failed: {e}"))
-            }
-        }
+        let r = peer.call_tool(params).await;
+        self.answered("tools/call", r).await
     }
+
+    /// What the server offers besides tools, from its `initialize` answer.
+    async fn offers(&self) -> Result<(rmcp::Peer<RoleClient>, bool, bool), String> {
+        let (peer, _) = self.peer().await?;
+        let caps = peer.peer_info().map(|i| i.capabilities.clone());
+        let resources = caps.as_ref().is_some_and(|c| c.resources.is_some());
+        let prompts = caps.as_ref().is_some_and(|c| c.prompts.is_some());
+        Ok((peer, resources, prompts))
+    }
+
+    /// Its resources and resource templates (none when it offers none).
+    pub async fn list_resources(&self) -> Result<(Vec<Resource>, Vec<ResourceTemplate>), String> {
+        let (peer, resources, _) = self.offers().await?;
+        if !resources {
+            return Ok(Default::default());
+        }
+        let listed = peer.list_all_resources().await;
+        let listed = self.answered("resources/list", listed).await?;
+        let templates = peer.list_all_resource_templates().await;
+        let templates = self.answered("resources/templates/list", templates).await?;
+        Ok((listed, templates))
+    }
+
+    /// Its prompts (none when it offers none).
+    pub async fn list_prompts(&self) -> Result<Vec<Prompt>, String> {
+        let (peer, _, prompts) = self.offers().await?;
+        if !prompts {
+            return Ok(Vec::new());
+        }
+        let listed = peer.list_all_prompts().await;
+        self.answered("prompts/list", listed).await
+    }
+
+    pub async fn read_resource(&self, uri: &str) -> Result<ReadResourceResult, String> {
+        let (peer, _) = self.peer().await?;
+        let r = peer
+            .read_resource(ReadResourceRequestParams::new(uri))
+            .await;
+        self.answered("resources/read", r).await
+    }
+
+    pub async fn get_prompt(
+        &self,
+        params: GetPromptRequestParams,
+    ) -> Result<GetPromptResult, String> {
+        let (peer, _) = self.peer().await?;
+        let r = peer.get_prompt(params).await;
+        self.answered("prompts/get", r).await
+    }
+
+    /// A request's answer, or why it failed; a broken connection is dropped, so that
+    /// the next use connects again.
+    async fn answered<T>(&self, what: &str, r: Result<T, rmcp::ServiceError>) -> Result<T, String> {
+        let e = match r {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if matches!(
+            e,
+            rmcp::ServiceError::TransportClosed | rmcp::ServiceError::TransportSend(_)
+        ) {
+            tracing::warn!(server = %self.config.name, error = %e, "MCP server connection lost");
+            self.reset().await;
+        }
+        Err(format!("{what} failed: {e}"))
+    }
+}
+
+/// The HTTP client for remote servers: no redirects (a redirect would carry the bearer
+/// token elsewhere), `TCP_NODELAY`, bounded connection time.
+fn http_client() -> Result<reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c.clone());
+    }
+    bulwark_upstream::install_tls_provider();
+    let c = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    Ok(CLIENT.get_or_init(|| c).clone())
 }
