@@ -9,6 +9,7 @@ server that dies is restarted; one audit record per call."""
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -208,7 +209,7 @@ def test_tools_are_listed_once_approved_and_only_to_keys_that_may_use_them(gw):
         names, version = tool_names(gw, "agent", mode)
         assert version == expected_version
         assert names == sorted(BUILTIN + ["notes__add", "notes__crash", "notes__garbage", "notes__hang", "notes__report",
-                                           "notes__read_note", "notes__slow", "notes__stat"]), (mode, names)
+                                           "notes__read_note", "notes__send", "notes__slow", "notes__stat"]), (mode, names)
     assert tool_names(gw, "files-only")[0] == ["files__read"]
     assert tool_names(gw, "nothing")[0] == []
     # Not listed means not callable, and the refusal does not say whether it exists.
@@ -233,14 +234,15 @@ def test_calls_are_checked_screened_and_recorded(gw):
         assert r.is_error and "root" in text(r) and "not for agents" not in text(r), (path, r)
     r = call(gw, "agent", "files__search", {"root": "handbook", "query": "MANAGER"})
     assert json.loads(text(r)) == [{"path": "hr/leave.md", "line": 2, "text": "Ask your manager first."}]
-    # Personal data in a result is redacted; an injection is withheld.
+    # Personal data in a result is pseudonymised (the chat default); an injection is withheld.
     r = call(gw, "agent", "notes__read_note", {"title": "plan"})
-    assert not r.is_error and "alice.martin@example.com" not in text(r) and "[REDACTED_EMAIL]" in text(r), r
-    assert "DE89" not in text(r) and "[REDACTED_IBAN]" in text(r), r
+    assert not r.is_error and "alice.martin@example.com" not in text(r) and re.search(r"\[EMAIL_\d+\]", text(r)), r
+    assert "DE89" not in text(r) and re.search(r"\[IBAN_\d+\]", text(r)), r
     # The built-in sqlite tool reads, never writes, and its rows are screened too.
     r = call(gw, "agent", "sqlite__query", {"database": "crm", "sql": "SELECT name, email, iban FROM customers ORDER BY id"})
     rows = json.loads(text(r))["rows"]
-    assert rows[0][0] == "Ada" and rows[0][1] == "[REDACTED_EMAIL]" and rows[0][2] == "[REDACTED_IBAN]", rows
+    assert rows[0][0] == "Ada" and re.fullmatch(r"\[EMAIL_\d+\]", rows[0][1]) and re.fullmatch(
+        r"\[IBAN_\d+\]", rows[0][2]), rows
     for sql in ("INSERT INTO customers (name) VALUES ('x')", "ATTACH DATABASE '/tmp/x.db' AS x", "PRAGMA query_only = 0",
                 "WITH x AS (SELECT 1) DELETE FROM customers"):
         r = call(gw, "agent", "sqlite__query", {"database": "crm", "sql": sql})
@@ -517,13 +519,14 @@ def test_resources_and_prompts_follow_the_same_rules_as_tools(gw):
         assert seen["prompts"] == ["notes__review", "notes__summarise"], seen["prompts"]
         assert seen["bulwark://notes/note://index"][0] == ("bulwark://notes/note://index", "evil\nplan")
         plan = seen["bulwark://notes/note://plan"][0][1]
-        assert "alice.martin@example.com" not in plan and "[REDACTED_EMAIL]" in plan, plan
+        assert "alice.martin@example.com" not in plan and re.search(r"\[EMAIL_\d+\]", plan), plan
         evil = seen["bulwark://notes/note://evil"]
         assert isinstance(evil, MCPError) and "withheld" in str(evil) and "attacker" not in str(evil), evil
         # Another server's resources: not for this key, and not said to exist.
         assert isinstance(seen["bulwark://remote/note://index"], MCPError)
         summary = seen["notes__summarise"][0]
-        assert "tax" in summary and "bob.stone@example.com" not in summary and "[REDACTED_EMAIL]" in summary, summary
+        assert "tax" in summary and "bob.stone@example.com" not in summary and re.search(r"\[EMAIL_\d+\]", summary), \
+            summary
         review = seen["notes__review"]
         assert isinstance(review, MCPError) and "withheld" in str(review) and "id_rsa" not in str(review), review
     nothing = run(lambda: go("files-only"))
@@ -586,3 +589,72 @@ def test_a_cancelled_call_is_cancelled_upstream_and_recorded(gw, mode):
     while recorded() == recorded_before:
         assert time.time() < deadline, "the cancelled call was not recorded"
         time.sleep(0.3)
+
+
+def test_pseudonyms_in_results_come_back_where_the_caller_acts_on_them(gw, mock_upstream):
+    """A customer's e-mail and IBAN in a tool result reach the agent (and its model)
+    as placeholders; a later tool call or chat request with the same key gets the
+    originals back: the call only towards a server of at least the value's class."""
+    import openai
+    import urllib.request
+    approve(gw)
+    shown = text(call(gw, "agent", "notes__read_note", {"title": "plan"}))
+    email = re.search(r"\[EMAIL_\d+\]", shown).group(0)
+    iban = re.search(r"\[IBAN_\d+\]", shown).group(0)
+    assert "alice.martin@example.com" not in shown and "DE89" not in shown, shown
+    # The same value, shown again, has the same placeholder.
+    assert email in text(call(gw, "agent", "notes__read_note", {"title": "plan"}))
+    r = call(gw, "agent", "notes__send", {"to": email, "body": f"Refund to {iban}"})
+    assert not r.is_error, r
+    seen = (gw["notes"] / "seen.txt").read_text()
+    assert "send to alice.martin@example.com: Refund to DE89 3704 0044 0532 0130 00" in seen, seen
+    # A confidential database's e-mail is not handed to the internal notes server.
+    rows = json.loads(text(call(gw, "agent", "sqlite__query", {"database": "crm",
+                                                                "sql": "SELECT email FROM customers WHERE name = 'Ada'"})))
+    ada = rows["rows"][0][0]
+    assert re.fullmatch(r"\[EMAIL_\d+\]", ada), rows
+    assert not call(gw, "agent", "notes__send", {"to": ada, "body": "hi"}).is_error
+    seen = (gw["notes"] / "seen.txt").read_text()
+    assert f"send to {ada}: hi" in seen and "ada@example.com" not in seen, seen
+    # A chat request: the model gets the placeholder, the answer the original.
+    client = openai.OpenAI(base_url=f"{gw['url']}/v1", api_key=gw["keys"]["agent"], max_retries=0)
+    r = client.chat.completions.create(model="remote-model", messages=[
+        {"role": "user", "content": f"Draft a note to {email} about the refund."}])
+    assert r.choices[0].message.content == "mock reply to: Draft a note to alice.martin@example.com about the refund."
+    with urllib.request.urlopen(f"{mock_upstream}/_mock/received") as resp:
+        received = json.dumps(json.load(resp)["received"])
+    assert email in received and "alice.martin@example.com" not in received
+    # The same text from a key that was never shown the placeholder stays as it is.
+    other = openai.OpenAI(base_url=f"{gw['url']}/v1", api_key=gw["keys"]["files-only"], max_retries=0)
+    r = other.chat.completions.create(model="remote-model", messages=[
+        {"role": "user", "content": f"Draft a note to {email} about the refund."}])
+    assert "alice.martin@example.com" not in r.choices[0].message.content
+
+
+def test_a_passport_token_budget_is_spent_by_it_and_its_sub_agents(gw):
+    import openai
+    root = passport(gw, "issue", "--key", gw["keys"]["agent"], "--agent", "thrifty", "--model", "remote-model",
+                    "--tool", "files__*", "--expires", "1h", "--budget-tokens", "40").stdout.strip()
+    child = attenuate(root, "--agent", "helper", "--budget-tokens", "15")
+
+    def ask(token):
+        return openai.OpenAI(base_url=f"{gw['url']}/v1", api_key=token, max_retries=0).chat.completions.create(
+            model="remote-model", messages=[{"role": "user", "content": "hi"}])
+    used = ask(child).usage.total_tokens
+    assert used > 0
+    # The child runs out at its own budget; what it spent counts for its parent too.
+    spent = used
+    while spent < 15:
+        spent += ask(child).usage.total_tokens
+    with pytest.raises(openai.RateLimitError) as e:
+        ask(child)
+    assert e.value.status_code == 429 and e.value.body["code"] == "passport_budget_spent", e.value.body
+    while spent < 40:
+        spent += ask(root).usage.total_tokens
+    with pytest.raises(openai.RateLimitError):
+        ask(root)
+    # A spent passport is spent for its tools too.
+    gw["keys"]["thrifty"] = root
+    assert tool_names(gw, "thrifty")[0] == []
+    time.sleep(1.5)  # the gateway writes what was spent every second
+    assert json.loads(passport(gw, "inspect", root).stdout)["spent_tokens"] >= 40

@@ -34,6 +34,9 @@ pub struct Vault {
     by_value: HashMap<(String, String), String>,
     originals: HashMap<String, String>,
     counters: HashMap<String, u32>,
+    /// Placeholders taken over from another vault ([`Vault::adopt`]): where they
+    /// appear in a text they stand for their originals, and are kept as they are.
+    adopted: std::collections::HashSet<String>,
 }
 
 impl Vault {
@@ -66,6 +69,30 @@ impl Vault {
         self.by_value.insert((tag, value.to_owned()), p.clone());
         self.originals.insert(p.clone(), value.to_owned());
         p
+    }
+
+    /// Takes over `other`'s placeholders (issued earlier, elsewhere: the MCP gateway's
+    /// for a caller's tool results), so that a text carrying them keeps them, new
+    /// values get new numbers, and restoring puts their originals back too.
+    pub fn adopt(&mut self, other: &Vault) {
+        for (p, v) in &other.originals {
+            if p.starts_with("[LITERAL_") || self.originals.contains_key(p) {
+                continue;
+            }
+            self.originals.insert(p.clone(), v.clone());
+            self.adopted.insert(p.clone());
+        }
+        for (k, p) in other
+            .by_value
+            .iter()
+            .filter(|(_, p)| self.adopted.contains(*p))
+        {
+            self.by_value.entry(k.clone()).or_insert_with(|| p.clone());
+        }
+        for (tag, n) in &other.counters {
+            let c = self.counters.entry(tag.clone()).or_insert(0);
+            *c = (*c).max(*n);
+        }
     }
 
     /// Replaces each finding's span (non-overlapping, sorted) by its placeholder.
@@ -106,7 +133,9 @@ impl Vault {
             .map(|e| (e.start, e.end, e.kind, e.value, e.how))
             .collect();
         for m in placeholder_re().find_iter(text) {
-            if !spans.iter().any(|&(s, e, ..)| s < m.end() && m.start() < e) {
+            if !self.adopted.contains(m.as_str())
+                && !spans.iter().any(|&(s, e, ..)| s < m.end() && m.start() < e)
+            {
                 spans.push((m.start(), m.end(), "literal", None, How::Placeholder));
             }
         }
@@ -142,6 +171,21 @@ impl Vault {
             .keys()
             .filter(|p| !p.starts_with("[LITERAL_"))
             .map(String::as_str)
+    }
+
+    /// The original a placeholder this vault issued stands for.
+    pub fn original(&self, placeholder: &str) -> Option<&str> {
+        self.originals
+            .get(placeholder)
+            .filter(|_| !placeholder.starts_with("[LITERAL_"))
+            .map(String::as_str)
+    }
+
+    /// Every placeholder-shaped span in `text`, as (start, end).
+    pub fn placeholder_spans(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+        placeholder_re()
+            .find_iter(text)
+            .map(|m| (m.start(), m.end()))
     }
 
     /// The original values this vault holds (what an answer must not carry out).
@@ -317,6 +361,31 @@ mod tests {
             String::new(),
         )];
         assert_eq!(redact(text, &f)[..16], *"[REDACTED_EMAIL]");
+    }
+
+    #[test]
+    fn adopted_placeholders_stand_for_their_originals() {
+        // Earlier, a tool result: its e-mail became [EMAIL_1].
+        let mut earlier = Vault::default();
+        let result = "Customer: ann@shop.eu";
+        assert_eq!(
+            earlier.pseudonymise(result, &email_findings(result)),
+            "Customer: [EMAIL_1]"
+        );
+        // Now a chat request carries that placeholder, a new e-mail and the old one.
+        let mut v = Vault::default();
+        v.adopt(&earlier);
+        let text = "Write to [EMAIL_1], copy bob@x.io and ann@shop.eu. Not [EMAIL_7].";
+        let p = v.pseudonymise(text, &email_findings(text));
+        assert_eq!(
+            p,
+            "Write to [EMAIL_1], copy [EMAIL_2] and [EMAIL_1]. Not [LITERAL_1]."
+        );
+        assert_eq!(
+            v.restore(&p),
+            "Write to ann@shop.eu, copy bob@x.io and ann@shop.eu. Not [EMAIL_7]."
+        );
+        assert!(v.originals().any(|o| o == "ann@shop.eu"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod files;
 pub mod offers;
 pub mod pins;
 pub mod poison;
+pub mod pseudonyms;
 pub mod schema;
 pub mod sqlite;
 pub mod upstream;
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bulwark_config::mcp::{tool_allowed, McpConfig, OnInjection, FILES_SERVER, SQLITE_SERVER};
+use bulwark_config::GuardAction;
 use bulwark_guard::{Category, Guard, Verdict};
 use bulwark_policy::DataClass;
 use rmcp::model::{
@@ -65,6 +67,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who the caller is, for its pseudonyms: its key, or everyone without one.
+    pub fn principal(&self) -> &str {
+        self.key_id.as_deref().unwrap_or("")
+    }
+
     fn may_use(&self, tool: &str) -> bool {
         tool_allowed(&self.tools, tool)
             && self.passport.as_ref().is_none_or(|p| {
@@ -74,6 +81,48 @@ impl Caller {
                 )
                 .is_ok()
             })
+    }
+}
+
+/// What `[guard]` does with personal data and credentials (as for chat).
+#[derive(Debug, Clone, Copy)]
+pub struct Actions {
+    pub pii: GuardAction,
+    pub secrets: GuardAction,
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Actions {
+            pii: GuardAction::Pseudonymise,
+            secrets: GuardAction::Pseudonymise,
+        }
+    }
+}
+
+/// Who a result is shown to (for its pseudonyms) and the class it came from.
+#[derive(Clone, Copy)]
+struct To<'a> {
+    caller: &'a str,
+    class: DataClass,
+}
+
+/// What the guard found in a result that decides its fate.
+#[derive(Default, Clone, Copy)]
+struct Read {
+    /// Instructions to the model.
+    injection: bool,
+    /// Personal data or credentials that `[guard]` blocks.
+    data: bool,
+}
+
+impl std::ops::BitOr for Read {
+    type Output = Read;
+    fn bitor(self, o: Read) -> Read {
+        Read {
+            injection: self.injection | o.injection,
+            data: self.data | o.data,
+        }
     }
 }
 
@@ -115,6 +164,9 @@ pub struct Gateway {
     poison: Mutex<HashMap<String, Option<String>>>,
     /// The class of the results returned, for the chat requests that carry them.
     pub classes: Arc<classes::ResultClasses>,
+    /// Each caller's placeholders for the values its results carried.
+    pub pseudonyms: Arc<pseudonyms::Pseudonyms>,
+    actions: Actions,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -157,6 +209,7 @@ impl Gateway {
         config: McpConfig,
         data_dir: &Path,
         guard: Option<Guard>,
+        actions: Actions,
         audit: Option<Arc<bulwark_audit::AuditLog>>,
     ) -> Gateway {
         for s in &config.servers {
@@ -183,6 +236,8 @@ impl Gateway {
             audit,
             poison: Mutex::new(HashMap::new()),
             classes: Arc::default(),
+            pseudonyms: Arc::default(),
+            actions,
         }
     }
 
@@ -327,60 +382,92 @@ impl Gateway {
             .collect()
     }
 
-    /// The guard over a result's text: redacts personal data and credentials, and
-    /// says whether an injection was found (and which findings there were).
-    fn screen_text(&self, text: &mut String, findings: &mut Vec<&'static str>) -> bool {
+    /// What `[guard]` says to do with a finding of this category in a result.
+    fn action(&self, category: Category) -> Option<GuardAction> {
+        match category {
+            Category::Pii => Some(self.actions.pii),
+            Category::Secret => Some(self.actions.secrets),
+            _ => None,
+        }
+    }
+
+    /// The guard over a result's text, shown to `to`: personal data and credentials
+    /// pseudonymised or redacted as `[guard]` says; whether it found an injection, or
+    /// data `[guard]` blocks.
+    fn screen_text(&self, text: &mut String, findings: &mut Vec<&'static str>, to: To<'_>) -> Read {
         let Some(guard) = &self.guard else {
-            return false;
+            return Read::default();
         };
         let report = guard.scan(text);
-        let redact: Vec<_> = report
+        findings.extend(report.findings.iter().map(|f| f.kind));
+        let edits: Vec<_> = report
             .findings
             .iter()
-            .filter(|f| matches!(f.category, Category::Pii | Category::Secret))
+            .filter(|f| {
+                matches!(
+                    self.action(f.category),
+                    Some(GuardAction::Redact | GuardAction::Pseudonymise)
+                )
+            })
             .cloned()
             .collect();
-        findings.extend(report.findings.iter().map(|f| f.kind));
-        if !redact.is_empty() {
-            *text = bulwark_guard::pseudo::redact(text, &redact);
+        let pseudonymising = self.actions.pii == GuardAction::Pseudonymise
+            || self.actions.secrets == GuardAction::Pseudonymise;
+        if pseudonymising {
+            // Always, so that placeholder-shaped text already there is defused.
+            *text = self
+                .pseudonyms
+                .rewrite(to.caller, to.class, text, &edits, |f| {
+                    self.action(f.category) == Some(GuardAction::Redact)
+                });
+        } else if !edits.is_empty() {
+            *text = bulwark_guard::pseudo::redact(text, &edits);
         }
-        report.verdict == Verdict::Block
+        Read {
+            injection: report.verdict == Verdict::Block,
+            data: report
+                .findings
+                .iter()
+                .any(|f| self.action(f.category) == Some(GuardAction::Block)),
+        }
     }
 
-    fn screen_value(&self, v: &mut Value, findings: &mut Vec<&'static str>) -> bool {
+    fn screen_value(&self, v: &mut Value, findings: &mut Vec<&'static str>, to: To<'_>) -> Read {
         match v {
-            Value::String(s) => self.screen_text(s, findings),
-            Value::Array(a) => a
-                .iter_mut()
-                .fold(false, |b, x| self.screen_value(x, findings) | b),
-            Value::Object(m) => m
-                .values_mut()
-                .fold(false, |b, x| self.screen_value(x, findings) | b),
-            _ => false,
+            Value::String(s) => self.screen_text(s, findings, to),
+            Value::Array(a) => a.iter_mut().fold(Read::default(), |r, x| {
+                r | self.screen_value(x, findings, to)
+            }),
+            Value::Object(m) => m.values_mut().fold(Read::default(), |r, x| {
+                r | self.screen_value(x, findings, to)
+            }),
+            _ => Read::default(),
         }
     }
 
-    /// Screens a result in place: `(injection found, findings)`.
-    fn screen(&self, result: &mut CallToolResult) -> (bool, Vec<&'static str>) {
+    /// Screens a result in place: what was found, and the findings.
+    fn screen(&self, result: &mut CallToolResult, to: To<'_>) -> (Read, Vec<&'static str>) {
         let mut findings = Vec::new();
-        let mut injection = false;
+        let mut read = Read::default();
         for block in &mut result.content {
             match block {
-                ContentBlock::Text(t) => injection |= self.screen_text(&mut t.text, &mut findings),
+                ContentBlock::Text(t) => {
+                    read = read | self.screen_text(&mut t.text, &mut findings, to)
+                }
                 ContentBlock::Resource(r) => {
                     if let ResourceContents::TextResourceContents { text, .. } = &mut r.resource {
-                        injection |= self.screen_text(text, &mut findings);
+                        read = read | self.screen_text(text, &mut findings, to);
                     }
                 }
                 _ => {}
             }
         }
         if let Some(v) = &mut result.structured_content {
-            injection |= self.screen_value(v, &mut findings);
+            read = read | self.screen_value(v, &mut findings, to);
         }
         findings.sort_unstable();
         findings.dedup();
-        (injection, findings)
+        (read, findings)
     }
 
     /// Calls tool `name` for `caller`. `Err` is a protocol error (an unknown or
@@ -413,7 +500,9 @@ impl Gateway {
         if let Some(c) = self.own_class(&entry.server, &args) {
             entry.class = c;
         }
-        let outcome = self.run(&entry, args, params.arguments, cancel).await;
+        let outcome = self
+            .run(caller, &entry, args, params.arguments.is_some(), cancel)
+            .await;
         if outcome.error.is_none() {
             let texts: Vec<&str> = outcome
                 .result
@@ -438,9 +527,10 @@ impl Gateway {
     /// A visible tool's call: its arguments checked, sent, and its result screened.
     async fn run(
         &self,
+        caller: &Caller,
         entry: &Entry,
         args: rmcp::model::JsonObject,
-        arguments: Option<rmcp::model::JsonObject>,
+        sent_arguments: bool,
         cancel: &CancellationToken,
     ) -> Outcome {
         let name = &entry.name;
@@ -454,6 +544,14 @@ impl Gateway {
                 format!("Invalid arguments for {name}: {problem}."),
             );
         }
+        // Placeholders this caller was shown stand for their values again (where the
+        // values may go: see `pseudonyms`); the operator's rules judge the values.
+        let mut args = Value::Object(args);
+        self.pseudonyms
+            .restore(caller.principal(), entry.class, &mut args);
+        let Value::Object(args) = args else {
+            unreachable!("restoring keeps an object an object")
+        };
         if let Some(problem) = arguments::check(&self.config.arguments, name, &args) {
             return Outcome::refused(
                 "refused",
@@ -464,7 +562,7 @@ impl Gateway {
         // A client's cancellation drops the call, which tells the upstream
         // (`notifications/cancelled`).
         let dispatched = tokio::select! {
-            r = self.dispatch(entry, args, arguments) => r,
+            r = self.dispatch(entry, args, sent_arguments) => r,
             () = cancel.cancelled() => return Outcome::refused(
                 "cancelled",
                 "cancelled",
@@ -489,7 +587,22 @@ impl Gateway {
                 )
             }
         };
-        let (injection, findings) = self.screen(&mut result);
+        let to = To {
+            caller: caller.principal(),
+            class: entry.class,
+        };
+        let (read, findings) = self.screen(&mut result, to);
+        if read.data {
+            return Outcome {
+                findings,
+                ..Outcome::refused(
+                    "blocked",
+                    "tool_result_sensitive_data",
+                    format!("The result of {name} was withheld by the gateway: it contains personal data or credentials, which this gateway's guard blocks."),
+                )
+            };
+        }
+        let injection = read.injection;
         if injection && self.config.on_injection == OnInjection::Block {
             return Outcome {
                 findings,
@@ -514,8 +627,10 @@ impl Gateway {
         &self,
         entry: &Entry,
         args: rmcp::model::JsonObject,
-        arguments: Option<rmcp::model::JsonObject>,
+        sent_arguments: bool,
     ) -> Result<CallToolResult, String> {
+        // Forwarded as the client sent them: no `arguments` when it sent none.
+        let arguments = sent_arguments.then(|| args.clone());
         let builtin: Option<Box<dyn FnOnce() -> Result<String, String> + Send>> =
             match entry.server.as_str() {
                 FILES_SERVER => {

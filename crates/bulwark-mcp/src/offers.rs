@@ -26,7 +26,7 @@ use rmcp::ErrorData;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::{poison, sha256_hex, upstream::Upstream, Caller, Gateway, Use};
+use crate::{poison, sha256_hex, upstream::Upstream, Caller, Gateway, To, Use};
 
 const SCHEME: &str = "bulwark://";
 
@@ -195,12 +195,19 @@ impl Gateway {
                 // An upstream on the older revision leaves `resultType` out (see `run`).
                 r.result_type = Some(rmcp::model::ResultType::COMPLETE);
                 let mut injection = false;
+                let mut data = false;
+                let to = To {
+                    caller: caller.principal(),
+                    class: up.config.class,
+                };
                 let mut texts = Vec::new();
                 for c in &mut r.contents {
                     match c {
                         ResourceContents::TextResourceContents { uri: u, text, .. } => {
                             *u = resource_uri(&server, u);
-                            injection |= self.screen_text(text, &mut findings);
+                            let read = self.screen_text(text, &mut findings, to);
+                            injection |= read.injection;
+                            data |= read.data;
                             texts.push(text.clone());
                         }
                         ResourceContents::BlobResourceContents { uri: u, .. } => {
@@ -212,7 +219,16 @@ impl Gateway {
                 }
                 findings.sort_unstable();
                 findings.dedup();
-                if injection && self.config.on_injection == OnInjection::Block {
+                if data {
+                    (
+                        "blocked",
+                        Some("tool_result_sensitive_data"),
+                        Err(ErrorData::internal_error(
+                            format!("The resource {uri} was withheld by the gateway: it contains personal data or credentials, which this gateway's guard blocks."),
+                            None,
+                        )),
+                    )
+                } else if injection && self.config.on_injection == OnInjection::Block {
                     (
                         "blocked",
                         Some("tool_result_injection"),
@@ -316,11 +332,16 @@ impl Gateway {
             Ok(mut r) => {
                 r.result_type = Some(rmcp::model::ResultType::COMPLETE);
                 let mut all = r.description.clone().unwrap_or_default();
+                let to = To {
+                    caller: caller.principal(),
+                    class: up.config.class,
+                };
+                let mut data = false;
                 for m in &mut r.messages {
                     if let ContentBlock::Text(t) = &mut m.content {
-                        // Instructions are what a prompt is: only redacted here, and
-                        // judged whole for hidden orders below.
-                        let _ = self.screen_text(&mut t.text, &mut findings);
+                        // Instructions are what a prompt is: its personal data handled
+                        // here, and the whole judged for hidden orders below.
+                        data |= self.screen_text(&mut t.text, &mut findings, to).data;
                         all.push('\n');
                         all.push_str(&t.text);
                     }
@@ -328,6 +349,14 @@ impl Gateway {
                 findings.sort_unstable();
                 findings.dedup();
                 match self.guard.as_ref().and_then(|g| poison::check(g, &all)) {
+                    _ if data => (
+                        "blocked",
+                        Some("tool_result_sensitive_data"),
+                        Err(ErrorData::internal_error(
+                            format!("The prompt {name} was withheld by the gateway: it contains personal data or credentials, which this gateway's guard blocks."),
+                            None,
+                        )),
+                    ),
                     Some(reason) => (
                         "blocked",
                         Some("prompt_poisoned"),

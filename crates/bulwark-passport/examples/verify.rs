@@ -31,6 +31,8 @@ fn main() {
             tools: vec!["files__*".into(), "notes__add".into()],
             max_class: DataClass::Internal,
             expires: SystemTime::now() + Duration::from_secs(3600),
+            // A budget adds the spent counts to what each request is checked with.
+            budget_tokens: Some(1_000_000),
         })
         .unwrap_or_else(|e| panic!("{e}"));
     let narrow = |agent: &str, tools: &[&str]| Narrowing {

@@ -15,7 +15,10 @@
 //!
 //! Every request with a passport is authorized by running the token's checks with the
 //! request's facts (`request("model", M)` and `class(N)` on `/v1`, `request("tool", T)`
-//! on `/mcp`, and the time). Revocation ([`Revocations`]) takes any block's revocation
+//! on `/mcp`, the time, and `used(I, N)`: the tokens spent so far by the passport of
+//! block `I` and everything derived from it, see [`Spending`]). A token budget is a
+//! check on its own block's `used`, so a derived passport's budget is its own and its
+//! parent's still holds. Revocation ([`Revocations`]) takes any block's revocation
 //! id; it takes effect on the next request. Passports whose signatures have been
 //! checked once are kept (by the SHA-256 of the token, 10,000 at most), so a request
 //! pays for the authorizer only.
@@ -48,6 +51,8 @@ pub enum PassportError {
     Expired,
     #[error("the passport has been revoked")]
     Revoked,
+    #[error("the passport's token budget is spent")]
+    BudgetSpent,
     #[error("{0}")]
     Denied(String),
     #[error("{0}")]
@@ -147,6 +152,15 @@ impl Authority {
                 HashMap::new(),
             )
             .map_err(|e| PassportError::Invalid(e.to_string()))?;
+        if let Some(budget) = scope.budget_tokens {
+            b = b
+                .code_with_params(
+                    "check if used(0, $u), $u < {budget};",
+                    HashMap::from([("budget".to_owned(), int(budget_term(budget)?))]),
+                    HashMap::new(),
+                )
+                .map_err(|e| PassportError::Invalid(e.to_string()))?;
+        }
         for m in &scope.models {
             b = b
                 .code_with_params(
@@ -194,6 +208,16 @@ pub struct Scope {
     pub tools: Vec<String>,
     pub max_class: DataClass,
     pub expires: SystemTime,
+    /// Most tokens (prompt and completion) its requests may use in all; `None`: the
+    /// key's own limits only.
+    pub budget_tokens: Option<u64>,
+}
+
+fn budget_term(budget: u64) -> Result<i64, PassportError> {
+    i64::try_from(budget)
+        .ok()
+        .filter(|b| *b > 0)
+        .ok_or_else(|| PassportError::Invalid("a token budget is 1 to 2^63-1".into()))
 }
 
 fn parse(token: &str) -> Result<&str, PassportError> {
@@ -210,6 +234,8 @@ pub struct Narrowing {
     pub tools: Option<Vec<String>>,
     pub max_class: Option<DataClass>,
     pub expires: Option<SystemTime>,
+    /// Most tokens the derived passport (and what is derived from it) may use.
+    pub budget_tokens: Option<u64>,
 }
 
 /// Derives a narrower passport offline (no key needed): a block of checks that keeps
@@ -226,6 +252,12 @@ pub fn attenuate(token: &str, narrower: &Narrowing) -> Result<String, PassportEr
     if let Some(expires) = &narrower.expires {
         params.insert("expires".into(), date(expires));
         code.push_str("check if time($t), $t <= {expires};\n");
+    }
+    if let Some(budget) = narrower.budget_tokens {
+        // This block's own counter: the tokens spent by this passport and its children.
+        params.insert("budget".into(), int(budget_term(budget)?));
+        params.insert("block".into(), int(parent.block_count() as i64));
+        code.push_str("check if used({block}, $u), $u < {budget};\n");
     }
     if let Some(models) = &narrower.models {
         params.insert("models".into(), set(models));
@@ -281,6 +313,7 @@ pub struct Passport {
     /// The first block's revocation id (hex): the passport's id.
     pub id: String,
     revocation_ids: Vec<String>,
+    spending: Arc<Spending>,
 }
 
 impl std::fmt::Debug for Passport {
@@ -307,7 +340,7 @@ fn first_string(source: &str, predicate: &str) -> Option<String> {
 }
 
 impl Passport {
-    fn new(token: Biscuit) -> Result<Passport, PassportError> {
+    fn new(token: Biscuit, spending: Arc<Spending>) -> Result<Passport, PassportError> {
         let authority = token
             .print_block_source(0)
             .map_err(|e| PassportError::Malformed(e.to_string()))?;
@@ -333,7 +366,22 @@ impl Passport {
             chain,
             revocation_ids,
             token,
+            spending,
         })
+    }
+
+    /// The tokens this passport (and what was derived from it) has spent.
+    pub fn spent(&self) -> u64 {
+        self.spending
+            .used(&self.revocation_ids)
+            .last()
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Counts `tokens` against this passport and every one it was derived from.
+    pub fn spend(&self, tokens: u64) {
+        self.spending.spend(&self.revocation_ids, tokens);
     }
 
     /// Runs the passport's checks for `req` at `now`.
@@ -357,6 +405,17 @@ impl Passport {
             params.insert("class".to_owned(), int(class_rank(c)));
             code.push_str(" class({class}); check if class($c), max_class($m), $c <= $m;");
         }
+        for (i, used) in self
+            .spending
+            .used(&self.revocation_ids)
+            .into_iter()
+            .enumerate()
+        {
+            let (bi, ui) = (format!("b{i}"), format!("u{i}"));
+            code.push_str(&format!(" used({{{bi}}}, {{{ui}}});"));
+            params.insert(bi, int(i as i64));
+            params.insert(ui, int(i64::try_from(used).unwrap_or(i64::MAX)));
+        }
         let mut authorizer = AuthorizerBuilder::new()
             .code_with_params(code, params, HashMap::new())
             .and_then(|b| b.build(&self.token))
@@ -367,6 +426,8 @@ impl Passport {
                 let text = logic.to_string();
                 Err(if text.contains("time(") {
                     PassportError::Expired
+                } else if text.contains("used(") {
+                    PassportError::BudgetSpent
                 } else if text.contains("class(") {
                     PassportError::Denied(format!(
                         "This passport may not send `{}` data.",
@@ -432,20 +493,111 @@ impl Revocations {
     }
 }
 
+/// The tokens each passport has spent, by block revocation id (hex): a request's
+/// tokens count for its passport and every passport it was derived from. Kept in
+/// `passport-usage.json` in the data directory, written by [`Spending::flush`] (the
+/// gateway does it with the keys' usage, every `usage_flush_ms`, and when it stops; so
+/// a crash may forget the last second's tokens). One gateway's count: replicas each
+/// keep their own.
+pub struct Spending {
+    path: Option<PathBuf>,
+    /// The counts, and whether they changed since they were last written.
+    counts: Mutex<(HashMap<String, u64>, bool)>,
+}
+
+/// The file [`Spending`] is kept in.
+pub const USAGE_FILE: &str = "passport-usage.json";
+
+impl Spending {
+    /// In memory only.
+    pub fn in_memory() -> Spending {
+        Spending {
+            path: None,
+            counts: Mutex::new((HashMap::new(), false)),
+        }
+    }
+
+    /// Kept in `data_dir` (read now; an unreadable file counts as nothing spent, and
+    /// is logged).
+    pub fn in_dir(data_dir: &Path) -> Spending {
+        let path = data_dir.join(USAGE_FILE);
+        let counts = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(path = %path.display(), error = %e, "passport usage unreadable; counting from zero");
+                HashMap::new()
+            }),
+            Err(_) => HashMap::new(),
+        };
+        Spending {
+            path: Some(path),
+            counts: Mutex::new((counts, false)),
+        }
+    }
+
+    fn spend(&self, ids: &[String], tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            let n = c.0.entry(id.clone()).or_insert(0);
+            *n = n.saturating_add(tokens);
+        }
+        c.1 = true;
+    }
+
+    fn used(&self, ids: &[String]) -> Vec<u64> {
+        let c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter()
+            .map(|id| c.0.get(id).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Writes the counts if they changed since they were last written.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let bytes = {
+            let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if !c.1 {
+                return Ok(());
+            }
+            c.1 = false;
+            serde_json::to_vec(&c.0).map_err(std::io::Error::other)?
+        };
+        let tmp = path.with_extension("json.tmp");
+        let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            // Try again at the next flush.
+            self.counts.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        }
+        written
+    }
+}
+
 /// Checks passports presented to the gateway.
 pub struct Verifier {
     public: PublicKey,
     revocations: Revocations,
     verified: Mutex<HashMap<[u8; 32], Arc<Passport>>>,
+    pub spending: Arc<Spending>,
 }
 
 impl Verifier {
+    /// Counting spent tokens in memory; see [`Verifier::with_spending`].
     pub fn new(public: PublicKey, revocations: Revocations) -> Verifier {
         Verifier {
             public,
             revocations,
             verified: Mutex::new(HashMap::new()),
+            spending: Arc::new(Spending::in_memory()),
         }
+    }
+
+    pub fn with_spending(mut self, spending: Spending) -> Verifier {
+        self.spending = Arc::new(spending);
+        self
     }
 
     /// The passport `token` stands for, if its signatures verify and it is not revoked.
@@ -471,7 +623,7 @@ impl Verifier {
                     ) => PassportError::Forged,
                     other => PassportError::Malformed(other.to_string()),
                 })?;
-                let p = Arc::new(Passport::new(biscuit)?);
+                let p = Arc::new(Passport::new(biscuit, Arc::clone(&self.spending))?);
                 let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.len() >= 10_000 {
                     cache.clear();

@@ -15,6 +15,7 @@ fn scope(hours: u64) -> Scope {
         tools: vec!["notes__read".into(), "files__*".into()],
         max_class: DataClass::Internal,
         expires: SystemTime::now() + Duration::from_secs(hours * 3600),
+        budget_tokens: None,
     }
 }
 
@@ -126,6 +127,7 @@ fn a_derived_passport_narrows_and_can_never_widen() {
             tools: Some(vec!["files__*".into()]),
             max_class: Some(DataClass::Public),
             expires: Some(now() + Duration::from_secs(3600)),
+            budget_tokens: None,
         },
     )
     .unwrap();
@@ -167,6 +169,7 @@ fn a_derived_passport_narrows_and_can_never_widen() {
             tools: Some(vec!["*".into()]),
             max_class: Some(DataClass::Secret),
             expires: Some(now() + Duration::from_secs(20 * 24 * 3600)),
+            budget_tokens: None,
         },
     )
     .unwrap();
@@ -230,4 +233,100 @@ fn issuing_checks_its_arguments() {
     let mut s = scope(1);
     s.agent = " ".into();
     assert!(authority.issue(&s).is_err());
+}
+
+#[test]
+fn token_budgets_are_spent_by_a_passport_and_everything_derived_from_it() {
+    let (dir, authority, _) = setup();
+    let verifier = Verifier::new(authority.public(), Revocations::in_dir(dir.path()))
+        .with_spending(Spending::in_dir(dir.path()));
+    let model = Request::Model("smollm2", DataClass::Public);
+    let root = authority
+        .issue(&Scope {
+            budget_tokens: Some(100),
+            ..scope(1)
+        })
+        .unwrap();
+    let child = attenuate(
+        &root,
+        &Narrowing {
+            agent: "child".into(),
+            budget_tokens: Some(30),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A derived passport that claims more than its parent has gets no more.
+    let greedy = attenuate(
+        &root,
+        &Narrowing {
+            agent: "greedy".into(),
+            budget_tokens: Some(1_000_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (root, child, greedy) = (
+        verifier.verify(&root).unwrap(),
+        verifier.verify(&child).unwrap(),
+        verifier.verify(&greedy).unwrap(),
+    );
+    child.spend(29);
+    assert!(child.authorize(&model, now()).is_ok());
+    child.spend(1);
+    assert!(matches!(
+        child.authorize(&model, now()),
+        Err(PassportError::BudgetSpent)
+    ));
+    // The child's tokens were the root's too: 30 of 100.
+    assert!(root.authorize(&model, now()).is_ok());
+    greedy.spend(69);
+    assert!(greedy.authorize(&model, now()).is_ok());
+    greedy.spend(1);
+    for p in [&root, &greedy] {
+        assert!(matches!(
+            p.authorize(&model, now()),
+            Err(PassportError::BudgetSpent)
+        ));
+    }
+    // Tools spend no tokens, but a spent passport is spent for them too.
+    assert!(matches!(
+        root.authorize(&Request::Tool("notes__read"), now()),
+        Err(PassportError::BudgetSpent)
+    ));
+    // Kept across restarts.
+    verifier.spending.flush().unwrap();
+    let again = Verifier::new(authority.public(), Revocations::in_dir(dir.path()))
+        .with_spending(Spending::in_dir(dir.path()));
+    let root_again = again
+        .verify(
+            &authority
+                .issue(&Scope {
+                    budget_tokens: Some(100),
+                    ..scope(1)
+                })
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(
+        root_again.authorize(&model, now()).is_ok(),
+        "a new passport starts at zero"
+    );
+    assert_eq!(
+        again.spending.used(&root.revocation_ids),
+        vec![100],
+        "the old one's count was kept"
+    );
+    // A passport without a budget is not limited by spending.
+    let free = verifier
+        .verify(&authority.issue(&scope(1)).unwrap())
+        .unwrap();
+    free.spend(u64::MAX);
+    assert!(free.authorize(&model, now()).is_ok());
+    assert!(authority
+        .issue(&Scope {
+            budget_tokens: Some(0),
+            ..scope(1)
+        })
+        .is_err());
 }

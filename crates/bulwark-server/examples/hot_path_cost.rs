@@ -160,7 +160,7 @@ fn main() {
     let screen = |body: &serde_json::Value| {
         median_ns(2_000, || {
             let mut b = body.clone();
-            let _ = black_box(edge.screen(black_box(&mut b), &cfg));
+            let _ = black_box(edge.screen(black_box(&mut b), &cfg, None));
         })
     };
     let screen_chat = screen(&body);

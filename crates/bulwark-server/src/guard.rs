@@ -501,8 +501,15 @@ impl EdgeGuard {
     }
 
     /// Scans and, as `cfg` says, rewrites `body`. An error is the 400 to answer with.
-    pub fn screen(&self, body: &mut Value, cfg: &GuardConfig) -> Result<Screened, ApiError> {
-        let mut screened = self.screen_texts(body, cfg)?;
+    /// `seed`: placeholders the caller was shown before (its MCP tool results), which
+    /// keep standing for their values here and in the answer.
+    pub fn screen(
+        &self,
+        body: &mut Value,
+        cfg: &GuardConfig,
+        seed: Option<Vault>,
+    ) -> Result<Screened, ApiError> {
+        let mut screened = self.screen_texts(body, cfg, seed)?;
         if cfg.canary {
             if let Some(token) = self.place_canary(body) {
                 screened.canary = Some(token);
@@ -512,7 +519,12 @@ impl EdgeGuard {
         Ok(screened)
     }
 
-    fn screen_texts(&self, body: &mut Value, cfg: &GuardConfig) -> Result<Screened, ApiError> {
+    fn screen_texts(
+        &self,
+        body: &mut Value,
+        cfg: &GuardConfig,
+        seed: Option<Vault>,
+    ) -> Result<Screened, ApiError> {
         let mut leaves = Vec::new();
         walk(body, &mut leaves);
         let scanner = self.scanner(cfg);
@@ -660,6 +672,9 @@ impl EdgeGuard {
         }
         if screened.changed {
             let mut vault = Vault::default();
+            if let Some(seed) = &seed {
+                vault.adopt(seed);
+            }
             let rewrites = |f: &Finding| {
                 matches!(f.category, Category::Pii | Category::Secret)
                     && matches!(
@@ -712,6 +727,13 @@ impl EdgeGuard {
             }
             drop(leaves);
             rewrite(body, &mut new.into_iter());
+            if !vault.is_empty() {
+                screened.vault = Some(Arc::new(vault));
+            }
+        } else if let Some(seed) = seed {
+            // Nothing to rewrite here, but the answer may name what the seed holds.
+            let mut vault = Vault::default();
+            vault.adopt(&seed);
             if !vault.is_empty() {
                 screened.vault = Some(Arc::new(vault));
             }

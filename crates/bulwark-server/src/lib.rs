@@ -319,11 +319,15 @@ pub async fn serve(
             &config.server.data_dir.join(bulwark_passport::KEY_FILE),
         )
         .map_err(|e| ServeError::Passport(e.to_string()))?;
-        Arc::new(bulwark_passport::Verifier::new(
-            authority.public(),
-            bulwark_passport::Revocations::in_dir(&config.server.data_dir),
-        ))
+        Arc::new(
+            bulwark_passport::Verifier::new(
+                authority.public(),
+                bulwark_passport::Revocations::in_dir(&config.server.data_dir),
+            )
+            .with_spending(bulwark_passport::Spending::in_dir(&config.server.data_dir)),
+        )
     };
+    let spending = Arc::clone(&passports.spending);
     let mcp_edge = config.mcp.clone().map(|m| {
         let anonymous_tools = m.anonymous_tools.clone();
         let names: Vec<&str> = m.servers.iter().map(|s| s.name.as_str()).collect();
@@ -332,9 +336,18 @@ pub async fn serve(
             m,
             &config.server.data_dir,
             guard.as_ref().map(|g| g.for_scan().clone()),
+            config
+                .guard
+                .as_ref()
+                .map(|g| bulwark_mcp::Actions {
+                    pii: g.pii,
+                    secrets: g.secrets,
+                })
+                .unwrap_or_default(),
             audit.clone(),
         );
         let classes = Arc::clone(&gateway.classes);
+        let pseudonyms = Arc::clone(&gateway.pseudonyms);
         let (service, stop) = bulwark_mcp::http_service(
             Arc::new(gateway),
             config.server.listen.ip().is_loopback(),
@@ -345,6 +358,7 @@ pub async fn serve(
                 service,
                 anonymous_tools,
                 classes,
+                pseudonyms,
             },
             stop,
         )
@@ -391,7 +405,11 @@ pub async fn serve(
         max_header_bytes: config.server.max_header_bytes,
     };
     // Usage reaches the database every `usage_flush`, and once more on the way out.
-    let flusher = tokio::spawn(flush_usage(Arc::clone(&keys), config.keys.usage_flush));
+    let flusher = tokio::spawn(flush_usage(
+        Arc::clone(&keys),
+        Arc::clone(&spending),
+        config.keys.usage_flush,
+    ));
     let result = match &config.server.tls {
         None => {
             let listener = listener.tap_io(|tcp| {
@@ -420,6 +438,9 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || {
         if let Err(e) = keys.flush() {
             tracing::error!(error = %e, "could not write usage at shutdown");
+        }
+        if let Err(e) = spending.flush() {
+            tracing::error!(error = %e, "could not write passport usage at shutdown");
         }
     })
     .await;
@@ -456,13 +477,23 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-async fn flush_usage(keys: Arc<bulwark_keys::Keys>, every: std::time::Duration) {
+async fn flush_usage(
+    keys: Arc<bulwark_keys::Keys>,
+    spending: Arc<bulwark_passport::Spending>,
+    every: std::time::Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let k = Arc::clone(&keys);
-        match tokio::task::spawn_blocking(move || k.flush()).await {
+        let (k, s) = (Arc::clone(&keys), Arc::clone(&spending));
+        let written = tokio::task::spawn_blocking(move || {
+            if let Err(e) = s.flush() {
+                tracing::error!(error = %e, "could not write passport usage; will retry");
+            }
+            k.flush()
+        });
+        match written.await {
             Ok(Err(e)) => tracing::error!(error = %e, "could not write usage; will retry"),
             Err(e) => tracing::error!(error = %e, "usage writer panicked"),
             Ok(Ok(())) => {}

@@ -59,4 +59,6 @@ pub struct McpEdge {
     pub anonymous_tools: Vec<String>,
     /// The class of the tool results handed out, for chat requests that carry them.
     pub classes: std::sync::Arc<bulwark_mcp::classes::ResultClasses>,
+    /// Each caller's placeholders from tool results, for its chat requests.
+    pub pseudonyms: std::sync::Arc<bulwark_mcp::pseudonyms::Pseudonyms>,
 }

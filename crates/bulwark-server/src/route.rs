@@ -871,8 +871,14 @@ async fn serve_inner(
             cfg.injection = bulwark_config::GuardAction::Flag;
         }
         let mut value = std::mem::take(&mut body.value);
+        // The placeholders this key was shown in MCP tool results stand for their
+        // values in this request and its answer too.
+        let seed = state
+            .mcp
+            .as_ref()
+            .and_then(|m| m.pseudonyms.vault(key.map_or("", |k| k.id())));
         let Some((value, screened)) = crate::guard::off_workers(heavy, move || {
-            let r = g.screen(&mut value, &cfg);
+            let r = g.screen(&mut value, &cfg, seed);
             (value, r)
         })
         .await
@@ -923,6 +929,16 @@ async fn serve_inner(
         if let Err(e) = p.authorize(&asked, std::time::SystemTime::now()) {
             let code = match e {
                 bulwark_passport::PassportError::Expired => bulwark_api::ErrorCode::PassportExpired,
+                bulwark_passport::PassportError::BudgetSpent => {
+                    return Error(
+                        ApiError::new(
+                            ErrorKind::RateLimited,
+                            "This passport's token budget is spent; ask its issuer for a new one.",
+                        )
+                        .with_code(bulwark_api::ErrorCode::PassportBudgetSpent),
+                    )
+                    .into_response()
+                }
                 _ => bulwark_api::ErrorCode::PassportDenied,
             };
             return denied(code, e.to_string());
@@ -1003,6 +1019,7 @@ async fn serve_inner(
     // carry its usage chunk.
     let meter = (key.is_some() || state.audit.is_some()).then(|| Meter {
         payer: key.map(|k| (std::sync::Arc::clone(&state.keys), std::sync::Arc::clone(k))),
+        passport: caller.1.clone(),
         model: body.model.clone(),
         strip_usage_chunk: stream && !include_usage,
         seen: Default::default(),

@@ -39,6 +39,8 @@ impl Tokens {
 pub struct Meter {
     /// The key database and the key that pays, when the request had one.
     pub payer: Option<(Arc<Keys>, Arc<Key>)>,
+    /// The passport the request was made with: its token budget is spent too.
+    pub passport: Option<Arc<bulwark_passport::Passport>>,
     pub model: String,
     /// The client did not ask for the usage chunk: remove it from the stream.
     pub strip_usage_chunk: bool,
@@ -55,6 +57,9 @@ impl Meter {
                 *crate::lock(&self.seen.0) = Some((p, c));
                 if let Some((keys, key)) = &self.payer {
                     keys.record_tokens(key, &self.model, p, c, now_ms());
+                }
+                if let Some(passport) = &self.passport {
+                    passport.spend(p.saturating_add(c));
                 }
                 true
             }

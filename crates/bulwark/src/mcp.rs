@@ -44,9 +44,15 @@ pub fn run(command: McpCommand) -> Result<()> {
                 .enable_all()
                 .build()?;
             let entries = rt.block_on(async {
-                bulwark_mcp::Gateway::new(mcp, &data_dir, guard, None)
-                    .catalog(true)
-                    .await
+                bulwark_mcp::Gateway::new(
+                    mcp,
+                    &data_dir,
+                    guard,
+                    bulwark_mcp::Actions::default(),
+                    None,
+                )
+                .catalog(true)
+                .await
             });
             for e in entries {
                 println!("{}", serde_json::to_string(&e)?);

@@ -69,6 +69,10 @@ pub struct ScopeArgs {
     /// How long it is valid: 90s, 30m, 2h, 7d (30 days at most). Needed by `issue`.
     #[arg(long)]
     expires: Option<String>,
+    /// Most tokens (prompt and completion) it, and every passport derived from it, may
+    /// use in all. Default: no budget of its own (`issue`), the parent's (`attenuate`).
+    #[arg(long)]
+    budget_tokens: Option<u64>,
 }
 
 /// `90s`, `30m`, `2h`, `7d`.
@@ -105,6 +109,7 @@ pub fn run(command: PassportCommand) -> Result<()> {
                 tools,
                 max_class,
                 expires,
+                budget_tokens,
             } = scope;
             let expires = expires.context("give --expires (e.g. 2h)")?;
             let config = crate::load_config(config.as_deref())?;
@@ -142,6 +147,7 @@ pub fn run(command: PassportCommand) -> Result<()> {
                 tools,
                 max_class,
                 expires: SystemTime::now() + duration(&expires)?,
+                budget_tokens,
             })?;
             println!("{token}");
             Ok(())
@@ -153,6 +159,7 @@ pub fn run(command: PassportCommand) -> Result<()> {
                 tools,
                 max_class,
                 expires,
+                budget_tokens,
             } = scope;
             let token = from_env(passport, "BULWARK_PASSPORT", "--passport")?;
             let narrower = Narrowing {
@@ -163,6 +170,7 @@ pub fn run(command: PassportCommand) -> Result<()> {
                 expires: expires
                     .map(|e| duration(&e).map(|d| SystemTime::now() + d))
                     .transpose()?,
+                budget_tokens,
             };
             println!("{}", bulwark_passport::attenuate(&token, &narrower)?);
             Ok(())
@@ -177,11 +185,12 @@ pub fn run(command: PassportCommand) -> Result<()> {
             let config = crate::load_config(config.as_deref())?;
             let dir = &config.server.data_dir;
             let authority = Authority::load_or_create(&dir.join(KEY_FILE))?;
-            let p =
-                Verifier::new(authority.public(), Revocations::in_dir(dir)).verify(&passport)?;
+            let p = Verifier::new(authority.public(), Revocations::in_dir(dir))
+                .with_spending(bulwark_passport::Spending::in_dir(dir))
+                .verify(&passport)?;
             println!(
                 "{}",
-                serde_json::json!({"id": p.id, "key_id": p.key_id, "chain": p.chain})
+                serde_json::json!({"id": p.id, "key_id": p.key_id, "chain": p.chain, "spent_tokens": p.spent()})
             );
             Ok(())
         }

@@ -80,6 +80,12 @@ def stat(path: str) -> int:
     return os.stat(path).st_size
 
 
+@server.tool(description="Sends a message to an address.")
+def send(to: str, body: str) -> str:
+    seen(f"send to {to}: {body}")
+    return "sent"
+
+
 @server.tool(description="Waits for a while, then answers.")
 async def slow(seconds: float) -> str:
     try:
