@@ -8,6 +8,9 @@ connection each, calls one after another. Prints JSON lines: latency p50/p99 per
 the added p50/p99 over the direct HTTP call, and Bulwark's CPU time per call (from /proc).
 
     .venv/bin/python bench/mcp_gateway.py            # CALLS=200 ROUNDS=5 SIZE=4096
+
+UPSTREAM_PROTOCOL (auto, 2026-07-28 or 2025-11-25) is the revision Bulwark speaks to
+the server (`protocol` in its `[[mcp.servers]]` entry; auto settles on 2026-07-28).
 """
 import json
 import os
@@ -56,6 +59,7 @@ name = "notes"
 command = [{json.dumps(sys.executable)}, {json.dumps(str(SERVER))}]
 env = {{ NOTES_DIR = {json.dumps(tmp)} }}
 auto_approve = true
+protocol = "{os.environ.get('UPSTREAM_PROTOCOL', 'auto')}"
 """)
     env = {**os.environ, "BULWARK_DATA_DIR": f"{tmp}/data-{guard}"}
     p, url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", cfg], env=env)

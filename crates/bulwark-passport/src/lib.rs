@@ -314,6 +314,8 @@ pub struct Passport {
     pub id: String,
     revocation_ids: Vec<String>,
     spending: Arc<Spending>,
+    /// Some block sets a token budget (else no request needs the spent counts).
+    budgeted: bool,
 }
 
 impl std::fmt::Debug for Passport {
@@ -346,15 +348,14 @@ impl Passport {
             .map_err(|e| PassportError::Malformed(e.to_string()))?;
         let key_id = first_string(&authority, "passport_key")
             .ok_or_else(|| PassportError::Malformed("no issuing key".into()))?;
-        let chain = (0..token.block_count())
-            .map(|i| {
-                token
-                    .print_block_source(i)
-                    .ok()
-                    .and_then(|s| first_string(&s, "agent"))
-                    .unwrap_or_else(|| "(unnamed)".into())
-            })
+        let sources: Vec<String> = (0..token.block_count())
+            .map(|i| token.print_block_source(i).unwrap_or_default())
             .collect();
+        let chain = sources
+            .iter()
+            .map(|s| first_string(s, "agent").unwrap_or_else(|| "(unnamed)".into()))
+            .collect();
+        let budgeted = sources.iter().any(|s| s.contains("used("));
         let revocation_ids: Vec<String> = token
             .revocation_identifiers()
             .iter()
@@ -367,6 +368,7 @@ impl Passport {
             revocation_ids,
             token,
             spending,
+            budgeted,
         })
     }
 
@@ -405,12 +407,12 @@ impl Passport {
             params.insert("class".to_owned(), int(class_rank(c)));
             code.push_str(" class({class}); check if class($c), max_class($m), $c <= $m;");
         }
-        for (i, used) in self
-            .spending
-            .used(&self.revocation_ids)
-            .into_iter()
-            .enumerate()
-        {
+        let used = if self.budgeted {
+            self.spending.used(&self.revocation_ids)
+        } else {
+            Vec::new()
+        };
+        for (i, used) in used.into_iter().enumerate() {
             let (bi, ui) = (format!("b{i}"), format!("u{i}"));
             code.push_str(&format!(" used({{{bi}}}, {{{ui}}});"));
             params.insert(bi, int(i as i64));
