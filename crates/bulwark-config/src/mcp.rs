@@ -204,8 +204,20 @@ pub struct ArgumentRule {
     pub under: Option<PathBuf>,
 }
 
-impl PartialEq for ArgumentRule {
-    fn eq(&self, o: &Self) -> bool {
+/// What makes two rules the same (a compiled regex is compared by its pattern).
+type RuleIdentity<'a> = (
+    &'a str,
+    &'a str,
+    bool,
+    Option<&'a str>,
+    &'a Option<Vec<serde_json::Value>>,
+    Option<usize>,
+    Option<u64>,
+    &'a Option<PathBuf>,
+);
+
+impl ArgumentRule {
+    fn identity(&self) -> RuleIdentity<'_> {
         (
             &self.tool,
             &self.argument,
@@ -215,16 +227,13 @@ impl PartialEq for ArgumentRule {
             self.max_length,
             self.maximum.map(f64::to_bits),
             &self.under,
-        ) == (
-            &o.tool,
-            &o.argument,
-            o.required,
-            o.regex.as_ref().map(regex::Regex::as_str),
-            &o.one_of,
-            o.max_length,
-            o.maximum.map(f64::to_bits),
-            &o.under,
         )
+    }
+}
+
+impl PartialEq for ArgumentRule {
+    fn eq(&self, o: &Self) -> bool {
+        self.identity() == o.identity()
     }
 }
 

@@ -546,12 +546,9 @@ impl Gateway {
         }
         // Placeholders this caller was shown stand for their values again (where the
         // values may go: see `pseudonyms`); the operator's rules judge the values.
-        let mut args = Value::Object(args);
+        let mut args = args;
         self.pseudonyms
             .restore(caller.principal(), entry.class, &mut args);
-        let Value::Object(args) = args else {
-            unreachable!("restoring keeps an object an object")
-        };
         if let Some(problem) = arguments::check(&self.config.arguments, name, &args) {
             return Outcome::refused(
                 "refused",

@@ -86,22 +86,14 @@ impl Gateway {
                 }
             };
             for mut r in rs {
-                let text = [r.title.as_deref(), r.description.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let text = described(&r.title, &r.description);
                 r.uri = resource_uri(server, &r.uri);
                 if !self.description_poisoned(&r.uri, &text) {
                     resources.push(r);
                 }
             }
             for mut t in ts {
-                let text = [t.title.as_deref(), t.description.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let text = described(&t.title, &t.description);
                 t.uri_template = resource_uri(server, &t.uri_template);
                 if !self.description_poisoned(&t.uri_template, &text) {
                     templates.push(t);
@@ -130,11 +122,7 @@ impl Gateway {
                 if !caller.may_use(&p.name) {
                     continue;
                 }
-                let mut text = [p.title.as_deref(), p.description.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let mut text = described(&p.title, &p.description);
                 for a in p.arguments.iter().flatten() {
                     text.push('\n');
                     text.push_str(a.description.as_deref().unwrap_or(""));
@@ -176,11 +164,7 @@ impl Gateway {
             return Err(not_found("resource"));
         };
         let server = up.config.name.clone();
-        let answered = tokio::select! {
-            r = tokio::time::timeout(self.config.call_timeout, up.read_resource(own)) => r
-                .unwrap_or_else(|_| Err(format!("no answer within {} ms", self.config.call_timeout.as_millis()))),
-            () = cancel.cancelled() => Err("cancelled by the client".into()),
-        };
+        let answered = self.bounded(up.read_resource(own), cancel).await;
         let mut findings = Vec::new();
         let (decision, error, result) = match answered {
             Err(e) => (
@@ -244,32 +228,21 @@ impl Gateway {
                 }
             }
         };
-        let recorded = self
-            .append(
-                caller,
-                Use {
-                    event: bulwark_audit::Event::ResourceRead,
-                    name: uri,
-                    server: server.clone(),
-                    tool: own.to_owned(),
-                    class: Some(up.config.class),
-                    arguments_sha256: args_digest,
-                    result_sha256: result
-                        .as_ref()
-                        .ok()
-                        .map(|r| sha256_hex(&serde_json::to_vec(r).unwrap_or_default())),
-                    is_error: result.is_err(),
-                    decision,
-                    findings: &findings,
-                    error,
-                    started,
-                },
-            )
-            .await;
-        if !recorded {
-            return Err(unrecorded());
-        }
-        result
+        let used = Use {
+            event: bulwark_audit::Event::ResourceRead,
+            name: uri,
+            server: server.clone(),
+            tool: own.to_owned(),
+            class: Some(up.config.class),
+            arguments_sha256: args_digest,
+            result_sha256: None,
+            is_error: false,
+            decision,
+            findings: &findings,
+            error,
+            started,
+        };
+        self.recorded(caller, used, result).await
     }
 
     /// Fetches prompt `params.name` (`server__prompt`) for `caller`.
@@ -311,11 +284,7 @@ impl Gateway {
             return Err(not_found("prompt"));
         };
         params.name = own.clone();
-        let answered = tokio::select! {
-            r = tokio::time::timeout(self.config.call_timeout, up.get_prompt(params)) => r
-                .unwrap_or_else(|_| Err(format!("no answer within {} ms", self.config.call_timeout.as_millis()))),
-            () = cancel.cancelled() => Err("cancelled by the client".into()),
-        };
+        let answered = self.bounded(up.get_prompt(params), cancel).await;
         let mut findings = Vec::new();
         let (decision, error, result) = match answered {
             Err(e) => (
@@ -369,38 +338,71 @@ impl Gateway {
                 }
             }
         };
-        let recorded = self
-            .append(
-                caller,
-                Use {
-                    event: bulwark_audit::Event::PromptGet,
-                    name: &name,
-                    server: up.config.name.clone(),
-                    tool: own,
-                    class: Some(up.config.class),
-                    arguments_sha256: args_digest,
-                    result_sha256: result
-                        .as_ref()
-                        .ok()
-                        .map(|r| sha256_hex(&serde_json::to_vec(r).unwrap_or_default())),
-                    is_error: result.is_err(),
-                    decision,
-                    findings: &findings,
-                    error,
-                    started,
-                },
-            )
-            .await;
-        if !recorded {
-            return Err(unrecorded());
-        }
-        result
+        let used = Use {
+            event: bulwark_audit::Event::PromptGet,
+            name: &name,
+            server: up.config.name.clone(),
+            tool: own,
+            class: Some(up.config.class),
+            arguments_sha256: args_digest,
+            result_sha256: None,
+            is_error: false,
+            decision,
+            findings: &findings,
+            error,
+            started,
+        };
+        self.recorded(caller, used, result).await
     }
 }
 
-fn unrecorded() -> ErrorData {
-    ErrorData::internal_error(
-        "The audit log could not record this request, so its result is withheld; see the gateway's log.",
-        None,
-    )
+/// A listed item's title and description, as the model reads them.
+fn described(title: &Option<String>, description: &Option<String>) -> String {
+    [title.as_deref(), description.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Gateway {
+    /// An upstream's answer within the call timeout, unless the client cancels first
+    /// (dropping the request, which tells the upstream).
+    async fn bounded<T>(
+        &self,
+        asked: impl std::future::Future<Output = Result<T, String>>,
+        cancel: &CancellationToken,
+    ) -> Result<T, String> {
+        tokio::select! {
+            r = tokio::time::timeout(self.config.call_timeout, asked) => r.unwrap_or_else(|_| {
+                Err(format!("no answer within {} ms", self.config.call_timeout.as_millis()))
+            }),
+            () = cancel.cancelled() => Err("cancelled by the client".into()),
+        }
+    }
+
+    /// Records `used` with `result`'s digest, and gives `result` back (withheld when the
+    /// log could not take the record).
+    async fn recorded<R: serde::Serialize>(
+        &self,
+        caller: &Caller,
+        used: Use<'_>,
+        result: Result<R, ErrorData>,
+    ) -> Result<R, ErrorData> {
+        let used = Use {
+            result_sha256: result
+                .as_ref()
+                .ok()
+                .map(|r| sha256_hex(&serde_json::to_vec(r).unwrap_or_default())),
+            is_error: result.is_err(),
+            ..used
+        };
+        if !self.append(caller, used).await {
+            return Err(ErrorData::internal_error(
+                "The audit log could not record this request, so its result is withheld; see the gateway's log.",
+                None,
+            ));
+        }
+        result
+    }
 }

@@ -78,13 +78,19 @@ impl Pseudonyms {
     /// Puts the originals back into every string of `args`, for a call to a server of
     /// class `into`; a placeholder whose value came from a higher class stays. The
     /// number of placeholders restored.
-    pub fn restore(&self, caller: &str, into: DataClass, args: &mut Value) -> usize {
+    pub fn restore(
+        &self,
+        caller: &str,
+        into: DataClass,
+        args: &mut serde_json::Map<String, Value>,
+    ) -> usize {
         self.with(caller, |held| {
-            if held.vault.is_empty() {
-                return 0;
-            }
             let mut n = 0;
-            restore_value(held, into, args, &mut n);
+            if !held.vault.is_empty() {
+                for v in args.values_mut() {
+                    restore_value(held, into, v, &mut n);
+                }
+            }
             n
         })
     }
@@ -169,17 +175,18 @@ mod tests {
             ),
             "From [EMAIL_1]"
         );
-        let mut args = json!({"to": ["[EMAIL_1]"], "note": "[LITERAL_1] [EMAIL_9]"});
+        let obj = |v: Value| v.as_object().cloned().unwrap();
+        let mut args = obj(json!({"to": ["[EMAIL_1]"], "note": "[LITERAL_1] [EMAIL_9]"}));
         // Towards an internal server: the value came (also) from a confidential one.
         assert_eq!(p.restore("key-a", DataClass::Internal, &mut args), 0);
         assert_eq!(args["to"][0], "[EMAIL_1]");
         assert_eq!(p.restore("key-a", DataClass::Confidential, &mut args), 1);
         assert_eq!(
             args,
-            json!({"to": ["ann@shop.eu"], "note": "[LITERAL_1] [EMAIL_9]"})
+            obj(json!({"to": ["ann@shop.eu"], "note": "[LITERAL_1] [EMAIL_9]"}))
         );
         // Another caller's placeholders are its own.
-        let mut other = json!({"to": "[EMAIL_1]"});
+        let mut other = obj(json!({"to": "[EMAIL_1]"}));
         assert_eq!(p.restore("key-b", DataClass::Secret, &mut other), 0);
         assert!(p.vault("key-b").is_none());
         assert_eq!(

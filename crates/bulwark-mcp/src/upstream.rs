@@ -80,7 +80,7 @@ impl Upstream {
     }
 
     async fn start(&self) -> Result<RunningService<RoleClient, ()>, String> {
-        let started = match &self.config.transport {
+        match &self.config.transport {
             Transport::Stdio { command, env } => {
                 let path = std::env::var_os("PATH").unwrap_or_default();
                 let cmd = tokio::process::Command::new(&command[0]).configure(|cmd| {
@@ -92,11 +92,7 @@ impl Upstream {
                 });
                 let transport = TokioChildProcess::new(cmd)
                     .map_err(|e| format!("could not start `{}`: {e}", command[0]))?;
-                tokio::time::timeout(
-                    START_TIMEOUT,
-                    ().serve_with_lifecycle(transport, self.lifecycle()),
-                )
-                .await
+                self.handshake(transport).await
             }
             Transport::Http {
                 url,
@@ -116,14 +112,26 @@ impl Upstream {
                     http_client()?,
                     config,
                 );
-                tokio::time::timeout(
-                    START_TIMEOUT,
-                    ().serve_with_lifecycle(transport, self.lifecycle()),
-                )
-                .await
+                self.handshake(transport).await
             }
-        };
-        match started {
+        }
+    }
+
+    /// Begins the MCP lifecycle on a transport, within [`START_TIMEOUT`].
+    async fn handshake<T, E, A>(
+        &self,
+        transport: T,
+    ) -> Result<RunningService<RoleClient, ()>, String>
+    where
+        T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        match tokio::time::timeout(
+            START_TIMEOUT,
+            ().serve_with_lifecycle(transport, self.lifecycle()),
+        )
+        .await
+        {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("did not initialize: {e}")),
             Err(_) => Err(format!("did not initialize within {START_TIMEOUT:?}")),

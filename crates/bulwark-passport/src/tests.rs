@@ -291,17 +291,25 @@ fn token_budgets_are_spent_by_a_passport_and_everything_derived_from_it() {
     }
     // A derived block that states its own spent counts fools no check but its own.
     let forged_counts = {
-        let parent = UnverifiedBiscuit::from_base64(parse(&authority.issue(&Scope {
-            budget_tokens: Some(100),
-            ..scope(1)
-        })
-        .unwrap())
-        .unwrap())
+        let parent = UnverifiedBiscuit::from_base64(
+            parse(
+                &authority
+                    .issue(&Scope {
+                        budget_tokens: Some(100),
+                        ..scope(1)
+                    })
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
         .unwrap();
         let block = BlockBuilder::new()
             .code("agent(\"liar\"); used(0, 0); used(1, 0);")
             .unwrap();
-        format!("{PREFIX}{}", parent.append(block).unwrap().to_base64().unwrap())
+        format!(
+            "{PREFIX}{}",
+            parent.append(block).unwrap().to_base64().unwrap()
+        )
     };
     let liar = verifier.verify(&forged_counts).unwrap();
     liar.spend(100);
