@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use biscuit_auth::builder::{date, int, string, Term};
+use biscuit_auth::builder::{date, fact, int, string, Term};
 use biscuit_auth::builder::{AuthorizerBuilder, BiscuitBuilder, BlockBuilder};
 use biscuit_auth::{Biscuit, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit};
 use bulwark_policy::DataClass;
@@ -392,34 +392,51 @@ impl Passport {
             Request::Model(m, c) => ("model", *m, Some(*c)),
             Request::Tool(t) => ("tool", *t, None),
         };
-        let mut params = HashMap::from([
-            ("kind".to_owned(), string(kind)),
-            ("name".to_owned(), string(name)),
-            ("now".to_owned(), date(&now)),
-        ]);
-        let mut code = String::from(
-            "request({kind}, {name}); time({now});
-             allow if request(\"model\", $m), model($m);
-             allow if request(\"tool\", $t), tool($t);
-             allow if request(\"tool\", $t), tool_prefix($p), $t.starts_with($p);",
-        );
+        // The policies are parsed once; each request adds only its facts.
+        static POLICIES: std::sync::OnceLock<[Result<AuthorizerBuilder, String>; 2]> =
+            std::sync::OnceLock::new();
+        let policies = POLICIES.get_or_init(|| {
+            let allow = "allow if request(\"model\", $m), model($m);
+                 allow if request(\"tool\", $t), tool($t);
+                 allow if request(\"tool\", $t), tool_prefix($p), $t.starts_with($p);";
+            let parsed = |code: &str| {
+                AuthorizerBuilder::new()
+                    .code(code)
+                    .map_err(|e| e.to_string())
+            };
+            [
+                parsed(allow),
+                parsed(&format!(
+                    "{allow} check if class($c), max_class($m), $c <= $m;"
+                )),
+            ]
+        });
+        let base = policies[usize::from(class.is_some())]
+            .clone()
+            .map_err(PassportError::Invalid)?;
+        let mut facts = vec![
+            fact("request", &[string(kind), string(name)]),
+            fact("time", &[date(&now)]),
+        ];
         if let Some(c) = class {
-            params.insert("class".to_owned(), int(class_rank(c)));
-            code.push_str(" class({class}); check if class($c), max_class($m), $c <= $m;");
+            facts.push(fact("class", &[int(class_rank(c))]));
         }
-        let used = if self.budgeted {
-            self.spending.used(&self.revocation_ids)
-        } else {
-            Vec::new()
-        };
-        for (i, used) in used.into_iter().enumerate() {
-            let (bi, ui) = (format!("b{i}"), format!("u{i}"));
-            code.push_str(&format!(" used({{{bi}}}, {{{ui}}});"));
-            params.insert(bi, int(i as i64));
-            params.insert(ui, int(i64::try_from(used).unwrap_or(i64::MAX)));
+        if self.budgeted {
+            for (i, used) in self
+                .spending
+                .used(&self.revocation_ids)
+                .into_iter()
+                .enumerate()
+            {
+                facts.push(fact(
+                    "used",
+                    &[int(i as i64), int(i64::try_from(used).unwrap_or(i64::MAX))],
+                ));
+            }
         }
-        let mut authorizer = AuthorizerBuilder::new()
-            .code_with_params(code, params, HashMap::new())
+        let mut authorizer = facts
+            .into_iter()
+            .try_fold(base, AuthorizerBuilder::fact)
             .and_then(|b| b.build(&self.token))
             .map_err(|e| PassportError::Invalid(e.to_string()))?;
         match authorizer.authorize() {
