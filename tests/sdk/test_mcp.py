@@ -469,6 +469,9 @@ def test_a_remote_server_gets_the_gateways_token_never_the_callers(gw):
     seen = (gw["remote"] / "seen.txt").read_text().splitlines()
     auths = {line.split(" ", 1)[1] for line in seen if line.startswith("authorization")}
     assert auths == {"Bearer remote-secret"}, auths
+    # `protocol = "auto"` settled on the current revision with this server.
+    versions = {line.split(" ", 1)[1] for line in seen if line.startswith("version")}
+    assert "2026-07-28" in versions and "2025-11-25" not in versions, versions
     assert all(k not in " ".join(seen) for k in gw["keys"].values())
     # The agent key may not use the remote server's tools.
     assert isinstance(call(gw, "agent", "remote__add", {"a": 1, "b": 2}), MCPError)

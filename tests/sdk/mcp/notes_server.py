@@ -131,9 +131,11 @@ def http_app():
 
     async def checked(scope, receive, send):
         if scope["type"] == "http":
-            auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+            headers = dict(scope["headers"])
+            auth = headers.get(b"authorization", b"").decode()
             if token:
                 seen(f"authorization {auth}")
+                seen(f"version {headers.get(b'mcp-protocol-version', b'').decode()}")
             if token and auth != f"Bearer {token}":
                 await send({"type": "http.response.start", "status": 401,
                             "headers": [(b"content-type", b"text/plain")]})
