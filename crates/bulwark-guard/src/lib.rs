@@ -208,6 +208,12 @@ impl Guard {
         self
     }
 
+    /// Whether [`Guard::scan`] runs the second stage (milliseconds per window: keep it
+    /// off an async executor's threads).
+    pub fn runs_encoder(&self) -> bool {
+        self.encoder.is_some()
+    }
+
     /// Every detector on `text`, an input (prompt, document, tool result).
     pub fn scan(&self, text: &str) -> Report {
         self.scan_stages(text, true)

@@ -382,6 +382,20 @@ impl Gateway {
             .collect()
     }
 
+    /// Runs `f` (a guard's reading) where it may take milliseconds: when the guard runs
+    /// its second stage, the async worker hands its other tasks to the rest of the
+    /// runtime first (`block_in_place`), so that one long result does not stall them.
+    fn off_executor<T>(&self, f: impl FnOnce() -> T) -> T {
+        let heavy = self.guard.as_ref().is_some_and(Guard::runs_encoder)
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if heavy {
+            tokio::task::block_in_place(f)
+        } else {
+            f()
+        }
+    }
+
     /// What `[guard]` says to do with a finding of this category in a result.
     fn action(&self, category: Category) -> Option<GuardAction> {
         match category {
@@ -588,7 +602,7 @@ impl Gateway {
             caller: caller.principal(),
             class: entry.class,
         };
-        let (read, findings) = self.screen(&mut result, to);
+        let (read, findings) = self.off_executor(|| self.screen(&mut result, to));
         if read.data {
             return Outcome {
                 findings,

@@ -185,22 +185,24 @@ impl Gateway {
                     class: up.config.class,
                 };
                 let mut texts = Vec::new();
-                for c in &mut r.contents {
-                    match c {
-                        ResourceContents::TextResourceContents { uri: u, text, .. } => {
-                            *u = resource_uri(&server, u);
-                            let read = self.screen_text(text, &mut findings, to);
-                            injection |= read.injection;
-                            data |= read.data;
-                            texts.push(text.clone());
+                self.off_executor(|| {
+                    for c in &mut r.contents {
+                        match c {
+                            ResourceContents::TextResourceContents { uri: u, text, .. } => {
+                                *u = resource_uri(&server, u);
+                                let read = self.screen_text(text, &mut findings, to);
+                                injection |= read.injection;
+                                data |= read.data;
+                                texts.push(text.clone());
+                            }
+                            ResourceContents::BlobResourceContents { uri: u, .. } => {
+                                *u = resource_uri(&server, u);
+                            }
+                            // A kind of content this gateway cannot read is not passed on.
+                            _ => injection = true,
                         }
-                        ResourceContents::BlobResourceContents { uri: u, .. } => {
-                            *u = resource_uri(&server, u);
-                        }
-                        // A kind of content this gateway cannot read is not passed on.
-                        _ => injection = true,
                     }
-                }
+                });
                 findings.sort_unstable();
                 findings.dedup();
                 if data {
@@ -306,18 +308,21 @@ impl Gateway {
                     class: up.config.class,
                 };
                 let mut data = false;
-                for m in &mut r.messages {
-                    if let ContentBlock::Text(t) = &mut m.content {
-                        // Instructions are what a prompt is: its personal data handled
-                        // here, and the whole judged for hidden orders below.
-                        data |= self.screen_text(&mut t.text, &mut findings, to).data;
-                        all.push('\n');
-                        all.push_str(&t.text);
+                let poisoned = self.off_executor(|| {
+                    for m in &mut r.messages {
+                        if let ContentBlock::Text(t) = &mut m.content {
+                            // Instructions are what a prompt is: its personal data
+                            // handled here, and the whole judged for hidden orders below.
+                            data |= self.screen_text(&mut t.text, &mut findings, to).data;
+                            all.push('\n');
+                            all.push_str(&t.text);
+                        }
                     }
-                }
+                    self.guard.as_ref().and_then(|g| poison::check(g, &all))
+                });
                 findings.sort_unstable();
                 findings.dedup();
-                match self.guard.as_ref().and_then(|g| poison::check(g, &all)) {
+                match poisoned {
                     _ if data => (
                         "blocked",
                         Some("tool_result_sensitive_data"),
