@@ -669,3 +669,52 @@ def test_a_passport_token_budget_is_spent_by_it_and_its_sub_agents(gw):
     assert tool_names(gw, "thrifty")[0] == []
     time.sleep(1.5)  # the gateway writes what was spent every second
     assert json.loads(passport(gw, "inspect", root).stdout)["spent_tokens"] >= 40
+
+
+def test_mcp_calls_count_against_the_in_flight_limit():
+    """With `[server] max_in_flight = 1`, a second POST to /mcp while a tool call runs
+    gets 503 `gateway_overloaded` at once; the slot comes back when the call ends."""
+    import httpx
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = pathlib.Path(tmp) / "bulwark.toml"
+        cfg.write_text(f"""
+[server]
+max_in_flight = 1
+
+[[upstreams]]
+name = "mock"
+base_url = "http://127.0.0.1:9/v1"
+models = {{ "m" = "m" }}
+
+[mcp]
+anonymous_tools = ["notes__*"]
+call_timeout_ms = 60000
+
+[[mcp.servers]]
+name = "notes"
+command = [{json.dumps(sys.executable)}, {json.dumps(str(SERVER))}]
+env = {{ NOTES_DIR = {json.dumps(tmp)} }}
+auto_approve = true
+""")
+        env = {**os.environ, "BULWARK_DATA_DIR": f"{tmp}/data"}
+        proc, url = _start([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", str(cfg)], env=env)
+        try:
+            _wait_ready(proc, url)
+
+            async def go():
+                async with mcp.Client(f"{url}/mcp", cache=None) as c:
+                    assert "notes__slow" in [t.name for t in (await c.list_tools()).tools]
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(c.call_tool, "notes__slow", {"seconds": 3})
+                        await anyio.sleep(1.0)
+                        async with httpx.AsyncClient() as h:
+                            r = await h.post(f"{url}/mcp", headers={"accept": "application/json, text/event-stream"},
+                                             json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"})
+                    after = await c.call_tool("notes__add", {"a": 1, "b": 2})
+                    return r, after
+            r, after = run(go)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "gateway_overloaded", r.text
+            assert r.headers.get("retry-after") == "1"
+            assert not after.is_error and "3" in text(after)
+        finally:
+            _stop(proc)

@@ -1,6 +1,6 @@
-//! `/mcp`: the MCP gateway (`bulwark-mcp`) behind the same key check as `/v1`. The
-//! key's tool patterns (or `[mcp] anonymous_tools` on a gateway without keys) and the
-//! request id travel to the gateway in the request's extensions.
+//! `/mcp`: the MCP gateway (`bulwark-mcp`) behind the same key check and in-flight
+//! limit as `/v1`. The key's tool patterns (or `[mcp] anonymous_tools` on a gateway
+//! without keys) and the request id travel to the gateway in the request's extensions.
 
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -25,9 +25,24 @@ pub fn routes(state: &AppState) -> Option<Router<AppState>> {
             ))
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
+                limit_calls,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
                 crate::auth::require_key,
             )),
     )
+}
+
+/// `[server] max_in_flight` counts `/mcp` requests too (tool calls, lists, reads: every
+/// POST); the `GET` stream a session-based client keeps open for notifications does not
+/// take a slot, or a few idle clients would starve the gateway.
+async fn limit_calls(state: axum::extract::State<AppState>, req: Request, next: Next) -> Response {
+    if req.method() == http::Method::POST {
+        crate::ops::limit_in_flight(state, req, next).await
+    } else {
+        next.run(req).await
+    }
 }
 
 async fn with_caller(mut req: Request, next: Next, anonymous: &[String]) -> Response {
