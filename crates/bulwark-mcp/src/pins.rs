@@ -51,7 +51,7 @@ impl Pin {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct File {
     version: u32,
     tools: BTreeMap<String, Pin>,
@@ -86,16 +86,43 @@ pub fn digest(name: &str, tool: &Tool) -> String {
 
 pub struct Pins {
     path: PathBuf,
+    /// The file as last read or written, with its modification time and length: read
+    /// again only when another process (`bulwark mcp approve`) has changed it.
+    cached: std::sync::Mutex<Option<(std::time::SystemTime, u64, File)>>,
+}
+
+/// The file's modification time and length, if it exists.
+fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 impl Pins {
     pub fn in_dir(data_dir: &Path) -> Pins {
         Pins {
             path: data_dir.join(FILE),
+            cached: std::sync::Mutex::new(None),
         }
     }
 
     fn load(&self) -> Result<File, PinError> {
+        let now = stamp(&self.path);
+        {
+            let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some((at, len, file)), Some(now)) = (cached.as_ref(), now) {
+                if (*at, *len) == now {
+                    return Ok(file.clone());
+                }
+            }
+        }
+        let file = self.read()?;
+        if let Some((at, len)) = now {
+            *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, len, file.clone()));
+        }
+        Ok(file)
+    }
+
+    fn read(&self) -> Result<File, PinError> {
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PinError::Parse {
                 path: self.path.clone(),
@@ -122,7 +149,10 @@ impl Pins {
             .with_extension(format!("tmp.{}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(file).map_err(|e| io(std::io::Error::other(e)))?;
         std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
+            stamp(&self.path).map(|(at, len)| (at, len, file.clone()));
+        Ok(())
     }
 
     /// Every pin, by tool name.
