@@ -20,6 +20,7 @@
 //! from the log alone; signed receipts anchor the head.
 
 pub mod crypto;
+pub mod export;
 pub mod receipt;
 
 use std::fs::{File, OpenOptions};

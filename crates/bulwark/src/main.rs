@@ -430,54 +430,16 @@ fn audit_command(command: AuditCommand) -> Result<()> {
                 .transpose()?
                 .unwrap_or(u64::MAX);
             let (records, v) = log.records()?;
-            let records = records
+            let records: Vec<_> = records
                 .into_iter()
-                .filter(|r| r.time_ms >= since && r.time_ms < until);
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            use std::io::Write;
+                .filter(|r| r.time_ms >= since && r.time_ms < until)
+                .collect();
+            let out = std::io::stdout().lock();
             match format.as_str() {
-                "jsonl" => {
-                    for r in records {
-                        writeln!(out, "{}", serde_json::to_string(&r)?)?;
-                    }
-                }
-                "csv" => {
-                    writeln!(out, "time_ms,event,request_id,key_id,tenant,model,target,jurisdiction,class,status,error,latency_ms,prompt_tokens,completion_tokens,cache,guard,decision,response_sha256,completed,client_request_id,watermark")?;
-                    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-                    fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
-                        v.map(|v| v.to_string()).unwrap_or_default()
-                    }
-                    for r in records {
-                        writeln!(
-                            out,
-                            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                            r.time_ms,
-                            r.event.as_str(),
-                            q(&r.request_id),
-                            q(r.key_id.as_deref().unwrap_or("")),
-                            q(r.tenant.as_deref().unwrap_or("")),
-                            q(&r.model),
-                            q(&r.target),
-                            q(r.jurisdiction.as_deref().unwrap_or("")),
-                            q(r.class.as_deref().unwrap_or("")),
-                            r.status,
-                            q(r.error.as_deref().unwrap_or("")),
-                            r.latency_ms,
-                            opt(r.prompt_tokens),
-                            opt(r.completion_tokens),
-                            q(r.cache.as_deref().unwrap_or("")),
-                            q(r.guard.as_deref().unwrap_or("")),
-                            q(&r.decision),
-                            r.response_sha256.as_deref().unwrap_or(""),
-                            opt(r.completed),
-                            q(r.client_request_id.as_deref().unwrap_or("")),
-                            q(r.watermark.as_deref().unwrap_or(""))
-                        )?;
-                    }
-                }
+                "jsonl" => bulwark_audit::export::jsonl(&records, out)?,
+                "csv" => bulwark_audit::export::csv(&records, out)?,
                 other => anyhow::bail!("--format {other}: use jsonl or csv"),
             }
-            out.flush()?;
             if let Some(p) = v.problem {
                 eprintln!("warning: the chain breaks at {p}; records after it are not exported");
                 std::process::exit(1);
