@@ -396,6 +396,11 @@ impl Gateway {
         }
     }
 
+    /// The upstream server of that name.
+    fn upstream(&self, server: &str) -> Option<&upstream::Upstream> {
+        self.upstreams.iter().find(|u| u.config.name == server)
+    }
+
     /// What `[guard]` says to do with a finding of this category in a result.
     fn action(&self, category: Category) -> Option<GuardAction> {
         match category {
@@ -662,9 +667,7 @@ impl Gateway {
             };
         }
         let up = self
-            .upstreams
-            .iter()
-            .find(|u| u.config.name == entry.server)
+            .upstream(&entry.server)
             .ok_or("server not configured")?;
         let mut forward = CallToolRequestParams::new(entry.tool.clone());
         forward.arguments = arguments;

@@ -53,10 +53,6 @@ fn not_found(what: &str) -> ErrorData {
 }
 
 impl Gateway {
-    fn upstream(&self, server: &str) -> Option<&Upstream> {
-        self.upstreams.iter().find(|u| u.config.name == server)
-    }
-
     /// Whether a description reads as hidden orders (cached by its digest).
     fn description_poisoned(&self, name: &str, text: &str) -> bool {
         let digest = sha256_hex(format!("{name}\n{text}").as_bytes());
