@@ -509,7 +509,7 @@ def test_resources_and_prompts_follow_the_same_rules_as_tools(gw):
             prompts = sorted(p.name for p in (await c.list_prompts()).prompts)
             out = {"resources": resources, "templates": templates, "prompts": prompts}
             for uri in ("bulwark://notes/note://index", "bulwark://notes/note://plan", "bulwark://notes/note://evil",
-                        "bulwark://remote/note://index"):
+                        "bulwark://remote/note://index", "bulwark://notes/note://secret-index"):
                 try:
                     read = await c.read_resource(uri)
                     out[uri] = [(x.uri, x.text) for x in read.contents]
@@ -535,6 +535,8 @@ def test_resources_and_prompts_follow_the_same_rules_as_tools(gw):
         assert isinstance(evil, MCPError) and "withheld" in str(evil) and "attacker" not in str(evil), evil
         # Another server's resources: not for this key, and not said to exist.
         assert isinstance(seen["bulwark://remote/note://index"], MCPError)
+        # The one hidden for its poisoned description is not read by its URI either.
+        assert isinstance(seen["bulwark://notes/note://secret-index"], MCPError), seen["bulwark://notes/note://secret-index"]
         summary = seen["notes__summarise"][0]
         assert "tax" in summary and "bob.stone@example.com" not in summary and re.search(r"\[EMAIL_\d+\]", summary), \
             summary

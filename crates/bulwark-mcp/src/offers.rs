@@ -62,6 +62,18 @@ impl Gateway {
         })
     }
 
+    /// Whether `up` lists resource `own` with a description that gives hidden orders.
+    async fn hidden_resource(&self, up: &Upstream, own: &str) -> bool {
+        let Ok((listed, _)) = up.list_resources().await else {
+            return false;
+        };
+        let shown = resource_uri(&up.config.name, own);
+        listed
+            .iter()
+            .filter(|r| r.uri == own)
+            .any(|r| self.description_poisoned(&shown, &described(&r.title, &r.description)))
+    }
+
     /// The resources and templates `caller` may read.
     pub async fn resources(&self, caller: &Caller) -> (Vec<Resource>, Vec<ResourceTemplate>) {
         let allowed: Vec<&Upstream> = self
@@ -143,6 +155,12 @@ impl Gateway {
         let found = split_uri(uri)
             .filter(|(server, _)| caller.may_use(&resources_name(server)))
             .and_then(|(server, own)| Some((self.upstream(server)?, own)));
+        // A resource not listed for its poisoned description is not read by its URI
+        // either.
+        let found = match found {
+            Some((up, own)) if self.hidden_resource(up, own).await => None,
+            found => found,
+        };
         let Some((up, own)) = found else {
             let (server, own) = split_uri(uri).unwrap_or(("", uri));
             self.append(
