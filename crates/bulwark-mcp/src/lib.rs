@@ -577,15 +577,21 @@ impl Gateway {
         }
         // A client's cancellation drops the call, which tells the upstream
         // (`notifications/cancelled`).
-        let dispatched = tokio::select! {
-            r = self.dispatch(entry, args, sent_arguments) => r,
-            () = cancel.cancelled() => return Outcome::refused(
+        let cancelled = || {
+            Outcome::refused(
                 "cancelled",
                 "cancelled",
                 format!("The call to {name} was cancelled by the client."),
-            ),
+            )
+        };
+        let dispatched = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return cancelled(),
+            r = self.dispatch(entry, args, sent_arguments) => r,
         };
         let mut result = match dispatched {
+            // The upstream's refusal of a call the client gave up on.
+            Err(_) if cancel.is_cancelled() => return cancelled(),
             // An upstream on an older revision leaves `resultType` out; the client
             // may speak the current one (rmcp drops it again for older clients).
             Ok(mut r) => {
@@ -842,6 +848,28 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Handler(pub Arc<Gateway>);
 
+/// Runs a call as a task of its own, so that it always ends and is recorded: when the
+/// client cancels (`ct`) or the handler is dropped (its session closed meanwhile), the
+/// task's token is cancelled, and the call ends as `cancelled` (cancelling it upstream)
+/// and is recorded, instead of vanishing with the handler.
+async fn detached<T, F>(
+    ct: &CancellationToken,
+    work: impl FnOnce(CancellationToken) -> F,
+) -> Result<T, ErrorData>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, ErrorData>> + Send + 'static,
+{
+    let cancel = ct.child_token();
+    let _on_drop = cancel.clone().drop_guard();
+    tokio::spawn(work(cancel)).await.unwrap_or_else(|_| {
+        Err(ErrorData::internal_error(
+            "The gateway failed while handling this call; see its log.",
+            None,
+        ))
+    })
+}
+
 fn caller_of(ctx: &RequestContext<RoleServer>) -> Caller {
     ctx.extensions
         .get::<http::request::Parts>()
@@ -887,7 +915,12 @@ impl ServerHandler for Handler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller_of(&ctx);
-        self.0.call(&caller, request, &ctx.ct).await.map(Into::into)
+        let gateway = Arc::clone(&self.0);
+        detached(&ctx.ct, move |cancel| async move {
+            gateway.call(&caller, request, &cancel).await
+        })
+        .await
+        .map(Into::into)
     }
 
     async fn list_resources(
@@ -914,10 +947,12 @@ impl ServerHandler for Handler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let caller = caller_of(&ctx);
-        self.0
-            .read_resource(&caller, &request.uri, &ctx.ct)
-            .await
-            .map(Into::into)
+        let gateway = Arc::clone(&self.0);
+        detached(&ctx.ct, move |cancel| async move {
+            gateway.read_resource(&caller, &request.uri, &cancel).await
+        })
+        .await
+        .map(Into::into)
     }
 
     async fn list_prompts(
@@ -936,10 +971,12 @@ impl ServerHandler for Handler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let caller = caller_of(&ctx);
-        self.0
-            .get_prompt(&caller, request, &ctx.ct)
-            .await
-            .map(Into::into)
+        let gateway = Arc::clone(&self.0);
+        detached(&ctx.ct, move |cancel| async move {
+            gateway.get_prompt(&caller, request, &cancel).await
+        })
+        .await
+        .map(Into::into)
     }
 }
 
