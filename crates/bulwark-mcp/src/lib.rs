@@ -848,26 +848,31 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Handler(pub Arc<Gateway>);
 
-/// Runs a call as a task of its own, so that it always ends and is recorded: when the
-/// client cancels (`ct`) or the handler is dropped (its session closed meanwhile), the
-/// task's token is cancelled, and the call ends as `cancelled` (cancelling it upstream)
-/// and is recorded, instead of vanishing with the handler.
-async fn detached<T, F>(
-    ct: &CancellationToken,
-    work: impl FnOnce(CancellationToken) -> F,
-) -> Result<T, ErrorData>
-where
-    T: Send + 'static,
-    F: std::future::Future<Output = Result<T, ErrorData>> + Send + 'static,
-{
-    let cancel = ct.child_token();
-    let _on_drop = cancel.clone().drop_guard();
-    tokio::spawn(work(cancel)).await.unwrap_or_else(|_| {
-        Err(ErrorData::internal_error(
-            "The gateway failed while handling this call; see its log.",
-            None,
-        ))
-    })
+impl Handler {
+    /// Runs a call for the request's caller as a task of its own, so that it always
+    /// ends and is recorded: when the client cancels (`ctx.ct`) or the handler is
+    /// dropped (its session closed meanwhile), the task's token is cancelled, and the
+    /// call ends as `cancelled` (cancelling it upstream) and is recorded, instead of
+    /// vanishing with the handler.
+    async fn detached<T, F>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        work: impl FnOnce(Arc<Gateway>, Caller, CancellationToken) -> F,
+    ) -> Result<T, ErrorData>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, ErrorData>> + Send + 'static,
+    {
+        let cancel = ctx.ct.child_token();
+        let _on_drop = cancel.clone().drop_guard();
+        let work = work(Arc::clone(&self.0), caller_of(ctx), cancel);
+        tokio::spawn(work).await.unwrap_or_else(|_| {
+            Err(ErrorData::internal_error(
+                "The gateway failed while handling this call; see its log.",
+                None,
+            ))
+        })
+    }
 }
 
 fn caller_of(ctx: &RequestContext<RoleServer>) -> Caller {
@@ -914,9 +919,7 @@ impl ServerHandler for Handler {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let caller = caller_of(&ctx);
-        let gateway = Arc::clone(&self.0);
-        detached(&ctx.ct, move |cancel| async move {
+        self.detached(&ctx, move |gateway, caller, cancel| async move {
             gateway.call(&caller, request, &cancel).await
         })
         .await
@@ -946,9 +949,7 @@ impl ServerHandler for Handler {
         request: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let caller = caller_of(&ctx);
-        let gateway = Arc::clone(&self.0);
-        detached(&ctx.ct, move |cancel| async move {
+        self.detached(&ctx, move |gateway, caller, cancel| async move {
             gateway.read_resource(&caller, &request.uri, &cancel).await
         })
         .await
@@ -970,9 +971,7 @@ impl ServerHandler for Handler {
         request: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let caller = caller_of(&ctx);
-        let gateway = Arc::clone(&self.0);
-        detached(&ctx.ct, move |cancel| async move {
+        self.detached(&ctx, move |gateway, caller, cancel| async move {
             gateway.get_prompt(&caller, request, &cancel).await
         })
         .await
