@@ -21,81 +21,12 @@
 
 use std::time::Instant;
 
-use bulwark_guard::{features, injection::Model, log_odds, sigmoid, Guard, Thresholds};
+use bulwark_guard::Guard;
 use serde_json::json;
 
 mod common;
-use common::{budget_edge, categories, confusion, is_tuning, read, report, Example};
-
-/// The lowest threshold that lets at most `allowed` (k = ⌊1%·(n+1)⌋ − 1) of the n
-/// negatives through, an expected 1% on new texts (as `calibrate_encoder`).
-fn pick(scores: &[(f32, bool)]) -> f32 {
-    // Strictly above the (k+1)-th highest negative score, and above the cap on short
-    // texts, so that the model alone never blocks a short text.
-    budget_edge(scores.iter().filter(|s| !s.1).map(|s| s.0).collect())
-        .map_or(0.999, |s| (s + 1e-4).min(0.999))
-        .max(bulwark_guard::injection::SHORT_CAP + 0.01)
-}
-
-/// The model as it ships (quantised), with these thresholds.
-fn build(bias: f32, w: &[f32], threshold: f32) -> (Vec<u8>, &'static Model) {
-    let bytes = Model::to_bytes(bias, w, threshold);
-    let model = Model::from_bytes(&bytes).unwrap_or_else(|| panic!("model round trip"));
-    (bytes, Box::leak(Box::new(model)))
-}
-
-/// Logistic regression over the hashed features of `fit`, by SGD with L2: (bias,
-/// weights).
-fn sgd(fit: &[&Example], (epochs, l2, lr0): (usize, f32, f32)) -> (f32, Vec<f32>) {
-    // SGD, deterministic order (xorshift shuffles).
-    let mut w = vec![0f32; features::BUCKETS];
-    let mut bias = 0f32;
-    let mut order: Vec<usize> = (0..fit.len()).collect();
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut scratch = Vec::new();
-    let windows: Vec<Vec<(usize, usize)>> =
-        fit.iter().map(|e| features::windows(&e.norm)).collect();
-    for epoch in 0..epochs {
-        for i in (1..order.len()).rev() {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            order.swap(i, (rng % (i as u64 + 1)) as usize);
-        }
-        let lr = lr0 / (1.0 + epoch as f32 * 0.5);
-        for &i in &order {
-            let e = fit[i];
-            // As the gateway reads (`Model::locate`): a long text in windows. Every
-            // window of a benign text is taught to stay low; of an attack, the window
-            // that scores highest now is taught to be high (the others may be benign
-            // prose around an injected sentence).
-            let spans = &windows[i];
-            let chosen = if e.label && spans.len() > 1 {
-                let at = spans
-                    .iter()
-                    .map(|&(s, t)| features::logit(&w, bias, &e.norm[s..t], &mut scratch))
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-                    .map_or(0, |(k, _)| k);
-                &spans[at..=at]
-            } else {
-                &spans[..]
-            };
-            for &(s, t) in chosen {
-                let z = features::logit(&w, bias, &e.norm[s..t], &mut scratch);
-                let v = features::scale(scratch.len());
-                let p = sigmoid(z);
-                let g = f32::from(u8::from(e.label)) - p;
-                for &h in &scratch {
-                    let wh = &mut w[h as usize];
-                    *wh += lr * (g * v - l2 * *wh);
-                }
-                bias += lr * g * 0.1;
-            }
-        }
-    }
-    (bias, w)
-}
+use common::fit::{self, long, rules, scores};
+use common::{categories, confusion, is_tuning, read, report, Example};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -106,105 +37,41 @@ fn main() {
     };
     let all = read(train);
     let dev = read(dev);
-    let (tune, fit): (Vec<&Example>, Vec<&Example>) = all.iter().partition(|e| is_tuning(&e.text));
+    let (tune, fit_rows): (Vec<&Example>, Vec<&Example>) =
+        all.iter().partition(|e| is_tuning(&e.text));
 
-    // Chosen on the tuning split (TRAIN_EPOCHS, TRAIN_L2, TRAIN_LR override them).
-    let env = |k: &str, d: f32| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let hyper = (
-        env("TRAIN_EPOCHS", 40.0) as usize,
-        env("TRAIN_L2", 1e-7),
-        env("TRAIN_LR", 3.0),
-    );
-    let epochs = hyper.0;
-    let started = Instant::now();
     let snippets = read(snippets);
-    let with_snippets: Vec<&Example> = fit.iter().copied().chain(snippets.iter()).collect();
-    let (bias, w) = sgd(&with_snippets, hyper);
-    let train_secs = started.elapsed().as_secs_f64();
-
-    let rules = Guard {
-        thresholds: Thresholds {
-            block: 0.5,
-            flag: 0.5,
-        },
-        model: None,
-        encoder: None,
-    };
-    let combined = |g: &Guard, set: &[&Example]| -> Vec<(f32, bool)> {
-        set.iter()
-            .map(|e| (g.scan(&e.text).injection_score, e.label))
-            .collect()
-    };
-    // Quantised first, so that everything below measures the model that ships.
-    let (_, provisional) = build(bias, &w, 0.5);
-    let tune_scores = combined(
-        &Guard {
-            model: Some(provisional),
-            ..rules.clone()
-        },
-        &tune,
-    );
-    let threshold = pick(&tune_scores);
-    let (bytes, short_only) = build(bias, &w, threshold);
-    std::fs::write(out, &bytes).unwrap_or_else(|e| panic!("{out}: {e}"));
-
-    // The documents model: the fit split (not the snippets) plus the documents, the same
-    // training.
     let docs = read(docs);
     let cal = read(docs_cal);
-    let started = Instant::now();
-    let (doc_bias, doc_w) = sgd(
-        &[&fit[..], &docs.iter().collect::<Vec<_>>()].concat(),
+    let hyper = fit::hyper();
+    let epochs = hyper.0;
+    let fitted = fit::fit(
+        &fit_rows,
+        &snippets.iter().collect::<Vec<_>>(),
+        &docs.iter().collect::<Vec<_>>(),
+        &tune,
+        &cal.iter().collect::<Vec<_>>(),
         hyper,
     );
-    let doc_secs = started.elapsed().as_secs_f64();
-    let (_, doc_provisional) = build(doc_bias, &doc_w, 0.5);
-    let long = |e: &&Example| features::windows(&e.norm).len() > 1;
-    let mut scratch = Vec::new();
-    let neg: Vec<f32> = cal
-        .iter()
-        .chain(tune.iter().copied())
-        .filter(|e| !e.label && long(e))
-        .map(|e| {
-            let windows = features::windows(&e.norm);
-            doc_provisional.highest(&e.norm, &windows, &mut scratch).0
-        })
-        .collect();
-    let long_benign = neg.len();
-    // In log-odds (the model's own scale near 1 is finer than f32 probabilities).
-    let z = budget_edge(neg).map_or(f32::INFINITY, |z| z + 1e-3);
-    let doc_threshold = sigmoid(z);
-    let back = log_odds(doc_threshold);
-    assert!(
-        (back - z).abs() < 0.05,
-        "documents threshold {z} in log-odds does not survive f32 ({back})"
-    );
-    let (doc_bytes, _) = build(doc_bias, &doc_w, doc_threshold);
-    std::fs::write(out_docs, &doc_bytes).unwrap_or_else(|e| panic!("{out_docs}: {e}"));
-    let model: &'static Model = Box::leak(Box::new(
-        Model::from_bytes(&bytes)
-            .and_then(|m| Some(m.with_documents(Model::from_bytes(&doc_bytes)?)))
-            .unwrap_or_else(|| panic!("model round trip")),
-    ));
+    let threshold = fitted.threshold;
+    std::fs::write(out, &fitted.bytes).unwrap_or_else(|e| panic!("{out}: {e}"));
+    std::fs::write(out_docs, &fitted.doc_bytes).unwrap_or_else(|e| panic!("{out_docs}: {e}"));
+    let model = fitted.model;
     let both = Guard {
         model: Some(model),
-        ..rules.clone()
+        ..rules()
     };
     let without_docs = Guard {
-        model: Some(short_only),
-        ..rules.clone()
+        model: Some(fitted.short_only),
+        ..rules()
     };
+    let mut scratch = Vec::new();
 
     let dev_refs: Vec<&Example> = dev.iter().collect();
     let started = Instant::now();
-    let dev_both = combined(&both, &dev_refs);
+    let dev_both = scores(&both, &dev_refs);
     let per_text_us = started.elapsed().as_secs_f64() * 1e6 / dev.len().max(1) as f64;
-    let dev_rules = combined(&rules, &dev_refs);
+    let dev_rules = scores(&rules(), &dev_refs);
     let dev_model: Vec<(f32, bool)> = dev
         .iter()
         .map(|e| (model.score(&e.norm, &mut scratch), e.label))
@@ -212,15 +79,19 @@ fn main() {
 
     println!(
         "{}",
-        json!({"train": with_snippets.len(), "tune": tune.len(), "dev": dev.len(), "epochs": epochs,
-        "train_secs": train_secs, "threshold": threshold, "scan_us_per_dev_text": per_text_us,
-        "model_bytes": bytes.len()})
+        json!({"train": fit_rows.len() + snippets.len(), "tune": tune.len(), "dev": dev.len(), "epochs": epochs,
+        "train_secs": fitted.train_secs, "threshold": threshold, "scan_us_per_dev_text": per_text_us,
+        "model_bytes": fitted.bytes.len()})
     );
-    println!("{}", report("tune: rules + model", &tune_scores, threshold));
     println!(
         "{}",
-        json!({"documents model": {"train": fit.len() + docs.len(), "train_secs": doc_secs,
-               "long benign texts": long_benign, "threshold": doc_threshold, "threshold_logit": z}})
+        report("tune: rules + model", &fitted.tune_scores, threshold)
+    );
+    println!(
+        "{}",
+        json!({"documents model": {"train": fit_rows.len() + docs.len(), "train_secs": fitted.doc_secs,
+               "long benign texts": fitted.long_benign, "threshold": fitted.doc_threshold,
+               "threshold_logit": fitted.doc_logit}})
     );
     // Long texts: the tuning split's and the calibration documents (by kind), with and
     // without the documents model. (The calibration's benign documents chose its
@@ -229,10 +100,10 @@ fn main() {
     let mut kinds: Vec<&str> = cal.iter().map(|e| e.category.as_str()).collect();
     kinds.sort_unstable();
     kinds.dedup();
-    let tune_all = combined(&both, &tune);
+    let tune_all = scores(&both, &tune);
     println!("{}", report("tune: rules + models", &tune_all, threshold));
     for (name, g) in [("without", &without_docs), ("with", &both)] {
-        let s = combined(g, &long_tune);
+        let s = scores(g, &long_tune);
         println!(
             "{}",
             report(
@@ -243,10 +114,7 @@ fn main() {
         );
         for &c in &kinds {
             let set: Vec<&Example> = cal.iter().filter(|e| e.category == c && long(e)).collect();
-            let blocked = combined(g, &set)
-                .iter()
-                .filter(|s| s.0 >= threshold)
-                .count();
+            let blocked = scores(g, &set).iter().filter(|s| s.0 >= threshold).count();
             println!(
                 "{}",
                 json!({"documents calibration": c, "documents model": name, "long pieces": set.len(), "blocked": blocked})

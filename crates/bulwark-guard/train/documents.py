@@ -63,6 +63,15 @@ SNIPPETS = 3000
 NOT_INJECTIONS = {"jailbreak"}
 
 
+def hidden_from(row):
+    """Whether attacks of `row`'s source are hidden in documents: those of the sources
+    prepare.py had when the shipped models were trained (so that the passages stay as
+    they were); every row says in `from` which source its attack came from, so that
+    leave-one-source-out can drop it with that source."""
+    s = row["source"]
+    return s in ("s-labs", "handwritten", "generated") or s.startswith("neuralchemy")
+
+
 def passage(text, rng):
     """A run of 30 to 90 consecutive words of `text` (whitespace kept), or None."""
     words = list(re.finditer(r"\S+", text))
@@ -183,13 +192,14 @@ def calibration(data, train):
     rng = random.Random(5)
     rng.shuffle(docs)
     rng.shuffle(code)
-    attacks = [r["text"] for r in train
+    attacks = [(r["text"], r["source"]) for r in train
                if r["label"] == 1 and is_tuning(r["text"]) and r.get("category", "") not in NOT_INJECTIONS
-               and len(r["text"].split()) <= 60]
+               and len(r["text"].split()) <= 60 and hidden_from(r)]
     n = len(docs) * 2 // 3
     rows = [{"text": c, "label": 0, "category": k} for c, k in docs[:n] + code[:600]]
-    rows += [{"text": hide_paragraph(c, rng.choice(attacks), rng), "label": 1, "category": "attack in " + k}
-             for c, k in docs[n:]]
+    for c, k in docs[n:]:
+        attack, source = rng.choice(attacks)
+        rows.append({"text": hide_paragraph(c, attack, rng), "label": 1, "category": "attack in " + k, "from": source})
     with open(data / "documents_calibration.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -203,9 +213,9 @@ def main(data):
     files = [t for _, t in django]
     rng = random.Random(11)
     train = [json.loads(l) for l in open(data / "train.jsonl")]
-    attacks = [r["text"] for r in train
+    attacks = [(r["text"], r["source"]) for r in train
                if r["label"] == 1 and not is_tuning(r["text"]) and r.get("category", "") not in NOT_INJECTIONS
-               and len(r["text"].split()) <= 40]
+               and len(r["text"].split()) <= 40 and hidden_from(r)]
 
     def passages(n):
         out = []
@@ -216,8 +226,9 @@ def main(data):
         return out
 
     rows = [{"text": t, "label": 0, "source": "documents"} for t in passages(BENIGN)]
-    rows += [{"text": hide(t, rng.choice(attacks), rng), "label": 1, "source": "documents"}
-             for t in passages(ATTACKS)]
+    for t in passages(ATTACKS):
+        attack, source = rng.choice(attacks)
+        rows.append({"text": hide(t, attack, rng), "label": 1, "source": "documents", "from": source})
     rng.shuffle(rows)
     with open(data / "docs.jsonl", "w") as f:
         for r in rows:

