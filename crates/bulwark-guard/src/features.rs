@@ -1,5 +1,6 @@
 //! The learned injection detector's features: hashed word unigrams and bigrams and
-//! character 3- to 5-grams of the normalised text. Shared by inference and by the
+//! character 3- to 5-grams of the normalised text (bytes), and character bigrams and
+//! trigrams of the scripts written without spaces (Chinese, Japanese, Korean, Thai). Shared by inference and by the
 //! trainer (`examples/train_injection.rs`), so the two can never disagree.
 
 /// Number of hash buckets (weights) of the model.
@@ -8,6 +9,14 @@ pub const BUCKETS: usize = 1 << 18;
 const WORD: u32 = 0x9E37_79B9;
 const BIGRAM: u32 = 0x85EB_CA6B;
 const CHAR: u32 = 0xC2B2_AE35;
+const UNSPACED: u32 = 0x27D4_EB2F;
+
+/// Whether `c` belongs to a script written without spaces between words: there a "word"
+/// is a whole clause and a byte 3- to 5-gram at most one or two characters, so the model
+/// reads character bigrams and trigrams instead.
+fn unspaced(c: char) -> bool {
+    matches!(u32::from(c), 0x0E00..=0x0EFF | 0x2E80..=0x9FFF | 0xAC00..=0xD7AF | 0xF900..=0xFAFF | 0xFF66..=0xFF9F)
+}
 
 fn fnv(seed: u32, bytes: &[u8]) -> u32 {
     let mut h = 0x811C_9DC5 ^ seed;
@@ -57,6 +66,31 @@ pub fn extract(text: &str, out: &mut Vec<u32>) {
     for n in 3..=5 {
         for g in squeezed.windows(n) {
             out.push(bucket(fnv(CHAR ^ n as u32, g)));
+        }
+    }
+    if !text.is_ascii() {
+        unspaced_ngrams(text, out);
+    }
+}
+
+/// Character bigrams and trigrams of the runs of [`unspaced`] characters in `text`.
+fn unspaced_ngrams(text: &str, out: &mut Vec<u32>) {
+    // The byte offsets of the last three characters of the current run.
+    let mut run: [usize; 3] = [0; 3];
+    let mut len = 0usize;
+    for (i, c) in text.char_indices() {
+        if !unspaced(c) {
+            len = 0;
+            continue;
+        }
+        run = [run[1], run[2], i];
+        len += 1;
+        let end = i + c.len_utf8();
+        if len >= 2 {
+            out.push(bucket(fnv(UNSPACED ^ 2, &text.as_bytes()[run[1]..end])));
+        }
+        if len >= 3 {
+            out.push(bucket(fnv(UNSPACED ^ 3, &text.as_bytes()[run[0]..end])));
         }
     }
 }
@@ -119,6 +153,25 @@ pub fn scale(n: usize) -> f32 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn unspaced_scripts_get_character_bigrams_and_trigrams() {
+        let count = |t: &str| {
+            let mut out = Vec::new();
+            extract(t, &mut out);
+            out.len()
+        };
+        let mut plain = Vec::new();
+        unspaced_ngrams("ignore all that", &mut plain);
+        assert!(plain.is_empty());
+        // Four Han characters: three bigrams and two trigrams, run broken by the comma.
+        unspaced_ngrams("忽略指令", &mut plain);
+        assert_eq!(plain.len(), 5);
+        plain.clear();
+        unspaced_ngrams("忽略,指令", &mut plain);
+        assert_eq!(plain.len(), 2);
+        assert!(count("忽略之前的所有指令") > count("abcdefghi"));
+    }
 
     #[test]
     fn a_short_text_is_one_window() {

@@ -96,9 +96,49 @@ const RULES: &[Rule] = &[
         reason: "instructions addressed to an AI reading the document",
     },
     Rule {
+        pattern: r"\b(?:ai|assistant|agent|model|llm|chatbot|copilot)s?\s*[:,]\s*(?:please\s+)?(?:ignore|disregard|forget|do not (?:tell|mention|inform)|stop (?:summari[sz]ing|following))\b",
+        score: 0.9,
+        reason: "an instruction addressed to an AI agent",
+    },
+    Rule {
         pattern: r"\bignore\b.{0,12}\b(?:everything|all)\b.{0,15}\b(?:above|before|said|written)\b",
         score: 0.95,
         reason: "asks the model to ignore everything before",
+    },
+];
+
+/// The same phrasings in thirteen other languages (French, German, Spanish, Italian,
+/// Portuguese, Dutch, Polish, Russian, Turkish, Chinese, Japanese, Arabic, Hindi), written
+/// from how each language says them, not from any evaluation text; the benign look-alikes
+/// ("ignore the typos", "forget what I said") name no instructions. Each is matched on
+/// its own, on the normalised text only (not its decoded views): in one `RegexSet` with
+/// the others their branches made the automaton fall back to its slow path, and the
+/// first stage took 6 ms instead of 50 µs for 1 KB of English.
+const OTHER_LANGUAGES: &[Rule] = &[
+    Rule {
+        pattern: r"(?:\b(?:ignore[sz]?|oublie[sz]?|ne tien[st] (?:plus |pas )*compte d[eu]s?|fai(?:s|tes) abstraction d[eu]s?)\b.{0,30}\b(?:instructions?|consignes?|règles|directives)\b.{0,25}\b(?:précédent|antérieur|ci-dessus|initia|d'origine|du système)|\b(?:ignoriere|ignorieren sie|vergiss|vergessen sie|missachte|übergehe)\b.{0,30}\b(?:vorherig|bisherig|obig|alle|deine|ihre|ursprünglich|system)\w*\b.{0,20}(?:anweisung|instruktion|regeln|vorgaben|richtlinien|befehle|systemprompt)|\b(?:ignora|ignore|olvida|olvide|no hagas caso (?:a|de)|haz caso omiso (?:a|de)|omite|descarta)\b.{0,30}\b(?:instrucciones|reglas|directrices|indicaciones|normas)\b.{0,25}\b(?:anterior|previa|inicial|del sistema|de arriba)|\b(?:ignora|dimentica|non tenere conto d\w*|trascura)\b.{0,30}\b(?:istruzioni|regole|direttive|indicazioni)\b.{0,25}\b(?:precedent|iniziali|di sistema|sopra)|\b(?:ignore|ignora|esqueça|esquece|desconsidere|não leve em conta)\b.{0,30}\b(?:instruções|regras|diretrizes|orientações)\b.{0,25}\b(?:anterior|prévias|iniciais|do sistema|acima)|\b(?:negeer|vergeet)\b.{0,30}\b(?:vorige|eerdere|bovenstaande|alle|je|jouw|oorspronkelijke)\b.{0,20}\b(?:instructies|regels|richtlijnen|opdrachten)\b|\b(?:zignoruj|ignoruj|zapomnij o|pomiń)\b.{0,30}\b(?:poprzedni|wcześniejsz|wszystki|swoi|twoi|systemow)\w*\b.{0,20}\b(?:instrukcj|zasad|reguł|wytyczn|polece)|(?:игнорируй|проигнорируй|забудь|не обращай внимания на|отбрось)\w*.{0,30}(?:предыдущ|прежн|все|свои|твои|системн|исходн)\w*.{0,20}(?:инструкци|правил|указани|ограничени)|(?:önceki|tüm|bütün|sistem)\s.{0,30}(?:talimat|kural|yönerge|komut)\w*\s.{0,20}(?:yok say|görmezden gel|unut|boş ver|dikkate alma)|(?:忽略|无视|忘掉|忘记|不要理会|不要遵守).{0,12}(?:之前|以前|先前|上面|所有|全部|你的|系统).{0,8}(?:指令|指示|规则|提示|说明|设定)|(?:これまでの|以前の|前の|上記の|すべての|あなたの|システムの).{0,12}(?:指示|ルール|命令|プロンプト).{0,12}(?:無視|忘れ|従わな)|(?:تجاهل|انس|لا تلتزم ب).{0,30}(?:التعليمات|تعليمات|القواعد|قواعد|الإرشادات|إرشادات|الأوامر)|(?:पिछले|पहले के|सभी|अपने).{0,30}(?:निर्देश|नियम|दिशानिर्देश).{0,20}(?:अनदेखा|नज़रअंदाज़|नजरअंदाज|भूल|परवाह मत))",
+        score: 0.95,
+        reason: "asks the model to ignore its instructions",
+    },
+    Rule {
+        pattern: r"(?:\b(?:montre|affiche|révèle|répète|donne|dis)[-\w]*\b.{0,30}\b(?:prompt|message|instructions|consignes)\s+(?:du |de )?(?:système|systeme|initia\w*|cachée?s?|secrète?s?)|\b(?:zeig|gib|verrate|wiederhole|nenne|druck)\w*\b.{0,30}(?:systemprompt|systemanweisung|system-prompt|(?:versteckt|ursprünglich|geheim|initial)\w* (?:anweisung|instruktion|prompt))|\b(?:muestra|muéstra|revela|repite|dime|imprime|enséña)\w*\b.{0,30}\b(?:prompt|mensaje|instrucciones)\s+(?:del? )?(?:sistema|inicial|ocult|secret)|\b(?:mostra|rivela|ripeti|dimmi|stampa)\w*\b.{0,30}\b(?:prompt|messaggio|istruzioni)\s+(?:di |del )?(?:sistema|iniziali|nascost|segret)|\b(?:mostr|revel|repit|diga|imprim)\w*\b.{0,30}\b(?:prompt|mensagem|instruções)\s+(?:de |do )?(?:sistema|iniciais|ocult|secret)|\b(?:laat|toon|herhaal|geef|onthul)\b.{0,30}(?:systeemprompt|systeeminstructies|verborgen instructies|oorspronkelijke instructies|geheime instructies)|\b(?:pokaż|powtórz|ujawnij|wypisz|podaj)\b.{0,30}(?:prompt\w* systemow|systemow\w* prompt|ukryt\w* instrukcj|instrukcj\w* systemow|początkow\w* instrukcj)|(?:покажи|выведи|повтори|раскрой|напиши|дай)\w*.{0,30}(?:системн\w* (?:промпт|инструкци|сообщени)|скрыт\w* инструкци|исходн\w* инструкци)|(?:sistem istem|sistem talimat|gizli talimat|ilk talimat)\w*.{0,30}(?:göster|tekrarla|yaz|söyle)|(?:显示|给我看|告诉我|重复|输出|打印|泄露|透露).{0,10}(?:系统提示|系统指令|隐藏指令|隐藏的指令|初始指令|系统设定|提示词)|(?:システムプロンプト|隠された指示|隠し指示|最初の指示|システム指示).{0,15}(?:見せ|表示|教え|繰り返|出力)|(?:أرني|اعرض|أظهر|كرر|اكشف).{0,30}(?:موجه النظام|موجّه النظام|تعليمات النظام|التعليمات المخفية|التعليمات الأولية)|(?:सिस्टम प्रॉम्प्ट|छिपे हुए निर्देश|शुरुआती निर्देश|सिस्टम निर्देश).{0,30}(?:दिखाओ|बताओ|दोहराओ|लिखो))",
+        score: 0.93,
+        reason: "asks for the system prompt",
+    },
+    Rule {
+        pattern: r"(?:\b(?:tu es|vous êtes|tu deviens|agis comme)\b.{0,50}\bsans (?:aucune? )?(?:restriction|limite|filtre|règle|censure)|\b(?:du bist|sie sind|agiere als)\b.{0,50}\bohne (?:jegliche |irgendwelche )?(?:einschränkung|beschränkung|filter|regeln|zensur|grenzen)|\b(?:eres|actúa como|te conviertes en)\b.{0,50}\bsin (?:ninguna? )?(?:restricci|límite|filtro|regla|censura)|\b(?:sei|agisci come|diventi)\b.{0,50}\bsenza (?:alcun[ao]? )?(?:restrizion|limit|filtr|regol|censura)|\b(?:você é|és|aja como|torne-se)\b.{0,50}\bsem (?:nenhuma? )?(?:restriç|limite|filtro|regra|censura)|\b(?:je bent|jij bent|gedraag je als)\b.{0,50}\bzonder (?:enige )?(?:beperking|grenzen|filter|regels|censuur)|\b(?:jesteś|zachowuj się jak|stań się)\b.{0,60}\bbez (?:żadnych )?(?:ograniczeń|filtrów|zasad|cenzury|limitów)|(?:^|\s)(?:ты|теперь ты|веди себя как|стань)\s.{0,60}без (?:каких-либо |всяких |любых )?(?:ограничени|фильтр|правил|цензур)|(?:\bsen\b|yapay zeka).{0,60}(?:kısıtlama|sınır|filtre|kural|sansür)\w*\s.{0,20}(?:olmayan|yok)|(?:kısıtlama|sınır|filtre|kural|sansür)\w*\s.{0,30}olmayan bir (?:yapay zeka|asistan)|你.{0,20}(?:没有任何|没有|不受任何|不受)(?:限制|过滤|规则|审查|约束)|(?:制限|フィルター|ルール|検閲).{0,12}(?:一切ない|もない|のない).{0,4}(?:ai|アシスタント)|أنت.{0,40}(?:بلا|بدون|دون) (?:أي )?(?:قيود|حدود|فلاتر|قواعد|رقابة)|तुम.{0,60}(?:बिना किसी|बिना) (?:प्रतिबंध|सीमा|फ़िल्टर|फिल्टर|नियम))",
+        score: 0.93,
+        reason: "a jailbreak persona",
+    },
+    Rule {
+        pattern: r"(?:envoie|envoyez|transmets|transmettez|schick|sende|leite|envía|envia|manda|reenvía|invia|inoltra|envie|encaminhe|stuur|wyślij|prześlij|отправь|перешли|gönder|ilet|发送|发到|转发|送信|転送|أرسل|भेज)\w*.{0,60}(?:conversation|mots de passe|identifiants|gespräch|passwörter|zugangsdaten|conversación|contraseñas|credenciales|conversazione|password|credenziali|conversa|senhas|credenciais|gesprek|wachtwoorden|rozmow|hasła|переписк|парол|разговор|konuşma|şifre|对话|密码|会話|パスワード|المحادثة|كلمات مرور|बातचीत|पासवर्ड).{0,60}(?:https?://|www\.|[\w.-]+@[\w-]+\.)|(?:konuşma|şifre|对话|密码|会話|パスワード|बातचीत|पासवर्ड)\S*.{0,60}(?:https?://|[\w.-]+@[\w-]+\.)\S*.{0,30}(?:gönder|ilet|送信|転送|भेज)",
+        score: 0.9,
+        reason: "asks to send data to an outside address",
+    },
+    Rule {
+        pattern: r"(?:\b(?:note|message|remarque|instruction)s? (?:pour|à) (?:l'|l’)?(?:ia|assistant ia|modèle)\b|\bsi (?:tu es|vous êtes) une? (?:ia|assistant|modèle de langage)\b|\b(?:hinweis|nachricht|anweisung) (?:an|für) (?:den |die )?(?:ki|ki-assistenten|sprachmodell)\b|\b(?:falls|wenn) du eine ki bist\b|\b(?:nota|mensaje|instrucción|instrucciones) para (?:el |la )?(?:ia|asistente de ia|modelo)\b|\bsi eres una? (?:ia|asistente|modelo de lenguaje)\b|\b(?:nota|messaggio|istruzioni?) per (?:l'|l’)(?:ia|assistente ia)|\bse sei un(?:'|’)ia\b|\b(?:nota|mensagem|instruç\w+) para (?:o |a )?(?:ia|assistente de ia|modelo)\b|\bse você (?:é|for) uma? (?:ia|modelo de linguagem)\b|\b(?:opmerking|bericht|instructie|notitie)s? voor (?:de )?(?:ai|ai-assistent|taalmodel)\b|\bals je een (?:ai|taalmodel) bent\b|\b(?:uwaga|wiadomość|instrukcja) dla (?:asystenta ai|modelu|ai|sztucznej inteligencji)\b|\bjeśli jesteś (?:ai|modelem językowym)\b|(?:примечание|сообщение|инструкция|указание) для (?:ии|ии-ассистента|языковой модели|нейросети)|если ты (?:ии|языковая модель|нейросеть)|yapay zeka asistanına|(?:给|致)\S{0,12}(?:ai|人工智能)(?:助手|模型)?的?(?:说明|提示|指令|注意)|如果你是(?:ai|人工智能|语言模型)|aiアシスタントへ|(?:ai|言語モデル)への(?:注意|指示|メッセージ)|(?:ملاحظة|رسالة|تعليمات) (?:إلى|ل)\S{0,3}(?:مساعد|نموذج) الذكاء الاصطناعي|إلى مساعد الذكاء الاصطناعي|एआई सहायक (?:के लिए|को)|(?:एआई|भाषा मॉडल) के लिए (?:नोट|निर्देश|संदेश))",
+        score: 0.85,
+        reason: "instructions addressed to an AI reading the document",
     },
 ];
 
@@ -123,20 +163,104 @@ pub struct RuleHit {
     pub reason: &'static str,
 }
 
-/// Every rule that matches `text` (normalised), with the first span of each.
+/// The rules of [`OTHER_LANGUAGES`], each compiled alone.
+fn other_languages() -> &'static [Regex] {
+    static S: OnceLock<Vec<Regex>> = OnceLock::new();
+    S.get_or_init(|| {
+        OTHER_LANGUAGES
+            .iter()
+            .map(|r| {
+                Regex::new(&format!("(?s){}", r.pattern))
+                    .unwrap_or_else(|e| panic!("injection rule: {e}"))
+            })
+            .collect()
+    })
+}
+
+/// [`rules`], and the rules of [`OTHER_LANGUAGES`]: what the normalised text is read
+/// with (its decoded views are read by [`rules`] alone).
+pub fn all_rules(text: &str) -> Vec<RuleHit> {
+    let mut hits = rules(text);
+    for (rule, re) in OTHER_LANGUAGES.iter().zip(other_languages()) {
+        if let Some(m) = re.find(text) {
+            hits.push(hit(text, rule, m.start(), m.end()));
+        }
+    }
+    hits
+}
+
+fn hit(text: &str, rule: &Rule, start: usize, end: usize) -> RuleHit {
+    RuleHit {
+        start,
+        end,
+        score: if quoted(text, start, end) {
+            rule.score * QUOTED
+        } else {
+            rule.score
+        },
+        reason: rule.reason,
+    }
+}
+
+/// Every rule that matches `text` (normalised), with the first span of each. A phrase
+/// quoted inside a longer text ("why did 'ignore previous instructions' become a common
+/// attack?") is mentioned, not given: it scores [`QUOTED`] times the rule's score, which
+/// flags it for the model and the second stage to decide rather than blocking it.
 pub fn rules(text: &str) -> Vec<RuleHit> {
     let (set, each) = rule_set();
     set.matches(text)
         .into_iter()
         .filter_map(|i| {
-            each[i].find(text).map(|m| RuleHit {
-                start: m.start(),
-                end: m.end(),
-                score: RULES[i].score,
-                reason: RULES[i].reason,
-            })
+            each[i]
+                .find(text)
+                .map(|m| hit(text, &RULES[i], m.start(), m.end()))
         })
         .collect()
+}
+
+/// What a quoted rule match's score is multiplied by (see [`rules`]).
+pub const QUOTED: f32 = 0.85;
+
+/// Whether `text[start..end]` lies inside quotation marks that open and close within a
+/// few characters of it, with at least four words of the text outside them (a text that
+/// is nothing but a quoted attack is still an attack).
+fn quoted(text: &str, start: usize, end: usize) -> bool {
+    const REACH: usize = 24;
+    let opens = |c: char| matches!(c, '"' | '\'' | '“' | '‘' | '«' | '„' | '「' | '『');
+    let closes = |c: char| matches!(c, '"' | '\'' | '”' | '’' | '»' | '“' | '」' | '』');
+    let before = &text[..start];
+    let Some((open, q)) = before
+        .char_indices()
+        .rev()
+        .take_while(|&(i, c)| start - i <= REACH && c != '\n')
+        .find(|&(_, c)| opens(c))
+    else {
+        return false;
+    };
+    // An opening mark follows a space, a bracket or the start, not a letter ("user's").
+    if before[..open]
+        .chars()
+        .next_back()
+        .is_some_and(char::is_alphanumeric)
+    {
+        return false;
+    }
+    let after = &text[end..];
+    let Some((close, _)) = after
+        .char_indices()
+        .take_while(|&(i, c)| i <= REACH && c != '\n')
+        .find(|&(_, c)| closes(c) && (c != '\'' || q == '\''))
+    else {
+        return false;
+    };
+    let close = end + close;
+    let rest = after[close - end..].chars().nth(1);
+    if rest.is_some_and(char::is_alphanumeric) {
+        return false;
+    }
+    let outside =
+        text[..open].split_whitespace().count() + text[close..].split_whitespace().count();
+    outside >= 4
 }
 
 /// Texts shorter than this many words are "short" (see [`Model::score`]).

@@ -267,7 +267,7 @@ impl Guard {
                 best = Some((s, span, why));
             }
         };
-        for hit in injection::rules(&norm.text) {
+        for hit in injection::all_rules(&norm.text) {
             prior = prior.max(hit.score);
             consider(
                 hit.score,
