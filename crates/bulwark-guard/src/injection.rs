@@ -142,10 +142,17 @@ const OTHER_LANGUAGES: &[Rule] = &[
     },
 ];
 
+/// [`RULES`] compiled into one set, with ASCII word boundaries (`(?-u:\b)`): their words
+/// are English, and a Unicode `\b` keeps the regex engine off its fast automaton on any
+/// text with a character outside ASCII, which made 1 KB of Russian or Chinese cost 1 ms
+/// of rules (0.7 ms now for the whole first stage, other languages' rules included).
 fn rule_set() -> &'static (RegexSet, Vec<Regex>) {
     static S: OnceLock<(RegexSet, Vec<Regex>)> = OnceLock::new();
     S.get_or_init(|| {
-        let patterns: Vec<String> = RULES.iter().map(|r| format!("(?s){}", r.pattern)).collect();
+        let patterns: Vec<String> = RULES
+            .iter()
+            .map(|r| format!("(?s){}", r.pattern.replace(r"\b", r"(?-u:\b)")))
+            .collect();
         let set = RegexSet::new(&patterns).unwrap_or_else(|e| panic!("injection rules: {e}"));
         let each = patterns
             .iter()
