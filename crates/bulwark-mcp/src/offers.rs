@@ -62,16 +62,25 @@ impl Gateway {
         })
     }
 
+    /// Whether `server`'s resource `r` (as the server lists it) has a description that
+    /// gives hidden orders: what both the listing and a read by URI ask, under one
+    /// cache key.
+    fn resource_poisoned(&self, server: &str, r: &Resource) -> bool {
+        self.description_poisoned(
+            &resource_uri(server, &r.uri),
+            &described(&r.title, &r.description),
+        )
+    }
+
     /// Whether `up` lists resource `own` with a description that gives hidden orders.
     async fn hidden_resource(&self, up: &Upstream, own: &str) -> bool {
         let Ok((listed, _)) = up.list_resources().await else {
             return false;
         };
-        let shown = resource_uri(&up.config.name, own);
         listed
             .iter()
             .filter(|r| r.uri == own)
-            .any(|r| self.description_poisoned(&shown, &described(&r.title, &r.description)))
+            .any(|r| self.resource_poisoned(&up.config.name, r))
     }
 
     /// The resources and templates `caller` may read.
@@ -94,9 +103,8 @@ impl Gateway {
                 }
             };
             for mut r in rs {
-                let text = described(&r.title, &r.description);
-                r.uri = resource_uri(server, &r.uri);
-                if !self.description_poisoned(&r.uri, &text) {
+                if !self.resource_poisoned(server, &r) {
+                    r.uri = resource_uri(server, &r.uri);
                     resources.push(r);
                 }
             }
