@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use bulwark_guard::Guard;
+use bulwark_guard::{Guard, Thresholds};
 use serde_json::json;
 
 mod common;
@@ -48,8 +48,8 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, s: &Scored) {
-        let block = s.score >= s.threshold;
-        let flag = s.score >= s.threshold * 0.75;
+        let t = Thresholds::blocking_at(s.threshold);
+        let (block, flag) = (s.score >= t.block, s.score >= t.flag);
         if s.e.label {
             self.attacks += 1;
             self.blocked += u32::from(block);

@@ -146,7 +146,13 @@ impl Default for Thresholds {
     /// false-positive rate of at most 1% (stored with the model; see BENCHMARKS.md,
     /// "Guard"); `flag` is lower, for a second look.
     fn default() -> Self {
-        let block = injection::model().map_or(0.8, |m| m.threshold);
+        Thresholds::blocking_at(injection::model().map_or(0.8, |m| m.threshold))
+    }
+}
+
+impl Thresholds {
+    /// Blocking at `block`, flagging from three quarters of it.
+    pub fn blocking_at(block: f32) -> Self {
         Thresholds {
             block,
             flag: block * 0.75,

@@ -138,10 +138,7 @@ impl Fitted {
     /// The gateway's first stage with this model, blocking at its threshold.
     pub fn guard(&self) -> Guard {
         Guard {
-            thresholds: Thresholds {
-                block: self.threshold,
-                flag: self.threshold * 0.75,
-            },
+            thresholds: Thresholds::blocking_at(self.threshold),
             model: Some(self.model),
             encoder: None,
         }
