@@ -221,7 +221,7 @@ fn shuffle(v: &mut [usize], seed: u64) {
 }
 
 /// Whether the second stage's adapter was trained on `source` (as
-/// `train/finetune_encoder.py`'s ENCODER_SOURCES).
+/// `train/prepare.py`'s `original_source`).
 fn encoder_source(source: &str) -> bool {
     matches!(source, "s-labs" | "handwritten" | "generated") || source.starts_with("neuralchemy")
 }
@@ -243,8 +243,8 @@ fn main() {
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let train = read(&data.join("train.jsonl").display().to_string());
     let dev = read(&data.join("dev.jsonl").display().to_string());
-    // The tuning split of the sources the adapter was trained on (finetune_encoder.py's
-    // ENCODER_SOURCES): the later ones are held out from the second stage altogether.
+    // The tuning split of the sources the adapter was trained on: the later ones are
+    // held out from the second stage altogether.
     let tune: Vec<&Example> = train
         .iter()
         .filter(|e| is_tuning(&e.text) && encoder_source(&e.source))

@@ -47,7 +47,7 @@ import re
 import sys
 import tarfile
 
-from prepare import fetch, is_tuning
+from prepare import fetch, is_tuning, original_source
 
 SDIST = "Django-5.1.4.tar.gz"
 SDIST_SHA256 = "de450c09e91879fa5a307f696e57c851955c910a438a35e6b4c895e86bedc82a"
@@ -62,12 +62,11 @@ NOT_INJECTIONS = {"jailbreak"}
 
 
 def hidden_from(row):
-    """Whether attacks of `row`'s source are hidden in documents: those of the sources
-    prepare.py had when the shipped models were trained (so that the passages stay as
-    they were); every row says in `from` which source its attack came from, so that
-    leave-one-source-out can drop it with that source."""
-    s = row["source"]
-    return s in ("s-labs", "handwritten", "generated") or s.startswith("neuralchemy")
+    """Whether attacks of `row`'s source are hidden in documents: those of the original
+    sources (prepare.original_source), so that the passages stay as they were; every row
+    says in `from` which source its attack came from, so that leave-one-source-out can
+    drop it with that source."""
+    return original_source(row["source"])
 
 
 def passage(text, rng):

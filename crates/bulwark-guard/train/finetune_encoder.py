@@ -49,7 +49,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from prepare import is_tuning
+from prepare import is_tuning, original_source
 
 WINDOW, OVERLAP, BUDGET = 128, 32, 1024  # as src/encoder.rs: WINDOW, OVERLAP, MAX_TOKENS
 CLS, SEP = 101, 102
@@ -252,9 +252,6 @@ def choose(enc, lex, labels):
     return t_alone, best[1], best[2]
 
 
-ENCODER_SOURCES = ("s-labs", "handwritten", "generated")
-
-
 def main(data, model_dir, out):
     data, model_dir, out = pathlib.Path(data), pathlib.Path(model_dir), pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,8 +271,7 @@ def main(data, model_dir, out):
             r["tune"] = is_tuning(r["text"])
     # The shipped adapter was trained on the sources prepare.py had then; the later ones
     # (multilingual, agent traces, chatterbot, yanismiraoui) are held out from it.
-    rows["train"] = [r for r in rows["train"] if r.get("source") in ENCODER_SOURCES
-                     or r.get("source", "").startswith("neuralchemy")]
+    rows["train"] = [r for r in rows["train"] if original_source(r.get("source", ""))]
     # With DOCS=1, documents.py's passages of documentation and code (with and without a
     # hidden attack) join the fit split only (measured, not shipped: BENCHMARKS.md).
     if os.environ.get("DOCS") == "1":

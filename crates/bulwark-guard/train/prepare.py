@@ -79,6 +79,14 @@ def key(text):
     return " ".join(text.lower().split())
 
 
+def original_source(source):
+    """Whether `source` is one prepare.py had before issue 19: the sources the shipped
+    encoder adapter was trained on, and whose attacks documents.py hides in passages (so
+    that those stay as they were). examples/calibrate_encoder.rs's `encoder_source`
+    says the same in Rust."""
+    return source in ("s-labs", "handwritten", "generated") or source.startswith("neuralchemy")
+
+
 def is_tuning(text):
     """Whether a train text is in the tuning split: FNV-1a of its UTF-8 bytes, one in ten
     (as examples/common's `is_tuning`; the trainers import this one)."""
