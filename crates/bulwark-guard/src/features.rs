@@ -1,7 +1,8 @@
 //! The learned injection detector's features: hashed word unigrams and bigrams and
 //! character 3- to 5-grams of the normalised text (bytes), and character bigrams and
-//! trigrams of the scripts written without spaces (Chinese, Japanese, Korean, Thai). Shared by inference and by the
-//! trainer (`examples/train_injection.rs`), so the two can never disagree.
+//! trigrams of the scripts written without spaces (Chinese, Japanese, Korean, Thai).
+//! Shared by inference and by the trainer (`examples/train_injection.rs`), so the two
+//! can never disagree.
 
 /// Number of hash buckets (weights) of the model.
 pub const BUCKETS: usize = 1 << 18;
