@@ -84,7 +84,8 @@ def detect(gw, text, model="marked", key="plain"):
 def test_marked_answers_disclose_it_and_are_detected(gw):
     listed = {m.id: (m.model_extra or {}).get("watermark") for m in client(gw).models.list()}
     assert listed["marked"] is True and listed["plain"] is False, listed
-    raw, answer = ask(gw, "marked", seed=3)
+    # A frequency penalty keeps this small model from looping (see the streamed test).
+    raw, answer = ask(gw, "marked", seed=3, frequency_penalty=0.5)
     mark = raw.headers["x-bulwark-watermark"]
     assert mark.startswith("kgw-lefthash-v1; key=") and "gamma=0.25; delta=2" in mark
     text = answer.choices[0].message.content
@@ -120,13 +121,23 @@ def test_streamed_answers_are_marked_too(gw):
 
 
 def test_the_anthropic_sdk_gets_marked_answers_too(gw):
+    # The Anthropic protocol has no ignore_eos, so the model may end a story early: each
+    # answer must not read as unmarked, and their text together, once long enough to
+    # decide, must read as marked (as a copy of several answers into one page would).
     c = anthropic.Anthropic(base_url=gw["url"], api_key=gw["keys"]["plain"], max_retries=0)
-    raw = c.messages.with_raw_response.create(
-        model="marked", max_tokens=300, messages=[{"role": "user", "content": "Tell the story of a dog that learns to swim."}],
-        extra_body={"temperature": 0.8})
-    assert raw.headers["x-bulwark-watermark"].startswith("kgw-lefthash-v1")
-    d = detect(gw, raw.parse().content[0].text)
-    assert d["verdict"] == "watermarked", d
+    texts = []
+    for animal in ("dog", "cat", "horse", "goat"):
+        raw = c.messages.with_raw_response.create(
+            model="marked", max_tokens=300,
+            messages=[{"role": "user", "content": f"Tell the long story of a {animal} that learns to swim."}],
+            extra_body={"temperature": 0.8})
+        assert raw.headers["x-bulwark-watermark"].startswith("kgw-lefthash-v1")
+        texts.append(raw.parse().content[0].text)
+        assert detect(gw, texts[-1])["verdict"] != "not_watermarked", texts[-1]
+        d = detect(gw, "\n\n".join(texts))
+        if d["verdict"] != "too_short":
+            break
+    assert d["verdict"] == "watermarked", (d, texts)
 
 
 def test_unmarked_answers_and_human_text_are_not(gw):
