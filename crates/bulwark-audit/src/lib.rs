@@ -206,10 +206,6 @@ struct Line {
     hash: String,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn header_hash(prev: &str, segment: u64, key: &Wrapped) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
@@ -219,7 +215,7 @@ fn header_hash(prev: &str, segment: u64, key: &Wrapped) -> String {
     h.update(key.ephemeral.as_bytes());
     h.update(key.nonce.as_bytes());
     h.update(key.sealed.as_bytes());
-    hex(&h.finalize())
+    hex::encode(h.finalize())
 }
 
 fn link_hash(prev: &str, seq: u64, nonce: &str, ct: &str) -> String {
@@ -228,7 +224,7 @@ fn link_hash(prev: &str, seq: u64, nonce: &str, ct: &str) -> String {
     h.update(seq.to_le_bytes());
     h.update(nonce.as_bytes());
     h.update(ct.as_bytes());
-    hex(&h.finalize())
+    hex::encode(h.finalize())
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

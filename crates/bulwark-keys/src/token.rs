@@ -26,24 +26,14 @@ pub fn matches(presented: &str, stored: &KeyHash) -> bool {
     hash(presented).ct_eq(stored).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
 /// A fresh `(id, plaintext key)`.
 pub fn generate() -> Result<(String, String), getrandom::Error> {
     let mut id = [0u8; ID_BYTES];
     let mut secret = [0u8; SECRET_BYTES];
     getrandom::getrandom(&mut id)?;
     getrandom::getrandom(&mut secret)?;
-    let id = hex(&id);
-    let key = format!("{PREFIX}{id}_{}", hex(&secret));
+    let id = hex::encode(id);
+    let key = format!("{PREFIX}{id}_{}", hex::encode(secret));
     Ok((id, key))
 }
 

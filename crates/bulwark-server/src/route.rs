@@ -375,11 +375,7 @@ pub async fn record_unrouted(
 
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    hex(&Sha256::digest(b))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(Sha256::digest(b))
 }
 
 /// A request that has its answer, on its way to the receipt and the audit log.
@@ -666,7 +662,7 @@ type PendingRecord = (
 impl StreamTail {
     /// The `stream_end` record to write and, for a completed stream, the receipt comment.
     fn finish(&mut self, completed: bool) -> (Option<PendingRecord>, Option<bytes::Bytes>) {
-        let digest = hex(&sha2::Digest::finalize_reset(&mut self.hasher));
+        let digest = hex::encode(sha2::Digest::finalize_reset(&mut self.hasher));
         let pending = self.start.take().map(|(audit, mut r)| {
             let tokens = self.tokens.get();
             r.event = bulwark_audit::Event::StreamEnd;

@@ -28,7 +28,7 @@ pub fn file(path: &Path, progress: &dyn Fn(u64)) -> std::io::Result<Digests> {
         for c in rx_s {
             h.update(&c[..]);
         }
-        crate::hex(&h.finalize())
+        hex::encode(h.finalize())
     });
     let b3 = std::thread::spawn(move || {
         let mut h = blake3::Hasher::new();

@@ -66,17 +66,7 @@ pub fn sha256_file(path: &Path) -> Result<String, VerifyError> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Checks a file against a pinned lower-case hex SHA-256.

@@ -192,7 +192,7 @@ pub fn verify(
         }
         files.push((name.to_owned(), digest.to_ascii_lowercase()));
     }
-    if crate::hex(&root_hasher.finalize()) != root.to_ascii_lowercase() {
+    if hex::encode(root_hasher.finalize()) != root.to_ascii_lowercase() {
         return Err("the subject's root digest does not match the listed files".into());
     }
     // The files themselves.

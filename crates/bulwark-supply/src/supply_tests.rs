@@ -628,7 +628,7 @@ fn hashing_matches_sha256_and_blake3_of_the_whole_file() {
     let p = put(dir.path(), "big.bin", &data);
     let d = crate::hash::file(&p, &|_| {}).unwrap();
     use sha2::Digest;
-    assert_eq!(d.sha256, crate::hex(&sha2::Sha256::digest(&data)));
+    assert_eq!(d.sha256, hex::encode(sha2::Sha256::digest(&data)));
     assert_eq!(d.blake3, blake3::hash(&data).to_hex().to_string());
     assert_eq!(d.size, data.len() as u64);
 }
@@ -704,12 +704,12 @@ fn openssf_bundles_verify_and_name_the_changed_file() {
         .map(|(n, b)| {
             let d = sha2::Sha256::digest(b);
             root.update(d);
-            serde_json::json!({"name": n, "algorithm": "sha256", "digest": crate::hex(&d)})
+            serde_json::json!({"name": n, "algorithm": "sha256", "digest": hex::encode(d)})
         })
         .collect();
     let statement = serde_json::json!({
         "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": "model", "digest": {"sha256": crate::hex(&root.finalize())}}],
+        "subject": [{"name": "model", "digest": {"sha256": hex::encode(root.finalize())}}],
         "predicateType": sigstore::PREDICATE_TYPE,
         "predicate": {"serialization": {"method": "files", "hash_type": "sha256", "allow_symlinks": false, "ignore_paths": []}, "resources": resources},
     });

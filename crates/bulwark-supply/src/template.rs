@@ -86,7 +86,7 @@ fn regexes() -> &'static (RegexSet, RegexSet, Regex) {
 }
 
 pub fn sha256(template: &str) -> String {
-    crate::hex(&Sha256::digest(template.as_bytes()))
+    hex::encode(Sha256::digest(template.as_bytes()))
 }
 
 /// Findings for a chat template; `model_name` is the file's `general.name`.
