@@ -2,8 +2,8 @@
 //!
 //! `loso DATA_DIR` (after `train/prepare.py` and `train/documents.py`; run by
 //! `bench/guard_loso.sh`). For each source (the `source` of `train.jsonl` and `dev.jsonl`
-//! rows; Django's snippets and passages are one source, Sphinx's calibration pieces
-//! another), the first stage is fitted as `train_injection` fits the shipped one, on
+//! rows; each project's snippets and passages (`train/documents.py`: Django, pytest,
+//! tokio, lodash) are one source, Sphinx's calibration pieces another), the first stage is fitted as `train_injection` fits the shipped one, on
 //! every other source (its thresholds chosen on their tuning split and long benign
 //! texts), and scores the held-out source's texts at that blocking threshold (and at the
 //! flag threshold, three quarters of it). Every text is thus scored by a model that never
@@ -109,7 +109,9 @@ fn main() {
     let file = |name: &str| format!("{dir}/{name}");
     let relabel = |mut v: Vec<Example>, source: &str| {
         for e in &mut v {
-            e.source = source.to_owned();
+            if e.source.is_empty() {
+                e.source = source.to_owned();
+            }
             if e.lang.is_empty() {
                 e.lang = "en".to_owned();
             }
@@ -126,11 +128,11 @@ fn main() {
     };
     let mut rows = read(&file("train.jsonl"));
     rows.extend(read(&file("dev.jsonl")));
-    let snippets = relabel(read(&file("snippets.jsonl")), "django");
-    let docs = relabel(read(&file("docs.jsonl")), "django");
+    let snippets = relabel(read(&file("snippets.jsonl")), "documents");
+    let docs = relabel(read(&file("docs.jsonl")), "documents");
     let cal = relabel(read(&file("documents_calibration.jsonl")), "sphinx");
-    let mut sources: Vec<String> = rows.iter().map(|e| e.source.clone()).collect();
-    sources.extend(["django".to_owned(), "sphinx".to_owned()]);
+    let sources = rows.iter().chain(&snippets).chain(&docs).chain(&cal);
+    let mut sources: Vec<String> = sources.map(|e| e.source.clone()).collect();
     sources.sort_unstable();
     sources.dedup();
     if let Ok(only) = std::env::var("LOSO_ONLY") {

