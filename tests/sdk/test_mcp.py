@@ -294,6 +294,15 @@ def test_once_keys_exist_a_caller_without_one_is_refused(gw):
     r = httpx.post(f"{gw['url']}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
                    headers={"accept": "application/json, text/event-stream"})
     assert r.status_code == 401 and "requires an API key" in r.text, r.text
+    bad = httpx.post(f"{gw['url']}/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                     headers={"accept": "application/json, text/event-stream", "authorization": "Bearer bw_not_a_key"})
+    assert bad.status_code == 401, bad.text
+    # Both refusals are in the audit log, as on /v1.
+    out = cli("audit", "export", "--key", f"{gw['tmp']}/audit/audit.key", "--config", gw["cfg"], data=gw["data"],
+              check=True)
+    refused = {(x["request_id"], x["status"], x["decision"], x.get("error")) for x in map(json.loads, out.stdout.splitlines())}
+    for resp, code in ((r, "missing_api_key"), (bad, "invalid_api_key")):
+        assert (resp.headers["x-request-id"], 401, "POST /mcp", code) in refused, (resp.headers, code)
 
 
 def test_a_gateway_without_keys_gives_callers_the_anonymous_tools():

@@ -1,6 +1,7 @@
 //! `/mcp`: the MCP gateway (`bulwark-mcp`) behind the same key check and in-flight
-//! limit as `/v1`. The key's tool patterns (or `[mcp] anonymous_tools` on a gateway
-//! without keys) and the request id travel to the gateway in the request's extensions.
+//! limit as `/v1`, whose refusals are recorded in the audit log as on `/v1`. The key's
+//! tool patterns (or `[mcp] anonymous_tools` on a gateway without keys) and the request
+//! id travel to the gateway in the request's extensions.
 
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -30,6 +31,10 @@ pub fn routes(state: &AppState) -> Option<Router<AppState>> {
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 crate::auth::require_key,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::route::record_mcp_refusal,
             )),
     )
 }

@@ -335,6 +335,29 @@ pub async fn record_unrouted(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    record_unanswered(state, req, next, false).await
+}
+
+/// On `/mcp`: the record of a request the gateway's own layers refused before the MCP
+/// gateway saw it (no key, an invalid or revoked key or passport, an expired passport,
+/// the in-flight limit). The MCP gateway records each tool call itself; handshakes and
+/// lists are not recorded.
+pub async fn record_mcp_refusal(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    record_unanswered(state, req, next, true).await
+}
+
+/// A record for a request that reached no handler that records it; with
+/// `refusals_only`, only for an answer that is one of the gateway's own errors.
+async fn record_unanswered(
+    state: AppState,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    refusals_only: bool,
+) -> Response {
     let Some(audit) = state.audit.clone() else {
         return next.run(req).await;
     };
@@ -344,7 +367,8 @@ pub async fn record_unrouted(
     let id = req.headers().get("x-request-id").cloned();
     let client_id = req.headers().get(crate::CLIENT_REQUEST_ID).cloned();
     let resp = next.run(req).await;
-    if resp.extensions().get::<Audited>().is_some() {
+    let refusal = resp.extensions().get::<crate::error::ErrorCode>().is_some();
+    if resp.extensions().get::<Audited>().is_some() || (refusals_only && !refusal) {
         return resp;
     }
     let key = resp.extensions().get::<Caller>().and_then(|c| c.0.as_ref());
