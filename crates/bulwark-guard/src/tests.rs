@@ -270,6 +270,27 @@ fn short_snippets_of_code_and_documentation_are_not_blocked() {
     }
 }
 
+#[test]
+fn short_texts_of_numbers_are_not_blocked() {
+    // A model trained on attacks padded with thousands of "\0" (one window, since the
+    // padding has no spaces) gave the word "0" a weight that blocked "fill 0 0" (0.999);
+    // the trainer now leaves such padding out (`examples/common/fit.rs`).
+    for text in [
+        "fill 0 0",
+        "x 0 0",
+        "set 0 0",
+        "point 0 0",
+        "resize to 0 0",
+        "0 0 1",
+        "[0, 0, 0]",
+        "fill 3 5",
+        "move 10 20",
+        "1 2 3 4 5",
+    ] {
+        assert_ne!(verdict(text), Verdict::Block, "{text}");
+    }
+}
+
 /// The hand-written probes in fourteen languages (`train/probes.jsonl`: three attacks and
 /// three benign look-alikes per language, never trained on), as a verdict table.
 #[test]
@@ -307,7 +328,7 @@ fn attacks_and_look_alikes_in_fourteen_languages() {
         nl: MISS MISS FLAG ok ok ok
         pl: MISS ok MISS ok flag ok
         zh: MISS ok ok ok ok ok
-        ja: MISS MISS FLAG ok flag ok
+        ja: MISS MISS FLAG ok ok ok
         ar: ok MISS ok ok ok ok
         hi: ok MISS ok ok ok ok
         ru: ok FLAG ok ok ok ok

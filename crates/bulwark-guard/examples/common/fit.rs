@@ -41,6 +41,25 @@ pub fn build(bias: f32, w: &[f32], threshold: f32) -> (Vec<u8>, &'static Model) 
     (bytes, Box::leak(Box::new(model)))
 }
 
+/// Whether `text` is mostly one word repeated: at least 32 words (as the features split
+/// them), over half of them the same.
+fn padding(text: &str) -> bool {
+    let mut words: Vec<&str> = text
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.len() < 32 {
+        return false;
+    }
+    words.sort_unstable();
+    let most = words
+        .chunk_by(|a, b| a == b)
+        .map(<[&str]>::len)
+        .max()
+        .unwrap_or(0);
+    most * 2 > words.len()
+}
+
 /// Logistic regression over the hashed features of `fit`, by SGD with L2: (bias,
 /// weights).
 pub fn sgd(fit: &[&Example], (epochs, l2, lr0): (usize, f32, f32)) -> (f32, Vec<f32>) {
@@ -50,8 +69,18 @@ pub fn sgd(fit: &[&Example], (epochs, l2, lr0): (usize, f32, f32)) -> (f32, Vec<
     let mut order: Vec<usize> = (0..fit.len()).collect();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut scratch = Vec::new();
-    let windows: Vec<Vec<(usize, usize)>> =
-        fit.iter().map(|e| features::windows(&e.norm)).collect();
+    // Windows that are mostly one word repeated are left out: some attacks are padded
+    // with thousands of one token ("\0\0\0...", one window since it has no spaces),
+    // and taught as an attack such a window gave the word "0" a weight that blocked
+    // "fill 0 0". The instruction around the padding is still learned from the others.
+    let windows: Vec<Vec<(usize, usize)>> = fit
+        .iter()
+        .map(|e| {
+            let mut spans = features::windows(&e.norm);
+            spans.retain(|&(s, t)| !padding(&e.norm[s..t]));
+            spans
+        })
+        .collect();
     for epoch in 0..epochs {
         for i in (1..order.len()).rev() {
             rng ^= rng << 13;
