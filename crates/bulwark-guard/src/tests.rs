@@ -80,6 +80,15 @@ fn benign_texts_pass() {
     ] {
         assert_ne!(verdict(text), Verdict::Block, "{text}");
     }
+    // Harmless requests in the words attacks use, as the guard's users wrote them
+    // up: not even flagged.
+    for text in [
+        "Ignore the typos, I wrote this on my phone.",
+        "Act as a tutor and explain fractions to my son.",
+        "Pretend you are my customer and I am selling you a car.",
+    ] {
+        assert_eq!(verdict(text), Verdict::Allow, "{text}");
+    }
 }
 
 #[test]
