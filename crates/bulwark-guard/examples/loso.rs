@@ -3,12 +3,13 @@
 //! `loso DATA_DIR` (after `train/prepare.py` and `train/documents.py`; run by
 //! `bench/guard_loso.sh`). For each source (the `source` of `train.jsonl` and `dev.jsonl`
 //! rows; each project's snippets and passages (`train/documents.py`: Django, pytest,
-//! tokio, lodash) are one source, Sphinx's calibration pieces another), the first stage is fitted as `train_injection` fits the shipped one, on
-//! every other source (its thresholds chosen on their tuning split and long benign
-//! texts), and scores the held-out source's texts at that blocking threshold (and at the
-//! flag threshold, three quarters of it). Every text is thus scored by a model that never
-//! saw its source. The shipped model, trained on every source, scores them too: the
-//! in-sample figure, for the gap.
+//! tokio, lodash) are one source, Sphinx's calibration pieces another), the first stage
+//! is fitted as `train_injection` fits the shipped one, on every other source (its
+//! thresholds chosen on their tuning split and long benign texts), and scores the
+//! held-out source's texts at that blocking threshold (and at the flag threshold, three
+//! quarters of it). Every text is thus scored by a model that never saw its source.
+//! The shipped model, trained on every source, scores them too: the in-sample figure,
+//! for the gap.
 //!
 //! Prints Markdown tables (per source, per language, per kind) on stdout; with
 //! `LOSO_OUT=FILE`, one JSON line per text (source, lang, kind, label, score, threshold)
