@@ -553,19 +553,19 @@ impl Gateway {
         cancel: &CancellationToken,
     ) -> Outcome {
         let name = &entry.name;
-        if let Some(problem) = schema::check(
-            &Value::Object((*entry.definition.input_schema).clone()),
-            &Value::Object(args.clone()),
-        ) {
+        let args = Value::Object(args);
+        if let Some(problem) = schema::check(&entry.definition.input_schema, &args) {
             return Outcome::refused(
                 "refused",
                 "invalid_arguments",
                 format!("Invalid arguments for {name}: {problem}."),
             );
         }
+        let Value::Object(mut args) = args else {
+            unreachable!("made an object just above")
+        };
         // Placeholders this caller was shown stand for their values again (where the
         // values may go: see `pseudonyms`); the operator's rules judge the values.
-        let mut args = args;
         self.pseudonyms
             .restore(caller.principal(), entry.class, &mut args);
         if let Some(problem) = arguments::check(&self.config.arguments, name, &args) {

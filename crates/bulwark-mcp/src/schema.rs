@@ -6,13 +6,14 @@
 //! (`$ref`, `oneOf`, `pattern`...) is not checked here; the upstream server still
 //! validates its own arguments. Depth is bounded.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 const MAX_DEPTH: usize = 32;
 
-/// `None` when `value` fits `schema`, else what is wrong (with its JSON path).
-pub fn check(schema: &Value, value: &Value) -> Option<String> {
-    walk(schema, value, "arguments", 0)
+/// `None` when `value` fits `schema` (a tool's input schema, an object), else what is
+/// wrong (with its JSON path).
+pub fn check(schema: &Map<String, Value>, value: &Value) -> Option<String> {
+    walk_object(schema, value, "arguments", 0)
 }
 
 fn type_ok(t: &str, v: &Value) -> bool {
@@ -36,9 +37,13 @@ fn walk(schema: &Value, v: &Value, at: &str, depth: usize) -> Option<String> {
     if depth > MAX_DEPTH {
         return Some(format!("{at}: nested too deeply"));
     }
-    let Some(s) = schema.as_object() else {
-        return None; // `true`, `{}` or something this check does not read
-    };
+    match schema.as_object() {
+        Some(s) => walk_object(s, v, at, depth),
+        None => None, // `true`, `{}` or something this check does not read
+    }
+}
+
+fn walk_object(s: &Map<String, Value>, v: &Value, at: &str, depth: usize) -> Option<String> {
     match s.get("type") {
         Some(Value::String(t)) if !type_ok(t, v) => return Some(format!("{at}: expected {t}")),
         Some(Value::Array(ts)) if !ts.iter().filter_map(Value::as_str).any(|t| type_ok(t, v)) => {
@@ -128,6 +133,7 @@ mod tests {
             "required": ["root"],
             "additionalProperties": false
         });
+        let s = s.as_object().cloned().unwrap_or_default();
         assert_eq!(
             check(
                 &s,
@@ -168,6 +174,7 @@ mod tests {
             s = json!({"type": "array", "items": s});
             v = json!([v]);
         }
+        let s = s.as_object().cloned().unwrap_or_default();
         assert!(check(&s, &v).is_some());
     }
 }
