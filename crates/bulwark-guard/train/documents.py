@@ -253,9 +253,10 @@ def prose_paragraphs(text):
 
 
 def sentences(projects, rng):
-    """PROSE_SENTENCES sentences, as many of each project's as it has (8 to 60 words, mostly words) of the projects'
-    documentation and doc comments, benign: a document's sentence quoted on its own,
-    the form in which technical prose was most often taken for an attack."""
+    """Up to PROSE_SENTENCES sentences of the projects' documentation and doc comments,
+    an equal share of each project's (or all it has), of 8 to 60 words, mostly words;
+    benign: a document's sentence quoted on its own, the form in which technical prose
+    was most often taken for an attack."""
     pool = {}
     for name, files in projects.items():
         for _, text in files:
