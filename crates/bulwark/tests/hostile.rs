@@ -249,13 +249,18 @@ async fn hostile_clients_meet_limits_and_cannot_smuggle() {
     );
     // Half-closed: the request, then the client shuts its sending side. Like a hang-up,
     // that is taken as the client leaving: no answer, the connection closes at once.
+    // The upstream (`silent`) would answer nothing before the read timeout (1.5 s, then a
+    // 504 well within `wait`), so that an answer can only mean the half-close was not
+    // noticed; with `fine`, an answer ready before the gateway read the end of the
+    // stream was sent, on a busy machine.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(b.addr)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        let silent = chat("silent", false).to_string();
         let _ = s
-            .write_all(format!("{}{body}", post_head("", body.len())).as_bytes())
+            .write_all(format!("{}{silent}", post_head("", silent.len())).as_bytes())
             .await;
         let _ = s.shutdown().await;
         let mut got = Vec::new();
