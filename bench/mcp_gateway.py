@@ -8,10 +8,15 @@ connection each, calls one after another. Prints JSON lines: latency p50/p99 per
 the added p50/p99 over the direct HTTP call, and Bulwark's CPU time per call (from /proc).
 
     .venv/bin/python bench/mcp_gateway.py            # CALLS=200 ROUNDS=5 SIZE=4096
+    OTHER=/tmp/bulwark-base .venv/bin/python bench/mcp_gateway.py   # and another build
+
+OTHER (a path to another build of `bulwark`, e.g. the previous commit's) adds that build,
+guard on and off, to the same interleaved rounds, its rows named `other...`.
 
 UPSTREAM_PROTOCOL (auto, 2026-07-28 or 2025-11-25) is the revision Bulwark speaks to
 the server (`protocol` in its `[[mcp.servers]]` entry; auto settles on 2026-07-28).
 """
+import contextlib
 import json
 import os
 import socket
@@ -39,8 +44,8 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gateway(tmp, guard):
-    cfg = f"{tmp}/bulwark-{guard}.toml"
+def gateway(tmp, guard, binary=BULWARK, tag=""):
+    cfg = f"{tmp}/bulwark{tag}-{guard}.toml"
     with open(cfg, "w") as f:
         f.write(f"""
 [[upstreams]]
@@ -61,8 +66,8 @@ env = {{ NOTES_DIR = {json.dumps(tmp)} }}
 auto_approve = true
 protocol = "{os.environ.get('UPSTREAM_PROTOCOL', 'auto')}"
 """)
-    env = {**os.environ, "BULWARK_DATA_DIR": f"{tmp}/data-{guard}"}
-    p, url = start_printing([BULWARK, "serve", "--listen", "127.0.0.1:0", "--config", cfg], env=env)
+    env = {**os.environ, "BULWARK_DATA_DIR": f"{tmp}/data{tag}-{guard}"}
+    p, url = start_printing([binary, "serve", "--listen", "127.0.0.1:0", "--config", cfg], env=env)
     wait_http(f"{url}/readyz")
     return p, url
 
@@ -80,6 +85,9 @@ async def timed(client, name, n):
 async def main():
     with tempfile.TemporaryDirectory() as tmp:
         procs = {"bulwark": gateway(tmp, True), "bulwark_guard_off": gateway(tmp, False)}
+        if os.environ.get("OTHER"):
+            procs["other"] = gateway(tmp, True, os.environ["OTHER"], "-other")
+            procs["other_guard_off"] = gateway(tmp, False, os.environ["OTHER"], "-other")
         try:
             direct = mcp.Client(StdioServerParameters(command=sys.executable, args=[str(SERVER)],
                                                       env={**os.environ, "NOTES_DIR": tmp}), cache=None)
@@ -98,7 +106,9 @@ async def main():
                 clients[name] = (mcp.Client(f"{url}/mcp", cache=None), "notes__report")
             samples = {k: [] for k in clients}
             cpu = {k: 0.0 for k in procs}
-            async with direct, direct_http, clients["bulwark"][0], clients["bulwark_guard_off"][0]:
+            async with contextlib.AsyncExitStack() as stack:
+                for c, _ in clients.values():
+                    await stack.enter_async_context(c)
                 for name, (c, tool) in clients.items():
                     await timed(c, tool, 20)  # warm up
                 for _ in range(ROUNDS):
@@ -113,7 +123,7 @@ async def main():
             for name, xs in samples.items():
                 row = {"target": name, "calls": len(xs), "result_bytes": SIZE,
                        "p50_ms": round(q(xs, 50), 3), "p99_ms": round(q(xs, 99), 3)}
-                if name.startswith("bulwark"):
+                if name in procs:
                     row["added_p50_ms"] = round(q(xs, 50) - base[50], 3)
                     row["added_p99_ms"] = round(q(xs, 99) - base[99], 3)
                     row["gateway_cpu_ms_per_call"] = round(cpu[name] / len(xs) * 1000, 3)

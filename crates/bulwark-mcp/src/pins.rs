@@ -105,6 +105,12 @@ impl Pins {
         }
     }
 
+    /// When the pin file last changed (and its length); `None` when there is none.
+    /// What was decided from the pins stands while this is the same.
+    pub fn stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        stamp(&self.path)
+    }
+
     fn load(&self) -> Result<File, PinError> {
         let now = stamp(&self.path);
         {

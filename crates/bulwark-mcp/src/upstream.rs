@@ -12,6 +12,7 @@
 //! allows: `rmcp`'s client keeps each for the `ttlMs` the server gives and drops it on
 //! a `list_changed` notification. Calls also reuse a tool list up to 2 s old.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulwark_config::mcp::{McpServerConfig, Protocol, Transport};
@@ -42,11 +43,14 @@ struct Conn {
     generation: u64,
 }
 
+/// A tool list: when it was asked for, from which start, and what it holds.
+type Listed = (Instant, u64, Arc<Vec<Tool>>);
+
 pub struct Upstream {
     pub config: McpServerConfig,
     conn: Mutex<Conn>,
     /// The last list: when, from which start, what.
-    listed: std::sync::Mutex<Option<(Instant, u64, Vec<Tool>)>>,
+    listed: std::sync::Mutex<Option<Listed>>,
 }
 
 impl Upstream {
@@ -185,21 +189,23 @@ impl Upstream {
     }
 
     /// Its tools: asked for anew when `fresh`, else the last list if it is from the
-    /// running child and under [`LIST_TTL`] old.
-    pub async fn list_tools(&self, fresh: bool) -> Result<Vec<Tool>, String> {
+    /// running child and under [`LIST_TTL`] old (the same `Arc`, so that what is made
+    /// from a list can be reused while it is).
+    pub async fn list_tools(&self, fresh: bool) -> Result<Arc<Vec<Tool>>, String> {
         let (peer, generation) = self.peer().await?;
         if !fresh {
             let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, g, tools)) = listed.as_ref() {
                 if *g == generation && at.elapsed() < LIST_TTL {
-                    return Ok(tools.clone());
+                    return Ok(Arc::clone(tools));
                 }
             }
         }
         match peer.list_all_tools().await {
             Ok(tools) => {
+                let tools = Arc::new(tools);
                 *self.listed.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((Instant::now(), generation, tools.clone()));
+                    Some((Instant::now(), generation, Arc::clone(&tools)));
                 Ok(tools)
             }
             Err(e) => {

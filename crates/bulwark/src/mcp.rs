@@ -54,7 +54,7 @@ pub fn run(command: McpCommand) -> Result<()> {
                 .catalog(true)
                 .await
             });
-            for e in entries {
+            for e in entries.iter() {
                 println!("{}", serde_json::to_string(&e)?);
             }
             Ok(())
