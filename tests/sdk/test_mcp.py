@@ -564,6 +564,30 @@ def test_resources_and_prompts_follow_the_same_rules_as_tools(gw):
     assert ("notes__summarise", "allowed") in prompts and ("notes__review", "blocked") in prompts, prompts
 
 
+def test_a_resource_whose_listing_fails_is_not_read(gw):
+    """The gateway reads a resource only after it has read its description in the
+    server's list: a server that reads but cannot list gets a clear error, not a pass."""
+    async def go():
+        async with session(gw, "agent") as c:
+            try:
+                return await c.read_resource("bulwark://notes/note://secret-index")
+            except MCPError as e:
+                return e
+    flag = gw["notes"] / "resources_list_fails"
+    flag.write_text("")
+    try:
+        refused = run(go)
+    finally:
+        flag.unlink()
+    assert isinstance(refused, MCPError), refused
+    assert "could not list its resources" in str(refused) and "not read" in str(refused), refused
+    failed = [r for r in records(gw, "resource_read")
+              if r["model"] == "bulwark://notes/note://secret-index" and r["decision"] == "failed"]
+    assert failed and failed[-1]["error"] == "upstream_unavailable", failed
+    # Listed again, the poisoned one is hidden as before.
+    assert isinstance(run(go), MCPError)
+
+
 def test_argument_constraints_from_config_are_enforced(gw):
     approve(gw)
     leave = str(gw["handbook"] / "hr/leave.md")

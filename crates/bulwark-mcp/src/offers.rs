@@ -72,15 +72,14 @@ impl Gateway {
         )
     }
 
-    /// Whether `up` lists resource `own` with a description that gives hidden orders.
-    async fn hidden_resource(&self, up: &Upstream, own: &str) -> bool {
-        let Ok((listed, _)) = up.list_resources().await else {
-            return false;
-        };
-        listed
+    /// Whether `up` lists resource `own` with a description that gives hidden orders;
+    /// `Err` when it could not be listed, and so not checked.
+    async fn hidden_resource(&self, up: &Upstream, own: &str) -> Result<bool, String> {
+        let (listed, _) = up.list_resources().await?;
+        Ok(listed
             .iter()
             .filter(|r| r.uri == own)
-            .any(|r| self.resource_poisoned(&up.config.name, r))
+            .any(|r| self.resource_poisoned(&up.config.name, r)))
     }
 
     /// The resources and templates `caller` may read.
@@ -164,10 +163,34 @@ impl Gateway {
             .filter(|(server, _)| caller.may_use(&resources_name(server)))
             .and_then(|(server, own)| Some((self.upstream(server)?, own)));
         // A resource not listed for its poisoned description is not read by its URI
-        // either.
+        // either; nor one whose listing could not be had, as its description is unread.
         let found = match found {
-            Some((up, own)) if self.hidden_resource(up, own).await => None,
-            found => found,
+            Some((up, own)) => match self.hidden_resource(up, own).await {
+                Ok(false) => Some((up, own)),
+                Ok(true) => None,
+                Err(e) => {
+                    let server = up.config.name.clone();
+                    let used = Use {
+                        decision: "failed",
+                        error: Some("upstream_unavailable"),
+                        class: Some(up.config.class),
+                        ..Use::refused(
+                            bulwark_audit::Event::ResourceRead,
+                            uri,
+                            &server,
+                            own,
+                            args_digest,
+                            started,
+                        )
+                    };
+                    let refused = Err(ErrorData::internal_error(
+                        format!("The MCP server `{server}` could not list its resources ({e}), so the gateway could not check how {uri} is described; it was not read."),
+                        None,
+                    ));
+                    return self.recorded(caller, used, refused).await;
+                }
+            },
+            None => None,
         };
         let Some((up, own)) = found else {
             let (server, own) = split_uri(uri).unwrap_or(("", uri));

@@ -26,6 +26,12 @@ class Notes(MCPServer):
         seen("tools/list")
         return await super().list_tools()
 
+    async def list_resources(self):
+        # A server that reads its resources but cannot list them (while the file is there).
+        if (DIR / "resources_list_fails").exists():
+            raise RuntimeError("the resource index is being rebuilt")
+        return await super().list_resources()
+
 
 # NOTES_TTL_MS: the freshness hint on tools/list (2026-07-28 cache hints).
 hints = {"tools/list": CacheHint(ttl_ms=int(os.environ["NOTES_TTL_MS"]))} if os.environ.get("NOTES_TTL_MS") else None
