@@ -363,7 +363,7 @@ pub async fn serve(
             stop,
         )
     });
-    let state = AppState {
+    let state = AppState::new(state::Shared {
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,
         models: Arc::clone(&models),
@@ -386,7 +386,7 @@ pub async fn serve(
         max_in_flight: config.server.max_in_flight,
         mcp: mcp_edge.as_ref().map(|(edge, _)| edge.clone()),
         passports,
-    };
+    });
     // Open `GET /mcp` streams end when shutdown begins, so that connections can drain.
     let mcp_stop = mcp_edge.map(|(_, stop)| stop);
     let shutdown = async move {

@@ -10,8 +10,25 @@ use bulwark_engine::{Engine, EngineConfig};
 use bulwark_policy::{DataClass, Policy, Residency};
 use bulwark_upstream::{Upstream, UpstreamError};
 
+/// The handlers' shared state: one reference count to clone per extractor, not one per
+/// field (axum clones the state for every middleware and handler of every request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub max_body_bytes: usize,
     /// Longest wait for a request's whole body once its headers are in.
     pub body_read_timeout: std::time::Duration,
@@ -41,7 +58,7 @@ pub struct AppState {
     pub passports: Arc<bulwark_passport::Verifier>,
 }
 
-impl AppState {
+impl Shared {
     /// The watermark for an answer of local model `name`: when the model or the
     /// caller's key asks for one, at the model's strength.
     pub fn watermark_for(

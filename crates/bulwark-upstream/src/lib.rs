@@ -31,6 +31,14 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, in declaration order (`endpoint as usize` indexes it).
+    const ALL: [Endpoint; 4] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Messages,
+        Endpoint::Embeddings,
+    ];
+
     fn path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
@@ -98,6 +106,9 @@ impl std::fmt::Debug for UpstreamResponse {
 /// One base URL of an upstream, with its own health and load.
 struct Replica {
     base_url: String,
+    /// Its URL for each endpoint ([`Endpoint::ALL`]'s order), parsed once rather than
+    /// for every request.
+    urls: Vec<reqwest::Url>,
     /// Requests sent and not yet finished (the response body still streaming counts).
     in_flight: Arc<AtomicUsize>,
     breaker: Breaker,
@@ -175,17 +186,29 @@ impl Upstream {
                 upstream: cfg.name.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(Upstream {
-            name: cfg.name.clone(),
-            kind: cfg.kind,
-            replicas: std::iter::once(&cfg.base_url)
-                .chain(&cfg.replicas)
-                .map(|url| Replica {
+        let replicas = std::iter::once(&cfg.base_url)
+            .chain(&cfg.replicas)
+            .map(|url| {
+                let urls = Endpoint::ALL
+                    .iter()
+                    .map(|e| reqwest::Url::parse(&format!("{url}{}", e.path())))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| UpstreamError::Build {
+                        upstream: cfg.name.clone(),
+                        reason: format!("base URL {url}: {e}"),
+                    })?;
+                Ok(Replica {
                     base_url: url.clone(),
+                    urls,
                     in_flight: Arc::new(AtomicUsize::new(0)),
                     breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
                 })
-                .collect(),
+            })
+            .collect::<Result<_, UpstreamError>>()?;
+        Ok(Upstream {
+            name: cfg.name.clone(),
+            kind: cfg.kind,
+            replicas,
             api_key: cfg.api_key.clone(),
             client,
             connect_timeout: cfg.connect_timeout,
@@ -332,7 +355,7 @@ impl Upstream {
         deadline: tokio::time::Instant,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let in_flight = InFlight::enter(&replica.in_flight);
-        let url = format!("{}{}", replica.base_url, endpoint.path());
+        let url = replica.urls[endpoint as usize].clone();
         let mut req = self.client.post(url).json(body);
         match (&self.api_key, self.kind) {
             (Some(key), UpstreamKind::OpenAi) => req = req.bearer_auth(key.expose_secret()),
@@ -512,6 +535,13 @@ pub async fn read_to_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_endpoint_indexes_its_own_url() {
+        for (i, e) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i, "{e:?}");
+        }
+    }
 
     #[tokio::test]
     async fn the_upstream_key_is_masked_in_what_it_sends_back_at_every_cut() {
