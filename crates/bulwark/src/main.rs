@@ -784,6 +784,9 @@ fn redteam_output(report: &bulwark_redteam::Report, out: &std::path::Path) -> Re
     Ok(())
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
