@@ -390,6 +390,24 @@ def test_an_upstream_that_hangs_or_writes_garbage_gets_a_clear_error_and_nothing
     assert not call(gw, "agent", "files__read", {"root": "handbook", "path": "hr/leave.md"}).is_error
 
 
+def test_a_server_that_answers_its_list_with_an_error_is_not_restarted(gw):
+    """An error the server answers with is the server's: its tools are left out of that
+    list, and it keeps running (a lost connection is what restarts it)."""
+    approve(gw)
+    assert "notes__add" in tool_names(gw, "agent")[0]
+    starts = lambda: (gw["notes"] / "seen.txt").read_text().count("started ")
+    before = starts()
+    flag = gw["notes"] / "tools_list_fails"
+    flag.write_text("")
+    try:
+        names = tool_names(gw, "agent")[0]
+    finally:
+        flag.unlink()
+    assert not [n for n in names if n.startswith("notes__")] and "files__read" in names, names
+    assert "notes__add" in tool_names(gw, "agent")[0]
+    assert starts() == before
+
+
 def passport(gw, *args, check=True):
     return cli("passport", *args, "--config", gw["cfg"], data=gw["data"], check=check)
 

@@ -209,7 +209,11 @@ impl Upstream {
                 Ok(tools)
             }
             Err(e) => {
-                self.reset().await;
+                // A server that answered with an error of its own is alive: only a lost
+                // or stuck connection is started again.
+                if !matches!(e, rmcp::ServiceError::McpError(_)) {
+                    self.reset().await;
+                }
                 Err(format!("tools/list failed: {e}"))
             }
         }

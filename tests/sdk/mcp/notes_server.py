@@ -24,6 +24,9 @@ def seen(what):
 class Notes(MCPServer):
     async def list_tools(self):
         seen("tools/list")
+        # A server that answers its tool list with an error (while the file is there).
+        if (DIR / "tools_list_fails").exists():
+            raise RuntimeError("the tool registry is being reloaded")
         return await super().list_tools()
 
     async def list_resources(self):
@@ -36,6 +39,8 @@ class Notes(MCPServer):
 # NOTES_TTL_MS: the freshness hint on tools/list (2026-07-28 cache hints).
 hints = {"tools/list": CacheHint(ttl_ms=int(os.environ["NOTES_TTL_MS"]))} if os.environ.get("NOTES_TTL_MS") else None
 server = Notes("notes", cache_hints=hints)
+
+seen(f"started {os.getpid()}")
 
 add_doc = (DIR / "add_description.txt").read_text() if (DIR / "add_description.txt").exists() else "Add two integers."
 
