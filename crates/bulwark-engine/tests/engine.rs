@@ -5,7 +5,6 @@ use bulwark_api::response::FinishReason;
 use bulwark_api::sampling::SamplingParams;
 use bulwark_engine::template::TemplateMessage;
 use bulwark_engine::{Engine, EngineConfig, EngineError, Event, Generation};
-use expect_test::expect;
 
 fn engine(parallel: u32, queue_depth: usize) -> Engine {
     engine_with(parallel, queue_depth, true)
@@ -46,14 +45,20 @@ fn chat(engine: &Engine, user: &str) -> bulwark_engine::Prompt {
 }
 
 /// Collects a whole generation: (text, finish reason, completion tokens).
-fn collect(mut g: Generation) -> (String, FinishReason, u32) {
-    let mut text = String::new();
+fn collect(g: Generation) -> (String, FinishReason, u32) {
+    let (pieces, finish, n) = collect_pieces(g);
+    (pieces.concat(), finish, n)
+}
+
+/// As [`collect`], with the text as the deltas it arrived in.
+fn collect_pieces(mut g: Generation) -> (Vec<String>, FinishReason, u32) {
+    let mut pieces = Vec::new();
     while let Some(ev) = g.events.blocking_recv() {
         match ev {
-            Event::Delta(d) => text.push_str(&d),
+            Event::Delta(d) => pieces.push(d),
             Event::Done { finish, usage } => {
                 assert_eq!(usage.prompt_tokens, g.prompt_tokens);
-                return (text, finish, usage.completion_tokens);
+                return (pieces, finish, usage.completion_tokens);
             }
             Event::Failed(e) => panic!("generation failed: {e}"),
         }
@@ -73,14 +78,10 @@ fn greedy_generation_is_deterministic() {
     let first = run();
     let second = run();
     assert_eq!(first, second);
-    expect![[r#"
-        (
-            "Hello! I'sure I'm not what I'm supposed to be. I'm a helpful AI, designed to assist",
-            Length,
-            24,
-        )
-    "#]]
-    .assert_debug_eq(&first);
+    // Which words come out depends on the CPU's arithmetic (llama.cpp picks kernels for
+    // the instructions it finds), so only their shape is fixed here.
+    assert_eq!((first.1, first.2), (FinishReason::Length, 24), "{first:?}");
+    assert!(first.0.split_whitespace().count() >= 5, "{first:?}");
 }
 
 /// Runs four greedy requests at once; returns their outputs after checking that they
@@ -205,17 +206,39 @@ fn full_queue_is_refused() {
 #[test]
 fn stop_sequences_and_max_tokens() {
     let e = engine(1, 4);
-    // Greedy output for this prompt starts "Hello! I'sure I'm"; "sure" spans a token
-    // boundary after "'", so this also checks that held-back text is cut, not sent.
+    // The stop text is taken from the greedy answer itself (its words depend on the
+    // CPU's arithmetic): the end of one token and the start of the next, so this also
+    // checks that text held back while it might begin a stop is cut, not sent.
+    let (pieces, _, _) = collect_pieces(
+        e.generate(chat(&e, "Say hello."), greedy(24))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let whole = pieces.concat();
+    let (stop, at) = (1..pieces.len())
+        .find_map(|i| {
+            let (a, b) = (&pieces[i - 1], &pieces[i]);
+            let cut = a.len().checked_sub(2)?;
+            if !a.is_char_boundary(cut) || !b.is_char_boundary(2) || b.len() < 2 {
+                return None;
+            }
+            let at = pieces[..i].iter().map(String::len).sum::<usize>() - 2;
+            let stop = format!("{}{}", &a[cut..], &b[..2]);
+            (whole.find(&stop) == Some(at)).then_some((stop, at))
+        })
+        .unwrap_or_else(|| panic!("no stop text spans two tokens of {pieces:?}"));
     let p = SamplingParams {
-        stop: vec!["sure".into()],
+        stop: vec![stop.clone()],
         ..greedy(24)
     };
     let (text, finish, _) = collect(
         e.generate(chat(&e, "Say hello."), p)
             .unwrap_or_else(|e| panic!("{e}")),
     );
-    assert_eq!((text.as_str(), finish), ("Hello! I'", FinishReason::Stop));
+    assert_eq!(
+        (text.as_str(), finish),
+        (&whole[..at], FinishReason::Stop),
+        "stop {stop:?} in {pieces:?}"
+    );
     let (_, finish, n) = collect(
         e.generate(chat(&e, "Write a poem."), greedy(3))
             .unwrap_or_else(|e| panic!("{e}")),

@@ -142,12 +142,17 @@ async fn greedy_generation_is_deterministic() {
     let (s2, c) = post(&client, &url, &chat_body("Say hello.", 16)).await;
     assert_eq!((s1, s2), (200, 200));
     assert_eq!(a["choices"][0]["message"], c["choices"][0]["message"]);
-    let summary = format!(
-        "{} | {} | {}",
-        a["choices"][0]["message"]["content"], a["choices"][0]["finish_reason"], a["usage"]
+    // Which words come out depends on the CPU's arithmetic (llama.cpp picks kernels for
+    // the instructions it finds); the answer's shape and its counts do not.
+    assert_eq!(a["choices"][0]["finish_reason"], "length", "{a}");
+    assert_eq!(
+        a["usage"],
+        json!({"completion_tokens":16,"prompt_tokens":33,"total_tokens":49})
     );
-    expect![[r#""Hello! I'sure I'm not what I'm supposed to be. I" | "length" | {"completion_tokens":16,"prompt_tokens":33,"total_tokens":49}"#]]
-        .assert_eq(&summary);
+    let content = a["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(content.split_whitespace().count() >= 3, "{a}");
 }
 
 #[tokio::test]
