@@ -72,6 +72,12 @@ impl Caller {
         self.key_id.as_deref().unwrap_or("")
     }
 
+    /// Whether this caller may see and call `entry`: listed (approved, not poisoned)
+    /// and named by its patterns and passport. Listing and calling ask the same.
+    fn may_call(&self, entry: &Entry) -> bool {
+        entry.hidden.is_none() && self.may_use(&entry.name)
+    }
+
     fn may_use(&self, tool: &str) -> bool {
         tool_allowed(&self.tools, tool)
             && self.passport.as_ref().is_none_or(|p| {
@@ -444,7 +450,7 @@ impl Gateway {
         self.catalog(fresh)
             .await
             .iter()
-            .filter(|e| e.hidden.is_none() && caller.may_use(&e.name))
+            .filter(|e| caller.may_call(e))
             .cloned()
             .collect()
     }
@@ -593,7 +599,7 @@ impl Gateway {
             .catalog(false)
             .await
             .iter()
-            .find(|e| e.name == name && e.hidden.is_none() && caller.may_use(&e.name))
+            .find(|e| e.name == name && caller.may_call(e))
             .cloned();
         let Some(mut entry) = entry else {
             let refused = Outcome::refused("refused", "tool_not_available", String::new());
