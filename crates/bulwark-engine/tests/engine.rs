@@ -218,7 +218,8 @@ fn stop_sequences_and_max_tokens() {
         .find_map(|i| {
             let (a, b) = (&pieces[i - 1], &pieces[i]);
             let cut = a.len().checked_sub(2)?;
-            if !a.is_char_boundary(cut) || !b.is_char_boundary(2) || b.len() < 2 {
+            // `is_char_boundary(2)` is false for a piece shorter than 2 bytes.
+            if !a.is_char_boundary(cut) || !b.is_char_boundary(2) {
                 return None;
             }
             let at = pieces[..i].iter().map(String::len).sum::<usize>() - 2;
