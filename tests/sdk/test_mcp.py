@@ -83,11 +83,12 @@ public_key = "{tmp}/audit/audit.pub"
 
 [mcp]
 call_timeout_ms = 3000
+page_size = 3
 
 [[mcp.servers]]
 name = "notes"
 command = [{json.dumps(sys.executable)}, {json.dumps(str(SERVER))}]
-env = {{ NOTES_DIR = {json.dumps(str(notes))} }}
+env = {{ NOTES_DIR = {json.dumps(str(notes))}, NOTES_PAGE_SIZE = "2" }}
 class = "internal"
 protocol = "2025-11-25"
 
@@ -160,10 +161,22 @@ def run(coro_fn):
     return anyio.run(coro_fn)
 
 
+async def every_page(list_page, field):
+    """A whole list, page by page (the gateway here answers in pages of 3)."""
+    items, cursor = [], None
+    for _ in range(100):
+        page = await list_page(cursor=cursor)
+        items += getattr(page, field)
+        cursor = page.next_cursor
+        if cursor is None:
+            return items
+    raise AssertionError("the list did not end")
+
+
 def tool_names(gw, key, mode="auto"):
     async def go():
         async with session(gw, key, mode) as c:
-            return sorted(t.name for t in (await c.list_tools()).tools), c.protocol_version
+            return sorted(t.name for t in await every_page(c.list_tools, "tools")), c.protocol_version
     return run(go)
 
 
@@ -512,6 +525,33 @@ def test_a_remote_server_gets_the_gateways_token_never_the_callers(gw):
     assert isinstance(call(gw, "agent", "remote__add", {"a": 1, "b": 2}), MCPError)
 
 
+def test_lists_are_paged_both_ways(gw):
+    """The notes server answers its lists in pages of 2: the gateway follows its
+    cursors to the end. The gateway answers in pages of 3 (`page_size`): a client
+    follows the gateway's cursors; a cursor the gateway did not give is refused."""
+    approve(gw)
+    names, _ = tool_names(gw, "agent")
+    pages = [line for line in (gw["notes"] / "seen.txt").read_text().splitlines() if line.startswith("tools page ")]
+    assert {"tools page 0", "tools page 2", "tools page 4", "tools page 6"} <= set(pages), pages
+    # The upstream's last page is listed (its tools in the order it defines them).
+    assert {"notes__add", "notes__send", "notes__slow"} <= set(names), names
+
+    async def go(mode):
+        async with session(gw, "agent", mode) as c:
+            first = await c.list_tools()
+            try:
+                await c.list_tools(cursor="not-a-cursor-we-gave")
+                foreign = None
+            except MCPError as e:
+                foreign = e
+            return first, foreign
+    for mode in ("auto", "legacy"):
+        first, foreign = run(lambda: go(mode))
+        assert len(first.tools) == 3 and first.next_cursor, first
+        assert foreign is not None and foreign.code == -32602 and "not one this gateway gave" in str(foreign), foreign
+        assert {t.name for t in first.tools} <= set(names), first
+
+
 def test_list_results_are_cached_as_the_server_allows(gw):
     """The remote server says its tool list stays fresh for 60 s: asking the gateway
     again does not ask it again. The stdio server gives no hint: each client listing
@@ -531,9 +571,10 @@ def test_list_results_are_cached_as_the_server_allows(gw):
 def test_resources_and_prompts_follow_the_same_rules_as_tools(gw):
     async def go(key, mode="auto"):
         async with session(gw, key, mode) as c:
-            resources = sorted(r.uri for r in (await c.list_resources()).resources)
-            templates = sorted(t.uri_template for t in (await c.list_resource_templates()).resource_templates)
-            prompts = sorted(p.name for p in (await c.list_prompts()).prompts)
+            resources = sorted(r.uri for r in await every_page(c.list_resources, "resources"))
+            templates = sorted(t.uri_template for t in
+                               await every_page(c.list_resource_templates, "resource_templates"))
+            prompts = sorted(p.name for p in await every_page(c.list_prompts, "prompts"))
             out = {"resources": resources, "templates": templates, "prompts": prompts}
             for uri in ("bulwark://notes/note://index", "bulwark://notes/note://plan", "bulwark://notes/note://evil",
                         "bulwark://remote/note://index", "bulwark://notes/note://secret-index"):
@@ -652,6 +693,61 @@ def test_a_cancelled_call_is_cancelled_upstream_and_recorded(gw, mode):
         time.sleep(0.2)
     while recorded() == recorded_before:
         assert time.time() < deadline, ("the cancelled call was not recorded", [
+            (r["decision"], r.get("error")) for r in records(gw, "tool_call") if r["model"] == "notes__slow"])
+        time.sleep(0.3)
+
+
+def test_closing_a_session_cancels_its_calls_at_once(gw):
+    """A 2025-11-25 client that ends its session (`DELETE /mcp`) while a call runs,
+    without cancelling the call first, has the call cancelled upstream and recorded
+    as `cancelled` at once, not at the gateway's call timeout (3 s here)."""
+    import threading
+    import httpx
+    approve(gw)
+    seen = gw["notes"] / "seen.txt"
+
+    def cancellations():
+        return seen.read_text().splitlines().count("cancelled slow") if seen.exists() else 0
+
+    def recorded():
+        return sum(r["model"] == "notes__slow" and r["decision"] == "cancelled" for r in records(gw, "tool_call"))
+    before, recorded_before = cancellations(), recorded()
+    headers = {"Authorization": f"Bearer {gw['keys']['agent']}",
+               "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    url = f"{gw['url']}/mcp"
+    with httpx.Client(timeout=30) as http:
+        r = http.post(url, headers=headers, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "test", "version": "1"}}})
+        assert r.status_code == 200, r.text
+        sid = r.headers["mcp-session-id"]
+        headers = {**headers, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+        r = http.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert r.status_code == 202, r.text
+        answer = {}
+
+        def slow_call():
+            try:
+                answer["r"] = httpx.post(url, headers=headers, timeout=30, json={
+                    "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "notes__slow", "arguments": {"seconds": 30}}})
+            except httpx.HTTPError as e:
+                answer["r"] = e
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        time.sleep(0.7)  # the call has reached the upstream
+        closed = time.time()
+        r = http.delete(url, headers=headers)
+        assert r.status_code in (200, 202, 204), r.text
+        while cancellations() == before:
+            assert time.time() - closed < 1.5, "the upstream did not see the cancellation at once"
+            time.sleep(0.05)
+        caller.join(10)
+        assert not caller.is_alive()
+    deadline = time.time() + 10
+    while recorded() == recorded_before:
+        assert time.time() < deadline, ("the call was not recorded as cancelled", [
             (r["decision"], r.get("error")) for r in records(gw, "tool_call") if r["model"] == "notes__slow"])
         time.sleep(0.3)
 

@@ -20,6 +20,9 @@
 //! argument = "limit"
 //! maximum = 100                           # also: regex, enum, max_length, under
 //!
+//! [mcp]
+//! page_size = 100                         # lists in pages of 100 (default: whole)
+//!
 //! [[mcp.files]]                           # the built-in files__list/read/search tools
 //! name = "handbook"
 //! path = "/srv/handbook"
@@ -55,6 +58,10 @@ pub struct RawMcp {
     pub on_injection: Option<OnInjection>,
     /// Longest a tool call may take, in milliseconds. Default 60000.
     pub call_timeout_ms: Option<u64>,
+    /// Most entries per page of the gateway's own lists (tools, resources, resource
+    /// templates, prompts), with a cursor to the next. Default: each list whole, in
+    /// one answer (some clients never ask for a second page).
+    pub page_size: Option<usize>,
     /// Constraints on tool arguments, beyond the tool's own input schema.
     #[serde(default)]
     pub arguments: Vec<RawArgumentRule>,
@@ -162,6 +169,7 @@ pub struct McpConfig {
     pub anonymous_tools: Vec<String>,
     pub on_injection: OnInjection,
     pub call_timeout: std::time::Duration,
+    pub page_size: Option<std::num::NonZeroUsize>,
     pub arguments: Vec<ArgumentRule>,
 }
 
@@ -430,6 +438,10 @@ impl RawMcp {
             Some(n) => std::time::Duration::from_millis(n),
             None => std::time::Duration::from_secs(60),
         };
+        let page_size = match self.page_size {
+            Some(0) => return Err(invalid("mcp.page_size must be at least 1")),
+            n => n.and_then(std::num::NonZeroUsize::new),
+        };
         let arguments = self
             .arguments
             .into_iter()
@@ -443,6 +455,7 @@ impl RawMcp {
             anonymous_tools: self.anonymous_tools,
             on_injection: self.on_injection.unwrap_or(OnInjection::Block),
             call_timeout,
+            page_size,
         }))
     }
 }
@@ -582,6 +595,7 @@ mod tests {
                 "not a directory",
             ),
             ("call_timeout_ms = 0\n[[files]]\nname = \"r\"\npath = \"tmp\"", "at least 1"),
+            ("page_size = 0\n[[files]]\nname = \"r\"\npath = \"tmp\"", "page_size must be at least 1"),
         ] {
             let e = match toml::from_str::<RawMcp>(bad) {
                 Ok(raw) => raw.validate(Path::new("/")).unwrap_err().to_string(),

@@ -27,6 +27,7 @@ pub mod pins;
 pub mod poison;
 pub mod pseudonyms;
 pub mod schema;
+pub mod sessions;
 pub mod sqlite;
 pub mod upstream;
 
@@ -938,16 +939,20 @@ impl Outcome {
     }
 }
 
-/// The gateway as an MCP server (one per HTTP session; they share the gateway).
+/// The gateway as an MCP server (one per HTTP session; they share the gateway and
+/// the sessions' calls in flight).
 #[derive(Clone)]
-pub struct Handler(pub Arc<Gateway>);
+pub struct Handler {
+    gateway: Arc<Gateway>,
+    in_flight: Arc<sessions::InFlight>,
+}
 
 impl Handler {
     /// Runs a call for the request's caller as a task of its own, so that it always
-    /// ends and is recorded: when the client cancels (`ctx.ct`) or the handler is
-    /// dropped (its session closed meanwhile), the task's token is cancelled, and the
+    /// ends and is recorded: when the client cancels (`ctx.ct`), closes its session
+    /// (`DELETE`), or the handler is dropped, the task's token is cancelled, and the
     /// call ends as `cancelled` (cancelling it upstream) and is recorded, instead of
-    /// vanishing with the handler.
+    /// vanishing with the handler or running on to `call_timeout`.
     async fn detached<T, F>(
         &self,
         ctx: &RequestContext<RoleServer>,
@@ -957,16 +962,86 @@ impl Handler {
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, ErrorData>> + Send + 'static,
     {
-        let cancel = ctx.ct.child_token();
+        let cancel = CancellationToken::new();
         let _on_drop = cancel.clone().drop_guard();
-        let work = work(Arc::clone(&self.0), caller_of(ctx), cancel);
-        tokio::spawn(work).await.unwrap_or_else(|_| {
+        let session = ctx
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get(sessions::SESSION_HEADER))
+            .and_then(|v| v.to_str().ok())
+            .map(|id| self.in_flight.enter(id));
+        let mut task = tokio::spawn(work(
+            Arc::clone(&self.gateway),
+            caller_of(ctx),
+            cancel.clone(),
+        ));
+        let closed = async {
+            match &session {
+                Some(s) => s.token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let joined = tokio::select! {
+            joined = &mut task => joined,
+            () = ctx.ct.cancelled() => { cancel.cancel(); task.await }
+            () = closed => { cancel.cancel(); task.await }
+        };
+        joined.unwrap_or_else(|_| {
             Err(ErrorData::internal_error(
                 "The gateway failed while handling this call; see its log.",
                 None,
             ))
         })
     }
+}
+
+impl Handler {
+    /// The page of `items` that `request`'s cursor asks for, and the cursor to the
+    /// next: all of them, without a cursor, unless `[mcp] page_size` is set.
+    fn page<T>(
+        &self,
+        items: Vec<T>,
+        request: Option<PaginatedRequestParams>,
+    ) -> Result<(Vec<T>, Option<String>), ErrorData> {
+        page(
+            items,
+            request.and_then(|r| r.cursor).as_deref(),
+            self.gateway.config.page_size,
+        )
+    }
+}
+
+/// The gateway's cursors: where the next page starts. A list that changed between two
+/// pages is read on from that place, as with any server.
+const CURSOR_PREFIX: &str = "bulwark-page-";
+
+fn page<T>(
+    mut items: Vec<T>,
+    cursor: Option<&str>,
+    size: Option<std::num::NonZeroUsize>,
+) -> Result<(Vec<T>, Option<String>), ErrorData> {
+    let start = match cursor {
+        None => 0,
+        Some(c) => c
+            .strip_prefix(CURSOR_PREFIX)
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|_| size.is_some())
+            .ok_or_else(|| {
+                ErrorData::invalid_params(
+                    format!("The cursor {c:?} is not one this gateway gave; list again without a cursor."),
+                    None,
+                )
+            })?,
+    };
+    let Some(size) = size else {
+        return Ok((items, None));
+    };
+    let start = start.min(items.len());
+    let end = start.saturating_add(size.get()).min(items.len());
+    let next = (end < items.len()).then(|| format!("{CURSOR_PREFIX}{end}"));
+    items.truncate(end);
+    items.drain(..start);
+    Ok((items, next))
 }
 
 fn caller_of(ctx: &RequestContext<RoleServer>) -> Caller {
@@ -994,18 +1069,21 @@ impl ServerHandler for Handler {
 
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let caller = caller_of(&ctx);
         let tools = self
-            .0
+            .gateway
             .visible(&caller, true)
             .await
             .into_iter()
             .map(|e| e.definition)
             .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        let (tools, next) = self.page(tools, request)?;
+        let mut listed = ListToolsResult::with_all_items(tools);
+        listed.next_cursor = next;
+        Ok(listed)
     }
 
     async fn call_tool(
@@ -1022,20 +1100,26 @@ impl ServerHandler for Handler {
 
     async fn list_resources(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let (resources, _) = self.0.resources(&caller_of(&ctx)).await;
-        Ok(ListResourcesResult::with_all_items(resources))
+        let (resources, _) = self.gateway.resources(&caller_of(&ctx)).await;
+        let (resources, next) = self.page(resources, request)?;
+        let mut listed = ListResourcesResult::with_all_items(resources);
+        listed.next_cursor = next;
+        Ok(listed)
     }
 
     async fn list_resource_templates(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let (_, templates) = self.0.resources(&caller_of(&ctx)).await;
-        Ok(ListResourceTemplatesResult::with_all_items(templates))
+        let (_, templates) = self.gateway.resources(&caller_of(&ctx)).await;
+        let (templates, next) = self.page(templates, request)?;
+        let mut listed = ListResourceTemplatesResult::with_all_items(templates);
+        listed.next_cursor = next;
+        Ok(listed)
     }
 
     async fn read_resource(
@@ -1052,12 +1136,14 @@ impl ServerHandler for Handler {
 
     async fn list_prompts(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        Ok(ListPromptsResult::with_all_items(
-            self.0.prompts(&caller_of(&ctx)).await,
-        ))
+        let prompts = self.gateway.prompts(&caller_of(&ctx)).await;
+        let (prompts, next) = self.page(prompts, request)?;
+        let mut listed = ListPromptsResult::with_all_items(prompts);
+        listed.next_cursor = next;
+        Ok(listed)
     }
 
     async fn get_prompt(
@@ -1074,10 +1160,7 @@ impl ServerHandler for Handler {
 }
 
 /// The `/mcp` tower service.
-pub type HttpService = rmcp::transport::StreamableHttpService<
-    Handler,
-    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
->;
+pub type HttpService = rmcp::transport::StreamableHttpService<Handler, sessions::Sessions>;
 
 /// Stops the HTTP service's sessions and streams (at shutdown, so that open
 /// `GET /mcp` streams do not hold the gateway's connections open).
@@ -1108,10 +1191,14 @@ pub fn http_service(
         config = config.disable_allowed_hosts();
     }
     let stop = Stop(config.cancellation_token.clone());
-    let handler = Handler(gateway);
+    let in_flight = Arc::new(sessions::InFlight::default());
+    let handler = Handler {
+        gateway,
+        in_flight: Arc::clone(&in_flight),
+    };
     let service = rmcp::transport::StreamableHttpService::new(
         move || Ok(handler.clone()),
-        Arc::default(),
+        Arc::new(sessions::Sessions::new(in_flight)),
         config,
     );
     (service, stop)
@@ -1134,6 +1221,7 @@ mod tests {
             anonymous_tools: vec!["*".into()],
             on_injection: OnInjection::Block,
             call_timeout: std::time::Duration::from_secs(5),
+            page_size: None,
             arguments: Vec::new(),
         };
         Gateway::new(
@@ -1187,5 +1275,42 @@ mod tests {
         }));
         let (read, _) = gw.screen(&mut result, TO);
         assert!(read.injection);
+    }
+
+    #[test]
+    fn pages_follow_their_cursors_and_foreign_cursors_are_refused() {
+        let size = std::num::NonZeroUsize::new(2);
+        let mut all = Vec::new();
+        let mut cursor = None;
+        for _ in 0..10 {
+            let (items, next) = page((0..5).collect(), cursor.as_deref(), size).unwrap();
+            assert!(items.len() <= 2);
+            all.extend(items);
+            cursor = next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(all, vec![0, 1, 2, 3, 4]);
+        // Whole lists by default, and no cursor is one the gateway gave.
+        assert_eq!(
+            page((0..5).collect::<Vec<_>>(), None, None).unwrap(),
+            ((0..5).collect(), None)
+        );
+        for bad in ["bulwark-page-2", "42", "bulwark-page--1", ""] {
+            let e = page((0..5).collect::<Vec<i32>>(), Some(bad), None).unwrap_err();
+            assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{bad}");
+        }
+        let e = page((0..5).collect::<Vec<i32>>(), Some("bulwark-page-x"), size).unwrap_err();
+        assert!(
+            e.message.contains("not one this gateway gave"),
+            "{}",
+            e.message
+        );
+        // A cursor past the end (the list shrank meanwhile): an empty last page.
+        assert_eq!(
+            page((0..5).collect::<Vec<i32>>(), Some("bulwark-page-9"), size).unwrap(),
+            (vec![], None)
+        );
     }
 }

@@ -11,6 +11,10 @@
 //! Lists (tools, resources, resource templates, prompts) are cached as the server
 //! allows: `rmcp`'s client keeps each for the `ttlMs` the server gives and drops it on
 //! a `list_changed` notification. Calls also reuse a tool list up to 2 s old.
+//!
+//! A list is read page by page, following the server's cursors, up to [`MAX_PAGES`]
+//! pages and [`MAX_ITEMS`] items: a server whose cursors never end, or lead back to a
+//! page already read, gets an error instead of a gateway that pages forever.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +22,9 @@ use std::time::{Duration, Instant};
 use bulwark_config::mcp::{McpServerConfig, Protocol, Transport};
 use rmcp::model::ProtocolVersion;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, GetPromptRequestParams, GetPromptResult, Prompt,
-    ReadResourceRequestParams, ReadResourceResult, Resource, ResourceTemplate, Tool,
+    CallToolRequestParams, CallToolResult, GetPromptRequestParams, GetPromptResult,
+    PaginatedRequestParams, Prompt, ReadResourceRequestParams, ReadResourceResult, Resource,
+    ResourceTemplate, Tool,
 };
 use rmcp::service::RunningService;
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
@@ -31,6 +36,43 @@ use tokio::sync::Mutex;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Most pages, and items, one list of a server may have.
+pub const MAX_PAGES: usize = 100;
+pub const MAX_ITEMS: usize = 10_000;
+
+/// Every page of a list, from the first, following the server's cursors within
+/// [`MAX_PAGES`] and [`MAX_ITEMS`]. `page` asks for one page and splits it into its
+/// items and the next cursor. The outer error is the server's or the connection's;
+/// the inner one a list that does not end.
+pub async fn all_pages<T, Fut>(
+    mut page: impl FnMut(Option<PaginatedRequestParams>) -> Fut,
+) -> Result<Result<Vec<T>, String>, rmcp::ServiceError>
+where
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), rmcp::ServiceError>>,
+{
+    let mut items = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = None;
+    for _ in 0..MAX_PAGES {
+        let (mut more, next) =
+            page(cursor.map(|c| PaginatedRequestParams::default().with_cursor(Some(c)))).await?;
+        if items.len() + more.len() > MAX_ITEMS {
+            return Ok(Err(format!("the list has more than {MAX_ITEMS} entries")));
+        }
+        items.append(&mut more);
+        match next {
+            None => return Ok(Ok(items)),
+            Some(next) if !seen.insert(next.clone()) => {
+                return Ok(Err(format!(
+                    "its cursor {next:?} leads back to a page already read"
+                )))
+            }
+            Some(next) => cursor = Some(next),
+        }
+    }
+    Ok(Err(format!("the list did not end after {MAX_PAGES} pages")))
+}
 
 /// How long a tool list is reused for calls (a client's `tools/list` always asks anew).
 const LIST_TTL: Duration = Duration::from_secs(2);
@@ -201,8 +243,14 @@ impl Upstream {
                 }
             }
         }
-        match peer.list_all_tools().await {
-            Ok(tools) => {
+        let listed = all_pages(|p| {
+            let peer = &peer;
+            async move { peer.list_tools(p).await.map(|r| (r.tools, r.next_cursor)) }
+        })
+        .await;
+        match listed {
+            Ok(Err(e)) => Err(format!("tools/list failed: {e}")),
+            Ok(Ok(tools)) => {
                 let tools = Arc::new(tools);
                 *self.listed.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((Instant::now(), generation, Arc::clone(&tools)));
@@ -242,10 +290,27 @@ impl Upstream {
         if !resources {
             return Ok(Default::default());
         }
-        let listed = peer.list_all_resources().await;
+        let listed = all_pages(|p| {
+            let peer = &peer;
+            async move {
+                peer.list_resources(p)
+                    .await
+                    .map(|r| (r.resources, r.next_cursor))
+            }
+        })
+        .await;
         let listed = self.answered("resources/list", listed).await?;
-        let templates = peer.list_all_resource_templates().await;
+        let listed = listed.map_err(|e| format!("resources/list failed: {e}"))?;
+        let templates = all_pages(|p| {
+            let peer = &peer;
+            async move {
+                let r = peer.list_resource_templates(p).await?;
+                Ok((r.resource_templates, r.next_cursor))
+            }
+        })
+        .await;
         let templates = self.answered("resources/templates/list", templates).await?;
+        let templates = templates.map_err(|e| format!("resources/templates/list failed: {e}"))?;
         Ok((listed, templates))
     }
 
@@ -255,8 +320,17 @@ impl Upstream {
         if !prompts {
             return Ok(Vec::new());
         }
-        let listed = peer.list_all_prompts().await;
-        self.answered("prompts/list", listed).await
+        let listed = all_pages(|p| {
+            let peer = &peer;
+            async move {
+                peer.list_prompts(p)
+                    .await
+                    .map(|r| (r.prompts, r.next_cursor))
+            }
+        })
+        .await;
+        let listed = self.answered("prompts/list", listed).await?;
+        listed.map_err(|e| format!("prompts/list failed: {e}"))
     }
 
     pub async fn read_resource(&self, uri: &str) -> Result<ReadResourceResult, String> {
@@ -309,4 +383,53 @@ fn http_client() -> Result<reqwest::Client, String> {
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     Ok(CLIENT.get_or_init(|| c).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of `per` numbers; `next` gives the cursor after page `n`.
+    async fn list(
+        per: usize,
+        next: impl Fn(usize) -> Option<String>,
+    ) -> Result<Vec<usize>, String> {
+        let asked = std::cell::Cell::new(0);
+        all_pages(|p| {
+            let n = p
+                .and_then(|p| p.cursor)
+                .map_or(0, |c| c.parse::<usize>().unwrap());
+            asked.set(asked.get() + 1);
+            let page = ((n * per)..((n + 1) * per)).collect();
+            let next = next(n);
+            async move { Ok((page, next)) }
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_page_is_read_in_order() {
+        let all = list(3, |n| (n < 4).then(|| (n + 1).to_string()))
+            .await
+            .unwrap();
+        assert_eq!(all, (0..15).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_list_that_does_not_end_is_an_error() {
+        // Cursors that go on forever.
+        let e = list(1, |n| Some((n + 1).to_string())).await.unwrap_err();
+        assert!(e.contains("did not end after 100 pages"), "{e}");
+        // A cursor that leads back.
+        let e = list(1, |n| Some(((n + 1) % 3).to_string()))
+            .await
+            .unwrap_err();
+        assert!(e.contains("leads back"), "{e}");
+        // Pages too large in all.
+        let e = list(MAX_ITEMS / 2 + 1, |n| (n < 1).then(|| "1".to_owned()))
+            .await
+            .unwrap_err();
+        assert!(e.contains("more than 10000 entries"), "{e}");
+    }
 }

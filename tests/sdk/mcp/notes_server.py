@@ -2,8 +2,8 @@
 by the gateway as a child over stdio, or over Streamable HTTP when NOTES_HTTP_PORT is
 set (then NOTES_BEARER, if set, is the token it requires). What it offers is steered by
 files in NOTES_DIR, so that a test can change a tool's description between two
-listings (a rug pull); what it saw (tool lists, cancellations, Authorization headers)
-it writes there too."""
+listings (a rug pull); what it saw (tool lists and their pages, cancellations,
+Authorization headers) it writes there too."""
 import os
 import pathlib
 import sys
@@ -21,7 +21,34 @@ def seen(what):
         f.write(what + "\n")
 
 
+# NOTES_PAGE_SIZE: answer each list in pages of this many entries (the cursor is
+# where the next page starts), so that the gateway has to follow the cursors.
+PAGE = int(os.environ.get("NOTES_PAGE_SIZE", "0"))
+
+
+def paged(result, field, params):
+    if not PAGE:
+        return result
+    start = int(params.cursor) if params is not None and params.cursor else 0
+    seen(f"{field} page {start}")
+    items = getattr(result, field)
+    following = str(start + PAGE) if start + PAGE < len(items) else None
+    return result.model_copy(update={field: items[start:start + PAGE], "next_cursor": following})
+
+
 class Notes(MCPServer):
+    async def _handle_list_tools(self, ctx, params):
+        return paged(await super()._handle_list_tools(ctx, params), "tools", params)
+
+    async def _handle_list_resources(self, ctx, params):
+        return paged(await super()._handle_list_resources(ctx, params), "resources", params)
+
+    async def _handle_list_resource_templates(self, ctx, params):
+        return paged(await super()._handle_list_resource_templates(ctx, params), "resource_templates", params)
+
+    async def _handle_list_prompts(self, ctx, params):
+        return paged(await super()._handle_list_prompts(ctx, params), "prompts", params)
+
     async def list_tools(self):
         seen("tools/list")
         # A server that answers its tool list with an error (while the file is there).
