@@ -5,7 +5,6 @@ in their text; an unmarked model's answers, people's text and short text are not
 marked; a key created with --watermark asks for the mark on any local model; tool
 calls and JSON under a schema are never marked, and marked answers are never cached."""
 import json
-import math
 import os
 import pathlib
 import subprocess
@@ -75,9 +74,9 @@ def ask(gw, model, key="plain", **kw):
     return raw, raw.parse()
 
 
-def detect(gw, text, model="marked", key="plain", **extra):
-    r = httpx.post(f"{gw['url']}/v1/watermark/detect", json={"text": text, "model": model, **extra},
-                   headers={"authorization": f"Bearer {gw['keys'][key]}"}, timeout=60)
+def detect(gw, text, model="marked", key="plain"):
+    r = httpx.post(f"{gw['url']}/v1/watermark/detect", json={"text": text, "model": model},
+                   headers={"authorization": f"Bearer {gw['keys'][key]}"})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -93,14 +92,6 @@ def test_marked_answers_disclose_it_and_are_detected(gw):
     d = detect(gw, text)
     assert d["verdict"] == "watermarked" and d["p_value"] < 1e-6, d
     assert d["object"] == "watermark.detection" and d["tokens_scored"] >= 100 and d["key_id"] in mark, d
-    # By default the model weighs each token; counting alone is there too, and finds it.
-    assert d["method"] == "entropy_weighted", d
-    counted = detect(gw, text, method="count")
-    assert counted["method"] == "count" and counted["verdict"] == "watermarked", counted
-    assert counted["tokens_scored"] == d["tokens_scored"] and counted["green_tokens"] == d["green_tokens"]
-    bad = httpx.post(f"{gw['url']}/v1/watermark/detect", json={"text": text, "method": "guess"},
-                     headers={"authorization": f"Bearer {gw['keys']['plain']}"})
-    assert bad.status_code == 400 and "entropy_weighted" in bad.json()["error"]["message"], bad.text
     # The receipt signs the disclosure.
     receipt = raw.headers["x-bulwark-receipt"]
     out = cli("receipt", "verify", "--key", f"{gw['tmp']}/receipt/receipt.pub", receipt, data=gw["data"], check=True)
@@ -113,14 +104,7 @@ def test_marked_answers_disclose_it_and_are_detected(gw):
                              env={**os.environ, "BULWARK_DATA_DIR": gw["data"], "BULWARK_MODEL_DIR": str(ROOT / "models")},
                              input=stdin, capture_output=True, text=True, check=True)
         report = json.loads(out.stdout)
-        assert report["verdict"] == "watermarked" and report["method"] == "entropy_weighted", report
-        assert report["green_tokens"] == d["green_tokens"], report
-        assert abs(math.log10(report["p_value"]) - math.log10(d["p_value"])) < 0.5, (report, d)
-    out = subprocess.run([BULWARK, "watermark", "detect", "--config", gw["cfg"], "--model", "marked",
-                          "--method", "count", str(path)],
-                         env={**os.environ, "BULWARK_DATA_DIR": gw["data"], "BULWARK_MODEL_DIR": str(ROOT / "models")},
-                         capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout)["p_value"] == pytest.approx(counted["p_value"])
+        assert report["verdict"] == "watermarked" and report["p_value"] == pytest.approx(d["p_value"]), report
 
 
 def test_streamed_answers_are_marked_too(gw):

@@ -6,8 +6,7 @@
 //! - perplexity of both outputs under the same model without the mark (the quality
 //!   cost: text the mark pushed off the model's preferred path scores worse);
 //! - detection of marked and unmarked text after replacing 0-50% of its tokens with
-//!   random ones (the robustness curve), and of greedy marked output, by counting
-//!   green tokens and weighted by the model's entropy ([`Reader`]);
+//!   random ones (the robustness curve), and of greedy marked output;
 //! - detection throughput (tokenizing and scoring) over people's text;
 //! - false alarms on people's text, passages of 50 to 200 tokens under 200 keys.
 
@@ -15,7 +14,7 @@ use std::time::Instant;
 
 use bulwark_api::sampling::SamplingParams;
 use bulwark_engine::template::TemplateMessage;
-use bulwark_engine::watermark::{Marker, Reader, Verdict, WatermarkKey, DEFAULT_DELTA};
+use bulwark_engine::watermark::{Marker, Verdict, WatermarkKey, DEFAULT_DELTA};
 use bulwark_engine::{Engine, EngineConfig, Event};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -212,7 +211,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect()
     };
     let (plain_400, marked_400) = (join(&plain_200), join(&marked_200));
-    let reader = Reader::load(path.as_ref(), 2)?;
     let mut rng = fastrand::Rng::with_seed(7);
     let n_vocab = model.n_vocab();
     let mut curve = |marked: &[Sample], plain: &[Sample]| {
@@ -220,7 +218,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for rate in [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5] {
             let mut judge = |s: &[Sample]| {
                 let (mut hits, mut judged, mut ps) = (0usize, 0usize, Vec::new());
-                let (mut hits_w, mut ps_w) = (0usize, Vec::new());
                 for x in s {
                     let mut t = engine.text_tokens(&x.text);
                     let k = (t.len() as f64 * rate).round() as usize;
@@ -230,30 +227,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         t[i] = LlamaToken(rng.i32(0..n_vocab));
                     }
                     let d = key.detect(&t);
-                    let weights = reader.weights(&t).unwrap_or_else(|e| panic!("{e}"));
-                    let dw = key.detect_weighted(&t, &weights);
                     if d.verdict != Verdict::TooShort {
                         judged += 1;
                         hits += usize::from(d.verdict == Verdict::Watermarked);
-                        hits_w += usize::from(dw.verdict == Verdict::Watermarked);
                         ps.push(d.p_value.max(1e-300).log10());
-                        ps_w.push(dw.p_value.max(1e-300).log10());
                     }
                 }
-                let n = judged.max(1) as f64;
-                (
-                    hits as f64 / n,
-                    median(ps),
-                    judged,
-                    hits_w as f64 / n,
-                    median(ps_w),
-                )
+                (hits as f64 / judged.max(1) as f64, median(ps), judged)
             };
-            let (tpr, median_log10_p, judged, tpr_w, median_w) = judge(marked);
-            let (fpr, _, _, fpr_w, _) = judge(plain);
+            let (tpr, median_log10_p, judged) = judge(marked);
+            let (fpr, _, _) = judge(plain);
             out.push(serde_json::json!({"edit_rate": rate, "detected": tpr,
-                "median_log10_p": median_log10_p, "texts": judged, "unmarked_called_marked": fpr,
-                "weighted": {"detected": tpr_w, "median_log10_p": median_w, "unmarked_called_marked": fpr_w}}));
+                "median_log10_p": median_log10_p, "texts": judged, "unmarked_called_marked": fpr}));
         }
         out
     };
@@ -277,14 +262,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let greedy_detected = greedy
         .iter()
         .filter(|x| key.detect(&engine.text_tokens(&x.text)).verdict == Verdict::Watermarked)
-        .count();
-    let greedy_detected_weighted = greedy
-        .iter()
-        .filter(|x| {
-            let t = reader.tokens(&x.text);
-            let w = reader.weights(&t).unwrap_or_else(|e| panic!("{e}"));
-            key.detect_weighted(&t, &w).verdict == Verdict::Watermarked
-        })
         .count();
 
     // Throughput of detection: tokenizing and scoring people's text.
@@ -312,26 +289,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let started = Instant::now();
-    let passage_weights: Vec<Vec<f64>> = passages
-        .iter()
-        .map(|p| reader.weights(p).unwrap_or_else(|e| panic!("{e}")))
-        .collect();
-    let weigh_s = started.elapsed().as_secs_f64();
-    let weighed_tokens: usize = passages.iter().map(Vec::len).sum();
-    let (mut judged, mut alarms, mut alarms_w) = (0usize, 0usize, 0usize);
+    let (mut judged, mut alarms) = (0usize, 0usize);
     for k in 0..200u32 {
         let mut bytes = [0u8; 32];
         bytes[..4].copy_from_slice(&k.to_le_bytes());
         bytes[31] = 0xa5;
         let other = WatermarkKey::from_bytes(bytes);
-        for (p, w) in passages.iter().zip(&passage_weights) {
+        for p in &passages {
             let d = other.detect(p);
             if d.verdict != Verdict::TooShort {
                 judged += 1;
                 alarms += usize::from(d.verdict == Verdict::Watermarked);
-                alarms_w +=
-                    usize::from(other.detect_weighted(p, w).verdict == Verdict::Watermarked);
             }
         }
     }
@@ -351,8 +319,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "edit_curve_200_tokens": edit_curve_200,
         "edit_curve_400_tokens": edit_curve_400,
         "greedy_detected": format!("{greedy_detected} of {}", greedy.len()),
-        "greedy_detected_weighted": format!("{greedy_detected_weighted} of {}", greedy.len()),
-        "weigh_tokens_per_s": weighed_tokens as f64 / weigh_s,
         "detect_tokens": tokens.len(),
         "detect_tokens_per_s": tokens.len() as f64 / (tokenize_s + score_s),
         "score_tokens_per_s": tokens.len() as f64 / score_s,
@@ -360,7 +326,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "human_passages": passages.len(),
         "human_judgments": judged,
         "human_false_alarms": alarms,
-        "human_false_alarms_weighted": alarms_w,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -411,15 +411,6 @@ impl Engine {
         text_tokens(&self.model, text)
     }
 
-    /// This model as a reader of texts, for weighted watermark detection (its own
-    /// small context, beside the decode loop's).
-    pub fn reader(&self) -> watermark::Reader {
-        watermark::Reader::new(
-            Arc::clone(&self.model),
-            i32::try_from(self.config.threads).unwrap_or(1),
-        )
-    }
-
     /// Counters of the decode loop, e.g. how often sequences shared a batch.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()

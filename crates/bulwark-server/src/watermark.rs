@@ -1,6 +1,5 @@
 //! `POST /v1/watermark/detect`: whether a text carries this gateway's watermark, read
-//! by the local model that would have written it (its tokenizer, and by default its
-//! weights: each token weighed by how much the mark could move it).
+//! with the tokenizer of the local model that would have written it.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -99,30 +98,16 @@ pub async fn detect(
             ))
         }
     };
-    let weigh = match v.get("method") {
-        None | Some(serde_json::Value::Null) => true,
-        Some(serde_json::Value::String(m)) if m == "entropy_weighted" => true,
-        Some(serde_json::Value::String(m)) if m == "count" => false,
-        Some(_) => {
-            return Err(Error(ApiError::invalid(
-                "method",
-                "`method` is `entropy_weighted` (the default: the model weighs each token) or `count` (green tokens counted alike, faster).",
-            )))
-        }
-    };
     let detection = tokio::task::spawn_blocking(move || {
-        let detection = engine.reader().detect(&key, &text, weigh);
-        (detection, key)
+        let tokens = engine.text_tokens(&text);
+        (key.detect(&tokens), key)
     })
     .await;
-    let failed = |reason: String| {
-        tracing::warn!(%reason, "watermark detection failed");
+    let (detection, key) = detection.map_err(|_| {
         Error(ApiError::new(
             ErrorKind::Internal,
-            "Watermark detection failed; see the gateway's log.",
+            "Watermark detection failed.",
         ))
-    };
-    let (detection, key) = detection.map_err(|e| failed(e.to_string()))?;
-    let detection = detection.map_err(|e| failed(e.to_string()))?;
+    })?;
     Ok(Json(Report::new(&model, &key, detection)).into_response())
 }

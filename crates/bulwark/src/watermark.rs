@@ -20,25 +20,13 @@ pub enum WatermarkCommand {
         /// The key file (default: `watermark.key` in the config's data directory).
         #[arg(long)]
         key: Option<PathBuf>,
-        /// The local model that reads the text (may be left out when the config
-        /// serves one).
+        /// The local model whose tokenizer reads the text (may be left out when the
+        /// config serves one).
         #[arg(long)]
         model: Option<String>,
-        /// `entropy-weighted` (default): the model is run over the text and weighs
-        /// each token by how much the mark could move it; `count`: green tokens
-        /// counted alike, with the tokenizer alone (faster, less sure on short or
-        /// edited text).
-        #[arg(long, value_enum, default_value_t = Method::EntropyWeighted)]
-        method: Method,
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum Method {
-    EntropyWeighted,
-    Count,
 }
 
 pub fn run(command: WatermarkCommand) -> Result<()> {
@@ -46,7 +34,6 @@ pub fn run(command: WatermarkCommand) -> Result<()> {
         file,
         key,
         model,
-        method,
         config,
     } = command;
     let config = crate::load_config(config.as_deref())?;
@@ -75,14 +62,8 @@ pub fn run(command: WatermarkCommand) -> Result<()> {
         text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
     }
-    let detection = match method {
-        Method::Count => key.detect(&bulwark_engine::Tokenizer::load(&local.path)?.tokens(&text)),
-        Method::EntropyWeighted => {
-            bulwark_engine::watermark::Reader::load(&local.path, i32::try_from(local.threads)?)?
-                .detect(&key, &text, true)?
-        }
-    };
-    let report = Report::new(&local.name, &key, detection);
+    let tokenizer = bulwark_engine::Tokenizer::load(&local.path)?;
+    let report = Report::new(&local.name, &key, key.detect(&tokenizer.tokens(&text)));
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
