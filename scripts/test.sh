@@ -18,6 +18,13 @@ fi
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 
 cargo fmt --all --check
+# The dependency tree's licences and sources (deny.toml), with a pinned cargo-deny
+# (built once, about four minutes on two cores).
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny 0.20.2"; then
+  echo "test: installing cargo-deny"
+  cargo install cargo-deny --locked --version 0.20.2
+fi
+cargo deny --log-level error check licenses bans sources
 cargo build --release --locked --workspace --all-targets
 # Reuses the release build's llama.cpp, so this costs seconds, not a second compile.
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
