@@ -665,19 +665,25 @@ def test_argument_constraints_from_config_are_enforced(gw):
     assert {r["model"] for r in refused} >= {"notes__stat", "notes__read_note", "notes__report"}, refused
 
 
+def slow_cancellations(gw):
+    """How often the notes server has seen `slow` cancelled, as a function."""
+    seen = gw["notes"] / "seen.txt"
+    return lambda: seen.read_text().splitlines().count("cancelled slow") if seen.exists() else 0
+
+
+def slow_cancels_recorded(gw):
+    """How many `notes__slow` calls the audit log records as cancelled, as a function."""
+    return lambda: sum(r["model"] == "notes__slow" and r["decision"] == "cancelled"
+                       for r in records(gw, "tool_call"))
+
+
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 def test_a_cancelled_call_is_cancelled_upstream_and_recorded(gw, mode):
     """A client that gives up on a call (2025-11-25: `notifications/cancelled`;
     2026-07-28: it closes the call's response stream) has the call cancelled at the
     upstream, and the record says so."""
     approve(gw)
-    seen = gw["notes"] / "seen.txt"
-
-    def cancellations():
-        return seen.read_text().splitlines().count("cancelled slow") if seen.exists() else 0
-
-    def recorded():
-        return sum(r["model"] == "notes__slow" and r["decision"] == "cancelled" for r in records(gw, "tool_call"))
+    cancellations, recorded = slow_cancellations(gw), slow_cancels_recorded(gw)
     before, recorded_before = cancellations(), recorded()
 
     async def go():
@@ -704,13 +710,7 @@ def test_closing_a_session_cancels_its_calls_at_once(gw):
     import threading
     import httpx
     approve(gw)
-    seen = gw["notes"] / "seen.txt"
-
-    def cancellations():
-        return seen.read_text().splitlines().count("cancelled slow") if seen.exists() else 0
-
-    def recorded():
-        return sum(r["model"] == "notes__slow" and r["decision"] == "cancelled" for r in records(gw, "tool_call"))
+    cancellations, recorded = slow_cancellations(gw), slow_cancels_recorded(gw)
     before, recorded_before = cancellations(), recorded()
     headers = {"Authorization": f"Bearer {gw['keys']['agent']}",
                "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
