@@ -25,64 +25,42 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 /// while a call of its session does, so sessions that end without a `DELETE`
 /// leave nothing behind.
 #[derive(Default)]
-pub struct InFlight(Mutex<Open>);
-
-#[derive(Default)]
-struct Open {
-    sessions: HashMap<Arc<str>, Session>,
-    /// Numbers the entries, so that a call of a closed session does not count
-    /// against a later entry for the same id.
-    entries: u64,
-}
-
-struct Session {
-    token: CancellationToken,
-    calls: usize,
-    entry: u64,
-}
+pub struct InFlight(Mutex<HashMap<Arc<str>, (CancellationToken, usize)>>);
 
 impl InFlight {
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (CancellationToken, usize)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Enters a call of session `id`: the token is cancelled when the session is
     /// closed while the call runs.
     pub fn enter(self: &Arc<Self>, id: &str) -> InSession {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Open { sessions, entries } = &mut *open;
-        let id: Arc<str> = sessions
+        let mut open = self.open();
+        let id: Arc<str> = open
             .get_key_value(id)
             .map_or_else(|| id.into(), |(id, _)| Arc::clone(id));
-        let session = sessions.entry(Arc::clone(&id)).or_insert_with(|| {
-            *entries += 1;
-            Session {
-                token: CancellationToken::new(),
-                calls: 0,
-                entry: *entries,
-            }
-        });
-        session.calls += 1;
+        let (token, calls) = open.entry(Arc::clone(&id)).or_default();
+        *calls += 1;
         InSession {
             in_flight: Arc::clone(self),
-            token: session.token.clone(),
-            entry: session.entry,
+            token: token.clone(),
             id,
         }
     }
 
-    /// Cancels the calls in flight in session `id`.
+    /// Cancels the calls in flight in session `id`. The token is cancelled while the
+    /// entry is removed (under the lock), so a call that finds its token cancelled
+    /// knows its entry is gone.
     pub fn close(&self, id: &str) {
-        let session = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sessions
-            .remove(id);
-        if let Some(session) = session {
-            session.token.cancel();
+        let mut open = self.open();
+        if let Some((token, _)) = open.remove(id) {
+            token.cancel();
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.lock().unwrap().sessions.len()
+        self.open().len()
     }
 }
 
@@ -90,19 +68,21 @@ impl InFlight {
 pub struct InSession {
     in_flight: Arc<InFlight>,
     id: Arc<str>,
-    entry: u64,
     pub token: CancellationToken,
 }
 
 impl Drop for InSession {
     fn drop(&mut self) {
-        let mut open = self.in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(session) = open.sessions.get_mut(&self.id) {
-            if session.entry == self.entry {
-                session.calls -= 1;
-                if session.calls == 0 {
-                    open.sessions.remove(&self.id);
-                }
+        let mut open = self.in_flight.open();
+        // A cancelled token: the session was closed and its entry removed; an entry
+        // under the same id now is a later one, not this call's to count.
+        if self.token.is_cancelled() {
+            return;
+        }
+        if let Some((_, calls)) = open.get_mut(&self.id) {
+            *calls -= 1;
+            if *calls == 0 {
+                open.remove(&self.id);
             }
         }
     }
@@ -110,10 +90,9 @@ impl Drop for InSession {
 
 /// rmcp's in-memory session manager, and on `DELETE` the session's calls cancelled
 /// first.
-#[derive(Default)]
 pub struct Sessions {
     local: LocalSessionManager,
-    pub in_flight: Arc<InFlight>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Sessions {

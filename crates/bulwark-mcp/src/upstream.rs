@@ -299,8 +299,7 @@ impl Upstream {
             }
         })
         .await;
-        let listed = self.answered("resources/list", listed).await?;
-        let listed = listed.map_err(|e| format!("resources/list failed: {e}"))?;
+        let listed = self.answered_list("resources/list", listed).await?;
         let templates = all_pages(|p| {
             let peer = &peer;
             async move {
@@ -309,8 +308,9 @@ impl Upstream {
             }
         })
         .await;
-        let templates = self.answered("resources/templates/list", templates).await?;
-        let templates = templates.map_err(|e| format!("resources/templates/list failed: {e}"))?;
+        let templates = self
+            .answered_list("resources/templates/list", templates)
+            .await?;
         Ok((listed, templates))
     }
 
@@ -329,8 +329,7 @@ impl Upstream {
             }
         })
         .await;
-        let listed = self.answered("prompts/list", listed).await?;
-        listed.map_err(|e| format!("prompts/list failed: {e}"))
+        self.answered_list("prompts/list", listed).await
     }
 
     pub async fn read_resource(&self, uri: &str) -> Result<ReadResourceResult, String> {
@@ -352,6 +351,18 @@ impl Upstream {
 
     /// A request's answer, or why it failed; a broken connection is dropped, so that
     /// the next use connects again.
+    /// [`Self::answered`] for a list read with [`all_pages`]: a list that does not end
+    /// is an error too.
+    async fn answered_list<T>(
+        &self,
+        what: &str,
+        r: Result<Result<Vec<T>, String>, rmcp::ServiceError>,
+    ) -> Result<Vec<T>, String> {
+        self.answered(what, r)
+            .await?
+            .map_err(|e| format!("{what} failed: {e}"))
+    }
+
     async fn answered<T>(&self, what: &str, r: Result<T, rmcp::ServiceError>) -> Result<T, String> {
         let e = match r {
             Ok(v) => return Ok(v),
@@ -394,12 +405,10 @@ mod tests {
         per: usize,
         next: impl Fn(usize) -> Option<String>,
     ) -> Result<Vec<usize>, String> {
-        let asked = std::cell::Cell::new(0);
         all_pages(|p| {
             let n = p
                 .and_then(|p| p.cursor)
                 .map_or(0, |c| c.parse::<usize>().unwrap());
-            asked.set(asked.get() + 1);
             let page = ((n * per)..((n + 1) * per)).collect();
             let next = next(n);
             async move { Ok((page, next)) }
